@@ -1,0 +1,56 @@
+# diffmath: every target sets itself up on a fresh machine (creates .venv, installs torch first, then the package).
+# GPU users: make TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" test
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+EXTRAS ?= dev
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(EXTRAS)
+CONSTRAINTS := $(VENV)/constraints.txt
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export NO_MKDOCS_2_WARNING := 1
+
+.PHONY: setup demo test lint format notebooks lab bench clean
+
+setup: $(STAMP)
+
+$(CONSTRAINTS):
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip freeze | grep -i '^torch==' > $@
+	@echo "torch pinned for every later install: $$(cat $@)"
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	PIP_CONSTRAINT=$(CONSTRAINTS) $(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/diffmath tour --out docs/assets/tour.png
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest tests
+	$(BIN)/pytest --nbval-lax --nbval-current-env -p no:randomly notebooks
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+notebooks: $(STAMP)
+	$(BIN)/python -m diffmath.notebooks notebooks/*.ipynb
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks
+
+bench:
+	$(MAKE) EXTRAS=dev,bench setup
+	$(BIN)/python benchmarks/toy_training.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis site .cache

@@ -1,0 +1,55 @@
+"""diffmath: diffusion generative models derived, implemented and tested, from 2-D toys to images."""
+
+from diffmath.exact import EmpiricalData, ExactModel, GaussianMixture
+from diffmath.models import Model, check_model, predict, predict_pair
+from diffmath.notation import PREDICTIONS, Pair, convert, from_pair, to_pair
+from diffmath.samplers import SamplerStep, check_grid, ddim, ddim_sigma, ddim_step, sample
+from diffmath.schedules import (
+    SCHEDULES,
+    VE,
+    Coefficients,
+    DiscreteSchedule,
+    LinearPath,
+    Schedule,
+    VPCosine,
+    VPLinear,
+    cosine,
+    get_schedule,
+    ho_linear,
+    su_linear,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PREDICTIONS",
+    "SCHEDULES",
+    "VE",
+    "Coefficients",
+    "DiscreteSchedule",
+    "EmpiricalData",
+    "ExactModel",
+    "GaussianMixture",
+    "LinearPath",
+    "Model",
+    "Pair",
+    "SamplerStep",
+    "Schedule",
+    "VPCosine",
+    "VPLinear",
+    "check_grid",
+    "check_model",
+    "convert",
+    "cosine",
+    "ddim",
+    "ddim_sigma",
+    "ddim_step",
+    "from_pair",
+    "get_schedule",
+    "ho_linear",
+    "predict",
+    "predict_pair",
+    "sample",
+    "su_linear",
+    "to_pair",
+]

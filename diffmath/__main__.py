@@ -1,0 +1,7 @@
+"""``python -m diffmath``: the command line."""
+
+import sys
+
+from diffmath.cli import main
+
+sys.exit(main())

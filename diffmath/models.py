@@ -1,0 +1,111 @@
+r"""The one model interface (lesson 0, sec. 0.5).
+
+A model is any callable ``model(x, t, cond=None)`` on a batch ``x`` of shape ``(B, ...)`` and times ``t`` (a scalar
+or shape ``(B,)``), returning a tensor of the shape of ``x`` that is a prediction of the kind named by its attribute
+``prediction`` (one of ``"eps", "x0", "score", "v", "velocity"``). Exact models (:class:`~diffmath.exact.ExactModel`)
+and trained networks implement it alike; samplers reach any parameterisation through :func:`predict`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from diffmath._validate import as_tensor, check_batch
+from diffmath.notation import Pair, check_prediction, from_pair, to_pair
+from diffmath.schedules import Schedule
+
+
+@runtime_checkable
+class Model(Protocol):
+    """Protocol of every diffmath model: ``model(x, t, cond=None) -> Tensor`` plus a ``prediction`` attribute."""
+
+    prediction: str
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor: ...
+
+
+def check_model(model: object) -> Model:
+    """Return ``model`` if it follows the one interface, else raise ``TypeError`` saying what is missing."""
+    if not callable(model):
+        raise TypeError(f"model must be callable as model(x, t, cond=None), got {type(model).__name__}")
+    kind = getattr(model, "prediction", None)
+    if kind is None:
+        raise TypeError("model must have a 'prediction' attribute naming what it predicts ('eps', 'x0', ...)")
+    check_prediction(kind, "model.prediction")
+    return model  # type: ignore[return-value]
+
+
+def predict(
+    model: Model,
+    x: Tensor,
+    t: Tensor | float,
+    schedule: Schedule,
+    kind: str,
+    cond: Tensor | None = None,
+) -> Tensor:
+    r"""Evaluate ``model`` at $(x_t, t)$ and return its prediction as ``kind`` (lesson 0, eqs. 0.2-0.7).
+
+    Parameters
+    ----------
+    model : Model
+        Any model with the one interface.
+    x : Tensor, shape (B, ...)
+        Noisy batch $x_t$.
+    t : float or Tensor of shape () or (B,)
+        Time(s) of ``x`` on ``schedule``; passed to the model as a tensor of shape (B,) in ``x``'s dtype.
+    schedule : Schedule
+        Gives $a_t, b_t$ (and derivatives) for the conversion.
+    kind : {"eps", "x0", "score", "v", "velocity"}
+        The parameterisation wanted.
+    cond : Tensor, optional
+        Condition passed through to the model.
+
+    Returns
+    -------
+    Tensor, shape (B, ...)
+
+    Raises
+    ------
+    ValueError
+        If the model returns a tensor of another shape, or NaN/inf (a diverged model is reported, never
+        propagated silently).
+    """
+    check_prediction(kind, "kind")
+    return _evaluate(model, x, t, schedule, cond, want=kind)
+
+
+def predict_pair(model: Model, x: Tensor, t: Tensor | float, schedule: Schedule, cond: Tensor | None = None) -> Pair:
+    r"""Evaluate ``model`` once and return $(\hat x_0, \hat\varepsilon)$ (lesson 0, eqs. 0.5-0.7).
+
+    Same arguments and checks as :func:`predict`; samplers use it to get both halves of the pair from one call.
+    """
+    return _evaluate(model, x, t, schedule, cond, want=None)
+
+
+def _evaluate(model: Model, x: Tensor, t: Tensor | float, schedule: Schedule, cond: Tensor | None, want: str | None):
+    check_model(model)
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a diffmath Schedule, got {type(schedule).__name__}")
+    x = check_batch(x, "x")
+    t_ = as_tensor(t, "t", x)
+    if t_.dim() == 0:
+        t_ = t_.expand(x.shape[0])
+    elif t_.shape != (x.shape[0],):
+        raise ValueError(f"t must be a scalar or have shape (B,) = ({x.shape[0]},), got {tuple(t_.shape)}")
+    out = model(x, t_, cond)
+    if not isinstance(out, Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"model returned {got}; expected a tensor of the input's shape {tuple(x.shape)}")
+    if not torch.isfinite(out).all():
+        raise ValueError(
+            f"model returned NaN or inf at t in [{t_.min().item():g}, {t_.max().item():g}]; "
+            "check the model, its inputs and the time grid"
+        )
+    if want == model.prediction:
+        return out
+    c = schedule.coefficients(t_)
+    pair = to_pair(out, model.prediction, x, c.a, c.b, c.da, c.db)
+    return pair if want is None else from_pair(pair, want, c.a, c.b, c.da, c.db)

@@ -1,0 +1,165 @@
+r"""Samplers on an explicit, decreasing time grid that ends at the data.
+
+One step covers the whole DDIM family (lesson 4, eq. 4.8): from time $t$ to an earlier time $s < t$,
+
+$$x_s = a_s\hat x_0 + \sqrt{\max(b_s^2 - \sigma^2, 0)}\;\hat\varepsilon + \sigma z,\qquad
+\sigma = \eta\,\frac{b_s}{b_t}\sqrt{b_t^2 - \frac{a_t^2}{a_s^2} b_s^2},$$
+
+where $\eta = 1$ is DDPM's ancestral step and $\eta = 0$ the deterministic DDIM step. Any subsequence of a discrete
+schedule, and any continuous schedule, is just a different ``grid``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from diffmath._validate import as_tensor, check_batch, check_finite
+from diffmath.models import Model, predict_pair
+from diffmath.notation import Pair
+from diffmath.schedules import Schedule
+
+
+@dataclass(frozen=True)
+class SamplerStep:
+    """What a sampler yields after each step: the step index, the time reached, the state and the denoised guess."""
+
+    index: int
+    t: float
+    x: Tensor
+    x0: Tensor
+
+
+def check_grid(grid: object, schedule: Schedule) -> Tensor:
+    """Check a sampling grid: 1-D, at least two points, strictly decreasing, inside the schedule's time range."""
+    if not isinstance(grid, Tensor):
+        raise TypeError(f"grid must be a 1-D torch.Tensor of decreasing times, got {type(grid).__name__}")
+    if grid.dim() != 1 or grid.numel() < 2:
+        raise ValueError(f"grid must be 1-D with at least 2 times, got shape {tuple(grid.shape)}")
+    g = schedule.check_t(grid.to(torch.float64))
+    if (g[1:] >= g[:-1]).any():
+        raise ValueError("grid must be strictly decreasing (from noise towards the data)")
+    return g
+
+
+def ddim_sigma(schedule: Schedule, t: Tensor | float, s: Tensor | float, eta: float) -> Tensor:
+    r"""Noise scale $\sigma$ of one DDIM-family step from $t$ to $s<t$ (lesson 4, eq. 4.9).
+
+    $\sigma = \eta\, (b_s / b_t)\sqrt{b_t^2 - (a_t/a_s)^2 b_s^2}$: the standard deviation of
+    $q(x_s\mid x_t, x_0)$ times $\eta$.
+    """
+    if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not eta >= 0:
+        raise ValueError(f"eta must be a real number >= 0, got {eta!r}")
+    ct, cs = schedule.coefficients(t), schedule.coefficients(s)
+    beta2 = torch.clamp(ct.b**2 - (ct.a / cs.a) ** 2 * cs.b**2, min=0.0)
+    return eta * cs.b * torch.sqrt(beta2) / ct.b
+
+
+def ddim_step(
+    model: Model,
+    x: Tensor,
+    t: float,
+    s: float,
+    schedule: Schedule,
+    eta: float = 0.0,
+    cond: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+) -> tuple[Tensor, Pair]:
+    r"""One step of the DDIM family from time ``t`` to ``s < t`` (lesson 4, eq. 4.8).
+
+    Parameters
+    ----------
+    model : Model
+        Any model with the one interface.
+    x : Tensor, shape (B, ...)
+        State at time ``t``.
+    t, s : float
+        Current and next time, ``s < t``.
+    schedule : Schedule
+    eta : float
+        0 for DDIM, 1 for DDPM; values above 1 are allowed and clamp $b_s^2 - \sigma^2$ at 0.
+    cond : Tensor, optional
+        Passed to the model.
+    generator : torch.Generator, optional
+        Source of the fresh noise $z$ (ignored when ``noise`` is given).
+    noise : Tensor, optional
+        The noise $z$ itself, shape of ``x`` (to replay a trajectory with common random numbers).
+
+    Returns
+    -------
+    (Tensor, Pair)
+        The new state $x_s$ and the model's $(\hat x_0, \hat\varepsilon)$ at $(x_t, t)$.
+    """
+    pair = predict_pair(model, x, t, schedule, cond)
+    cs = schedule.coefficients(as_tensor(s, "s", x))
+    sigma = ddim_sigma(schedule, as_tensor(t, "t", x), as_tensor(s, "s", x), eta).to(x.dtype)
+    x_s = cs.a * pair.x0 + torch.sqrt(torch.clamp(cs.b**2 - sigma**2, min=0.0)) * pair.eps
+    if eta > 0:
+        if noise is None:
+            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        elif noise.shape != x.shape:
+            raise ValueError(f"noise must have the shape of x {tuple(x.shape)}, got {tuple(noise.shape)}")
+        x_s = x_s + sigma * noise
+    return x_s, pair
+
+
+def ddim(
+    model: Model,
+    x: Tensor,
+    grid: Tensor,
+    schedule: Schedule,
+    eta: float = 0.0,
+    cond: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> Iterator[SamplerStep]:
+    r"""Run the DDIM family along ``grid``, yielding each step's state (lesson 4, eq. 4.8).
+
+    Parameters
+    ----------
+    model : Model
+    x : Tensor, shape (B, ...)
+        Start state at ``grid[0]`` (usually $b_{t_{\max}}\,z$ plus nothing: pure noise for VP schedules).
+    grid : Tensor, shape (K + 1,)
+        Strictly decreasing times; the last is where sampling ends (0 = the data).
+    schedule : Schedule
+    eta : float
+        0: deterministic DDIM; 1: DDPM ancestral sampling.
+    cond, generator : optional
+        Condition for the model; random generator for the step noise.
+    progress : bool
+        Show a tqdm bar.
+
+    Yields
+    ------
+    SamplerStep
+        After each step; the last one holds the sample.
+    """
+    x = check_batch(x, "x")
+    g = check_grid(grid, schedule)
+    for i in tqdm(range(len(g) - 1), disable=not progress, desc=f"DDIM(eta={eta:g})", leave=False):
+        t, s = g[i].item(), g[i + 1].item()
+        x, pair = ddim_step(model, x, t, s, schedule, eta, cond, generator)
+        check_finite(x, f"sampler state at t={s:g}")
+        yield SamplerStep(i, s, x, pair.x0)
+
+
+def sample(
+    model: Model,
+    x: Tensor,
+    grid: Tensor,
+    schedule: Schedule,
+    eta: float = 0.0,
+    cond: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> Tensor:
+    r"""Final state of :func:`ddim` (lesson 4, eq. 4.8): a batch of samples at ``grid[-1]``."""
+    for step in ddim(model, x, grid, schedule, eta, cond, generator, progress):
+        x = step.x
+    return x

@@ -1,0 +1,323 @@
+r"""Noise schedules: the coefficients $a_t, b_t$ of $x_t = a_t x_0 + b_t\varepsilon$ (lesson 0, eq. 0.1).
+
+A schedule is a small object. Discrete schedules (Su's linear, Ho's linear, cosine) live on the integer grid
+$t = 0, 1, \dots, T$ with $a_0 = 1, b_0 = 0$; continuous ones (VP, VE, rectified flow) on $t \in [0, 1]$ and also
+give the time derivatives $\dot a_t, \dot b_t$. Time runs from the data ($t=0$) to the noise ($t = t_{\max}$).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from diffmath._validate import as_tensor, check_finite
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    r"""$(a_t, b_t, \dot a_t, \dot b_t)$ at a batch of times; the derivatives are ``None`` for discrete schedules."""
+
+    a: Tensor
+    b: Tensor
+    da: Tensor | None = None
+    db: Tensor | None = None
+
+
+class Schedule:
+    r"""Base class: a forward process $x_t = a_t x_0 + b_t \varepsilon$ (lesson 0, eq. 0.1).
+
+    Subclasses implement :meth:`_coefficients` on validated times; this class checks input, builds grids and
+    derived quantities.
+    """
+
+    name: str = "schedule"
+    discrete: bool = False
+    t_max: float = 1.0
+
+    def _coefficients(self, t: Tensor) -> Coefficients:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def check_t(self, t: object) -> Tensor:
+        """Return ``t`` as a floating tensor after checking it lies in the schedule's time range."""
+        t_ = as_tensor(t, "t")
+        check_finite(t_, "t")
+        if (t_ < 0).any() or (t_ > self.t_max).any():
+            raise ValueError(
+                f"t must lie in [0, {self.t_max:g}] for schedule {self.name!r}; got values in "
+                f"[{t_.min().item():g}, {t_.max().item():g}]"
+            )
+        if self.discrete and (t_ != torch.round(t_)).any():
+            raise ValueError(f"schedule {self.name!r} is discrete: t must be an integer in 0..{int(self.t_max)}")
+        return t_
+
+    def coefficients(self, t: Tensor | float) -> Coefficients:
+        r"""$(a_t, b_t, \dot a_t, \dot b_t)$ at ``t`` (lesson 0, eq. 0.1 and table 0.2).
+
+        Parameters
+        ----------
+        t : float or Tensor of any shape
+            Times in $[0, t_{\max}]$ (integers for discrete schedules).
+
+        Returns
+        -------
+        Coefficients
+            Tensors of the shape of ``t``, in its floating dtype (the default dtype for integer ``t``).
+        """
+        return self._coefficients(self.check_t(t))
+
+    def a(self, t: Tensor | float) -> Tensor:
+        r"""Signal coefficient $a_t$ (lesson 0, eq. 0.1)."""
+        return self.coefficients(t).a
+
+    def b(self, t: Tensor | float) -> Tensor:
+        r"""Noise coefficient $b_t$ (lesson 0, eq. 0.1)."""
+        return self.coefficients(t).b
+
+    def log_snr(self, t: Tensor | float) -> Tensor:
+        r"""Log signal-to-noise ratio $\lambda_t = \log(a_t^2 / b_t^2)$ (lesson 0, eq. 0.8)."""
+        c = self.coefficients(t)
+        return 2.0 * (torch.log(c.a) - torch.log(c.b))
+
+    def grid(
+        self, num_steps: int, spacing: str = "uniform", t_start: float | None = None, t_end: float = 0.0
+    ) -> Tensor:
+        r"""A decreasing time grid from ``t_start`` (default $t_{\max}$) to ``t_end`` (lesson 0, sec. 0.4).
+
+        Parameters
+        ----------
+        num_steps : int
+            Number of intervals; the grid has ``num_steps + 1`` points and its last point is ``t_end``.
+        spacing : {"uniform", "quadratic"}
+            Uniform in $t$, or uniform in $\sqrt{t}$ (denser near the data, the DDIM paper's quadratic grid).
+        t_start, t_end : float
+            End points, ``t_start > t_end``.
+
+        Returns
+        -------
+        Tensor, shape (num_steps + 1,), float64
+            Strictly decreasing; integers for discrete schedules.
+        """
+        if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+        t0 = self.t_max if t_start is None else float(t_start)
+        self.check_t(torch.tensor([t0, float(t_end)]))
+        if not t0 > t_end:
+            raise ValueError(f"t_start must exceed t_end, got t_start={t0}, t_end={t_end}")
+        u = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
+        if spacing == "uniform":
+            frac = u
+        elif spacing == "quadratic":
+            frac = u**2
+        else:
+            raise ValueError(f"spacing must be 'uniform' or 'quadratic', got {spacing!r}")
+        g = t_end + (t0 - t_end) * frac
+        if self.discrete:
+            if num_steps > t0 - t_end:
+                raise ValueError(
+                    f"num_steps={num_steps} exceeds the {int(t0 - t_end)} integer steps in [{t_end:g}, {t0:g}]"
+                )
+            g = torch.round(g)
+            for i in range(num_steps - 1, 0, -1):  # keep integer times distinct where rounding merged them
+                g[i] = max(g[i].item(), g[i + 1].item() + 1)
+        return g
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class DiscreteSchedule(Schedule):
+    r"""A discrete schedule from its per-step coefficients $\alpha_1, \dots, \alpha_T$ (lesson 0, eq. 0.9).
+
+    In Su's notation one step is $x_t = \alpha_t x_{t-1} + \beta_t \varepsilon_t$ with $\alpha_t^2 + \beta_t^2 = 1$,
+    so $a_t = \bar\alpha_t = \prod_{s \le t} \alpha_s$ and $b_t = \bar\beta_t = \sqrt{1 - \bar\alpha_t^2}$.
+
+    Parameters
+    ----------
+    alphas : Tensor, shape (T,)
+        Per-step $\alpha_t \in (0, 1)$ for $t = 1..T$ (Ho's $\sqrt{1-\beta_t}$).
+    name : str
+        Label used in messages and plots.
+    """
+
+    discrete = True
+
+    def __init__(self, alphas: Tensor, name: str = "discrete") -> None:
+        alphas = as_tensor(alphas, "alphas").to(torch.float64)
+        if alphas.dim() != 1 or alphas.numel() < 1:
+            raise ValueError(f"alphas must be a 1-D tensor of length T >= 1, got shape {tuple(alphas.shape)}")
+        check_finite(alphas, "alphas")
+        if (alphas <= 0).any() or (alphas >= 1).any():
+            raise ValueError("every per-step alpha_t must lie in the open interval (0, 1)")
+        self.name = name
+        self.T = alphas.numel()
+        self.t_max = float(self.T)
+        one = torch.ones(1, dtype=torch.float64)
+        #: per-step alpha_t and beta_t for t = 0..T (entry 0 is alpha_0 = 1, beta_0 = 0, never used by a step)
+        self.alphas = torch.cat([one, alphas])
+        self.betas = torch.sqrt(torch.clamp(1.0 - self.alphas**2, min=0.0))
+        log_abar = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.log(alphas), 0)])
+        #: abar_t = a_t and bbar_t = b_t on t = 0..T
+        self.abar = torch.exp(log_abar)
+        self.bbar = torch.sqrt(-torch.expm1(2.0 * log_abar))
+
+    def _coefficients(self, t: Tensor) -> Coefficients:
+        idx = t.long()
+        dtype = t.dtype if t.is_floating_point() else torch.get_default_dtype()
+        return Coefficients(self.abar[idx].to(dtype), self.bbar[idx].to(dtype))
+
+    def step(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        r"""Per-step $(\alpha_t, \beta_t)$ of $x_t = \alpha_t x_{t-1} + \beta_t\varepsilon_t$ (lesson 0, eq. 0.9), $t \ge 1$."""
+        t_ = self.check_t(t)
+        if (t_ < 1).any():
+            raise ValueError("a single forward step is defined for t = 1..T only")
+        dtype = t_.dtype if t_.is_floating_point() else torch.get_default_dtype()
+        idx = t_.long()
+        return self.alphas[idx].to(dtype), self.betas[idx].to(dtype)
+
+
+def su_linear(T: int = 1000) -> DiscreteSchedule:
+    r"""Su's schedule $\alpha_t = \sqrt{1 - 0.02\,t/T}$ (lesson 0, eq. 0.10).
+
+    In Ho's notation $\beta^{\mathrm{Ho}}_t = 0.02\,t/T$ ramps from $2\cdot10^{-5}$ to $0.02$; at $T = 1000$,
+    $\bar\alpha_T = 0.00648$ (not the $10^{-5}$ the text claims).
+    """
+    _check_T(T)
+    t = torch.arange(1, T + 1, dtype=torch.float64)
+    return DiscreteSchedule(torch.sqrt(1.0 - 0.02 * t / T), name=f"su-linear(T={T})")
+
+
+def ho_linear(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DiscreteSchedule:
+    r"""Ho et al.'s linear schedule $\beta^{\mathrm{Ho}}_t$ from ``beta_start`` to ``beta_end`` (lesson 0, eq. 0.11)."""
+    _check_T(T)
+    if not 0 < beta_start <= beta_end < 1:
+        raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+    beta_ho = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+    return DiscreteSchedule(torch.sqrt(1.0 - beta_ho), name=f"ho-linear(T={T})")
+
+
+def cosine(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> DiscreteSchedule:
+    r"""Nichol & Dhariwal's cosine schedule on $t = 0..T$ (lesson 0, eq. 0.12).
+
+    $\bar\alpha_t^2 = f(t)/f(0)$ with $f(t) = \cos^2\!\big(\tfrac{\pi}{2}\tfrac{t/T + s}{1+s}\big)$, per-step
+    $\beta^{\mathrm{Ho}}_t = \min(1 - \bar\alpha_t^2/\bar\alpha_{t-1}^2,\ \text{max\_beta})$.
+    """
+    _check_T(T)
+    t = torch.arange(0, T + 1, dtype=torch.float64)
+    f = torch.cos(0.5 * math.pi * (t / T + s) / (1 + s)) ** 2
+    abar2 = f / f[0]
+    beta_ho = torch.clamp(1.0 - abar2[1:] / abar2[:-1], max=max_beta)
+    return DiscreteSchedule(torch.sqrt(1.0 - beta_ho), name=f"cosine(T={T})")
+
+
+def _check_T(T: object) -> None:
+    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+        raise ValueError(f"T must be a positive integer, got {T!r}")
+
+
+def _vp_db(a: Tensor, da: Tensor, b: Tensor, db0: float) -> Tensor:
+    """d b / dt for a variance-preserving schedule (b^2 = 1 - a^2), with its limit ``db0`` where b = 0."""
+    safe = torch.where(b > 0, b, torch.ones_like(b))
+    return torch.where(b > 0, -a * da / safe, torch.full_like(b, db0))
+
+
+class VPLinear(Schedule):
+    r"""Song et al.'s variance-preserving SDE with $\beta(t) = \beta_{\min} + t(\beta_{\max} - \beta_{\min})$.
+
+    $a_t = \exp\!\big(-\tfrac12\int_0^t \beta\big)$, $b_t = \sqrt{1 - a_t^2}$ (lesson 0, eq. 0.13). With
+    $\beta_{\min} = 0, \beta_{\max} = 20$ it is Su's $\bar\alpha_t = e^{-5t^2}$ of chapter 5.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
+        if not 0 <= beta_min <= beta_max or beta_max <= 0:
+            raise ValueError(f"need 0 <= beta_min <= beta_max and beta_max > 0, got {beta_min}, {beta_max}")
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        self.name = f"vp-linear({beta_min:g},{beta_max:g})"
+
+    def _coefficients(self, t: Tensor) -> Coefficients:
+        d = self.beta_max - self.beta_min
+        log_a = -0.5 * (self.beta_min * t + 0.5 * d * t * t)
+        a = torch.exp(log_a)
+        b = torch.sqrt(-torch.expm1(2.0 * log_a))
+        da = -0.5 * (self.beta_min + d * t) * a
+        db0 = math.inf if self.beta_min > 0 else math.sqrt(d / 2)
+        return Coefficients(a, b, da, _vp_db(a, da, b, db0))
+
+
+class VPCosine(Schedule):
+    r"""Continuous cosine schedule $a_t = \cos(\tfrac{\pi}{2}\tfrac{t+s}{1+s})/\cos(\tfrac{\pi}{2}\tfrac{s}{1+s})$,
+    $b_t = \sqrt{1-a_t^2}$ (lesson 0, eq. 0.12)."""
+
+    def __init__(self, s: float = 0.008) -> None:
+        if not s >= 0:
+            raise ValueError(f"s must be >= 0, got {s}")
+        self.s = float(s)
+        self.name = f"vp-cosine(s={s:g})"
+
+    def _coefficients(self, t: Tensor) -> Coefficients:
+        k = 0.5 * math.pi / (1 + self.s)
+        c0 = math.cos(k * self.s)
+        a = torch.clamp(torch.cos(k * (t + self.s)) / c0, min=0.0)
+        b = torch.sqrt(torch.clamp(1.0 - a * a, min=0.0))
+        da = -k * torch.sin(k * (t + self.s)) / c0
+        return Coefficients(a, b, da, _vp_db(a, da, b, math.inf))
+
+
+class VE(Schedule):
+    r"""Variance-exploding schedule: $a_t = 1$, $b_t = \sigma_{\min}(\sigma_{\max}/\sigma_{\min})^t$ (lesson 0, eq. 0.14).
+
+    As in Song et al., $b_0 = \sigma_{\min} > 0$: the "data" end carries a little noise.
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.name = f"ve({sigma_min:g},{sigma_max:g})"
+
+    def _coefficients(self, t: Tensor) -> Coefficients:
+        r = math.log(self.sigma_max / self.sigma_min)
+        b = self.sigma_min * torch.exp(r * t)
+        return Coefficients(torch.ones_like(b), b, torch.zeros_like(b), r * b)
+
+
+class LinearPath(Schedule):
+    r"""The straight path of rectified flow / flow matching: $a_t = 1 - t$, $b_t = t$ (lesson 0, eq. 0.15)."""
+
+    name = "rectified-flow"
+
+    def _coefficients(self, t: Tensor) -> Coefficients:
+        return Coefficients(1.0 - t, t.clone(), -torch.ones_like(t), torch.ones_like(t))
+
+
+_FACTORIES = {
+    "su-linear": su_linear,
+    "ho-linear": ho_linear,
+    "cosine": cosine,
+    "vp-linear": VPLinear,
+    "vp-cosine": VPCosine,
+    "ve": VE,
+    "rectified-flow": LinearPath,
+}
+SCHEDULES: tuple[str, ...] = tuple(_FACTORIES)
+
+
+def get_schedule(name: str, **kwargs: float) -> Schedule:
+    r"""Build a named schedule (lesson 0, table 0.2).
+
+    Parameters
+    ----------
+    name : {"su-linear", "ho-linear", "cosine", "vp-linear", "vp-cosine", "ve", "rectified-flow"}
+        Which schedule; keyword arguments go to its constructor (e.g. ``T=1000``, ``beta_max=20``).
+
+    Returns
+    -------
+    Schedule
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"schedule name must be a string, one of {SCHEDULES}")
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown schedule {name!r}; expected one of {SCHEDULES}")
+    return _FACTORIES[name](**kwargs)

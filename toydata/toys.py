@@ -1,0 +1,154 @@
+r"""Two-dimensional toy data sets, generated from a seedable ``torch.Generator`` (nothing is downloaded).
+
+Each sampler returns a tensor of shape ``(n, 2)``. The Gaussian-mixture toys also come as exact models
+(:class:`diffmath.GaussianMixture`), whose noised score is known in closed form (lesson 0, sec. 0.6).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from diffmath.exact import GaussianMixture
+
+Generator = torch.Generator | None
+
+
+def _check_n(n: object) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    return n
+
+
+def _uniform(n: int, generator: Generator, *shape: int) -> Tensor:
+    """Uniform draws of shape (n, *shape), default (n, 1)."""
+    return torch.rand(n, *(shape or (1,)), generator=generator, dtype=torch.float64)
+
+
+def _normal(n: int, generator: Generator, *shape: int) -> Tensor:
+    """Standard normal draws of shape (n, *shape), default (n, 1)."""
+    return torch.randn(n, *(shape or (1,)), generator=generator, dtype=torch.float64)
+
+
+def _out(x: Tensor, dtype: torch.dtype | None) -> Tensor:
+    return x.to(dtype or torch.get_default_dtype())
+
+
+def eight_gaussians_mixture(radius: float = 2.0, std: float = 0.15, num_modes: int = 8) -> GaussianMixture:
+    r"""Equal-weight Gaussians of standard deviation ``std`` on a circle of ``radius`` (lesson 0, sec. 0.6)."""
+    if not radius > 0 or not std > 0:
+        raise ValueError(f"radius and std must be positive, got {radius}, {std}")
+    ang = 2 * math.pi * torch.arange(num_modes, dtype=torch.float64) / num_modes
+    means = radius * torch.stack([torch.cos(ang), torch.sin(ang)], 1)
+    w = torch.full((num_modes,), 1.0 / num_modes, dtype=torch.float64)
+    return GaussianMixture(w, means, torch.full((num_modes,), std**2, dtype=torch.float64))
+
+
+def random_mixture(
+    num_components: int, dim: int, generator: Generator = None, cov: str = "full", scale: float = 2.0
+) -> GaussianMixture:
+    r"""A random Gaussian mixture in ``dim`` dimensions with ``cov`` in {"full", "diag", "isotropic"} (lesson 0, sec. 0.6).
+
+    Means are $\mathcal N(0, \text{scale}^2 I)$, weights Dirichlet(2), and covariances well conditioned
+    (eigenvalues in $[0.05, 0.5]$), so tests in float64 stay far from singular.
+    """
+    K, d = _check_n(num_components), _check_n(dim)
+    means = scale * _normal(K, generator, d)
+    w = -torch.log(_uniform(K, generator, 2)).sum(1)  # Gamma(2, 1) draws
+    w = w / w.sum()
+    lam = 0.05 + 0.45 * _uniform(K, generator, d)
+    if cov == "isotropic":
+        covs = lam[:, 0]
+    elif cov == "diag":
+        covs = lam
+    elif cov == "full":
+        q, _ = torch.linalg.qr(_normal(K, generator, d, d))
+        covs = q @ torch.diag_embed(lam) @ q.transpose(1, 2)
+        covs = 0.5 * (covs + covs.transpose(1, 2))
+    else:
+        raise ValueError(f"cov must be 'full', 'diag' or 'isotropic', got {cov!r}")
+    return GaussianMixture(w, means, covs)
+
+
+def eight_gaussians(
+    n: int, generator: Generator = None, radius: float = 2.0, std: float = 0.15, dtype: torch.dtype | None = None
+) -> Tensor:
+    """``n`` samples of the 8-Gaussian ring (radius 2, std 0.15 by default)."""
+    x = eight_gaussians_mixture(radius, std).sample(_check_n(n), generator, dtype=torch.float64)
+    return _out(x, dtype)
+
+
+def swiss_roll(n: int, generator: Generator = None, noise: float = 0.25, dtype: torch.dtype | None = None) -> Tensor:
+    r"""The 2-D swiss roll $r(\cos r, \sin r)/5$ with $r \sim U[1.5\pi, 4.5\pi]$, plus Gaussian noise ``noise/5``."""
+    r = 1.5 * math.pi * (1 + 2 * _uniform(_check_n(n), generator))
+    x = torch.cat([r * torch.cos(r), r * torch.sin(r)], 1) + noise * _normal(n, generator, 2)
+    return _out(x / 5.0, dtype)
+
+
+def moons(n: int, generator: Generator = None, noise: float = 0.05, dtype: torch.dtype | None = None) -> Tensor:
+    """Two interleaving half circles (centred, unit radius), plus Gaussian noise of sd ``noise``."""
+    n = _check_n(n)
+    upper = _uniform(n, generator) < 0.5
+    ang = math.pi * _uniform(n, generator)
+    x_up = torch.cat([torch.cos(ang), torch.sin(ang)], 1)
+    x_lo = torch.cat([1 - torch.cos(ang), 0.5 - torch.sin(ang)], 1)
+    x = torch.where(upper, x_up, x_lo) - torch.tensor([0.5, 0.25], dtype=torch.float64)
+    return _out(x + noise * _normal(n, generator, 2), dtype)
+
+
+def rings(
+    n: int,
+    generator: Generator = None,
+    radii: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0),
+    noise: float = 0.04,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Concentric circles of the given ``radii``, points spread in proportion to circumference."""
+    n = _check_n(n)
+    r = torch.tensor(radii, dtype=torch.float64)
+    if r.dim() != 1 or (r <= 0).any():
+        raise ValueError("radii must be a non-empty sequence of positive numbers")
+    idx = torch.multinomial(r / r.sum(), n, replacement=True, generator=generator)
+    ang = 2 * math.pi * _uniform(n, generator)
+    x = r[idx, None] * torch.cat([torch.cos(ang), torch.sin(ang)], 1)
+    return _out(x + noise * _normal(n, generator, 2), dtype)
+
+
+def checkerboard(n: int, generator: Generator = None, dtype: torch.dtype | None = None) -> Tensor:
+    """Uniform on the black squares of a 4x4 checkerboard covering [-2, 2]^2."""
+    n = _check_n(n)
+    x1 = 4 * _uniform(n, generator) - 2
+    x2 = _uniform(n, generator) - 2 * torch.randint(0, 2, (n, 1), generator=generator).double()
+    x2 = x2 + torch.remainder(torch.floor(x1), 2)
+    return _out(torch.cat([x1, x2], 1), dtype)
+
+
+def pinwheel(n: int, generator: Generator = None, num_arms: int = 5, dtype: torch.dtype | None = None) -> Tensor:
+    """A pinwheel of ``num_arms`` curved arms (radial sd 0.3, tangential sd 0.05, twist 0.25)."""
+    n = _check_n(n)
+    arm = torch.randint(0, num_arms, (n,), generator=generator).double()
+    feats = _normal(n, generator, 2) * torch.tensor([0.3, 0.05], dtype=torch.float64)
+    feats[:, 0] += 1.0
+    ang = 2 * math.pi * arm / num_arms + 0.25 * torch.exp(feats[:, 0])
+    rot = torch.stack([torch.cos(ang), -torch.sin(ang), torch.sin(ang), torch.cos(ang)], 1).reshape(n, 2, 2)
+    return _out(2 * torch.einsum("nij,nj->ni", rot, feats), dtype)
+
+
+TOYS: dict[str, Callable[..., Tensor]] = {
+    "swiss-roll": swiss_roll,
+    "moons": moons,
+    "eight-gaussians": eight_gaussians,
+    "rings": rings,
+    "checkerboard": checkerboard,
+    "pinwheel": pinwheel,
+}
+
+
+def sample(name: str, n: int, generator: Generator = None, dtype: torch.dtype | None = None) -> Tensor:
+    """Draw ``n`` points of the named toy (one of :data:`TOYS`), shape (n, 2)."""
+    if not isinstance(name, str) or name not in TOYS:
+        raise ValueError(f"unknown toy {name!r}; expected one of {tuple(TOYS)}")
+    return TOYS[name](n, generator=generator, dtype=dtype)
