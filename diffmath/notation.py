@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
+import torch
 from torch import Tensor
 
 from diffmath._validate import as_tensor, check_batch, per_sample
@@ -112,6 +113,8 @@ def to_pair(
     da_ = per_sample(as_tensor(da, "da", x), x, "da")
     db_ = per_sample(as_tensor(db, "db", x), x, "db")
     det = _nonzero(a_ * db_ - b_ * da_, "a db - b da", kind)
+    if not torch.isfinite(det).all():
+        raise ValueError("cannot invert a 'velocity' prediction where a db - b da is infinite (db = inf at t = 0)")
     return Pair((db_ * x - b_ * pred) / det, (a_ * pred - da_ * x) / det)
 
 

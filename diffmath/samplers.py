@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from diffmath._validate import as_tensor, check_batch, check_finite
 from diffmath.models import Model, predict_pair

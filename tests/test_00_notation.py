@@ -195,3 +195,11 @@ def test_schedule_bad_input():
         dm.VE(1.0, 0.5)
     with pytest.raises(TypeError):
         s.a("10")
+
+
+def test_velocity_inversion_at_the_data_end_fails_clearly():
+    """On VP-linear with beta_min > 0, db/dt is infinite at t = 0: inverting a velocity raises, never returns NaN."""
+    c = dm.VPLinear().coefficients(torch.tensor(0.0, dtype=torch.float64))
+    x = torch.randn(3, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="infinite"):
+        dm.to_pair(x, "velocity", x, c.a, c.b, c.da, c.db)
