@@ -27,7 +27,11 @@ def execute(path: str | Path, timeout: int = 600) -> float:
     t0 = time.perf_counter()
     try:
         NotebookClient(
-            nb, timeout=timeout, kernel_name="python3", record_timing=False, resources={"metadata": {"path": str(path.parent)}}
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
+            record_timing=False,
+            resources={"metadata": {"path": str(path.parent)}},
         ).execute()
     finally:
         if env_backend is not None:
