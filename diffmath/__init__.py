@@ -3,7 +3,7 @@
 from diffmath.exact import EmpiricalData, ExactModel, GaussianMixture
 from diffmath.models import Model, check_model, predict, predict_pair
 from diffmath.notation import PREDICTIONS, Pair, convert, from_pair, to_pair
-from diffmath.samplers import SamplerStep, check_grid, ddim, ddim_sigma, ddim_step, sample
+from diffmath.samplers import SamplerStep, check_grid, ddim, ddim_coefficients, ddim_step, sample
 from diffmath.schedules import (
     SCHEDULES,
     VE,
@@ -42,7 +42,7 @@ __all__ = [
     "convert",
     "cosine",
     "ddim",
-    "ddim_sigma",
+    "ddim_coefficients",
     "ddim_step",
     "from_pair",
     "get_schedule",

@@ -46,17 +46,37 @@ def check_grid(grid: object, schedule: Schedule) -> Tensor:
     return g
 
 
-def ddim_sigma(schedule: Schedule, t: Tensor | float, s: Tensor | float, eta: float) -> Tensor:
-    r"""Noise scale $\sigma$ of one DDIM-family step from $t$ to $s<t$ (lesson 4, eq. 4.9).
+def ddim_coefficients(
+    schedule: Schedule, t: Tensor | float, s: Tensor | float, eta: float = 0.0, variance: str = "posterior"
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Coefficients of one DDIM-family step, $x_s = a_s\hat x_0 + c\,\hat\varepsilon + \sigma z$ (lesson 4, eqs. 4.8-4.9).
 
-    $\sigma = \eta\, (b_s / b_t)\sqrt{b_t^2 - (a_t/a_s)^2 b_s^2}$: the standard deviation of
-    $q(x_s\mid x_t, x_0)$ times $\eta$.
+    Parameters
+    ----------
+    schedule : Schedule
+    t, s : float or Tensor
+        Current and next time, $s < t$.
+    eta : float
+        Scale of the step noise, $\eta \ge 0$.
+    variance : {"posterior", "upper"}
+        ``"posterior"``: $\sigma = \eta\,(b_s/b_t)\sqrt{b_t^2 - (a_t/a_s)^2 b_s^2}$, the standard deviation of
+        $q(x_s\mid x_t, x_0)$ times $\eta$ ($\eta = 1$: DDPM, $\eta = 0$: DDIM);
+        ``"upper"``: $\sigma = \eta\sqrt{b_t^2 - (a_t/a_s)^2 b_s^2}$ (Ho's $\sigma_t = \beta_t$ for one step).
+
+    Returns
+    -------
+    (a_s, c, sigma) : tuple of Tensor
+        With $c = \sqrt{\max(b_s^2 - \sigma^2, 0)}$: the clamp is active where $\sigma > b_s$ (e.g. ``"upper"``
+        at the first steps of Su's schedule, or $\eta > 1$).
     """
     if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not eta >= 0:
         raise ValueError(f"eta must be a real number >= 0, got {eta!r}")
+    if variance not in ("posterior", "upper"):
+        raise ValueError(f"variance must be 'posterior' or 'upper', got {variance!r}")
     ct, cs = schedule.coefficients(t), schedule.coefficients(s)
-    beta2 = torch.clamp(ct.b**2 - (ct.a / cs.a) ** 2 * cs.b**2, min=0.0)
-    return eta * cs.b * torch.sqrt(beta2) / ct.b
+    step_std = torch.sqrt(torch.clamp(ct.b**2 - (ct.a / cs.a) ** 2 * cs.b**2, min=0.0))
+    sigma = eta * step_std * (cs.b / ct.b if variance == "posterior" else 1.0)
+    return cs.a, torch.sqrt(torch.clamp(cs.b**2 - sigma**2, min=0.0)), sigma
 
 
 def ddim_step(
@@ -69,6 +89,7 @@ def ddim_step(
     cond: Tensor | None = None,
     generator: torch.Generator | None = None,
     noise: Tensor | None = None,
+    variance: str = "posterior",
 ) -> tuple[Tensor, Pair]:
     r"""One step of the DDIM family from time ``t`` to ``s < t`` (lesson 4, eq. 4.8).
 
@@ -82,13 +103,14 @@ def ddim_step(
         Current and next time, ``s < t``.
     schedule : Schedule
     eta : float
-        0 for DDIM, 1 for DDPM; values above 1 are allowed and clamp $b_s^2 - \sigma^2$ at 0.
+        0 for DDIM, 1 for DDPM; see :func:`ddim_coefficients` for ``variance`` and the clamp.
     cond : Tensor, optional
         Passed to the model.
     generator : torch.Generator, optional
         Source of the fresh noise $z$ (ignored when ``noise`` is given).
     noise : Tensor, optional
         The noise $z$ itself, shape of ``x`` (to replay a trajectory with common random numbers).
+    variance : {"posterior", "upper"}
 
     Returns
     -------
@@ -96,9 +118,8 @@ def ddim_step(
         The new state $x_s$ and the model's $(\hat x_0, \hat\varepsilon)$ at $(x_t, t)$.
     """
     pair = predict_pair(model, x, t, schedule, cond)
-    cs = schedule.coefficients(as_tensor(s, "s", x))
-    sigma = ddim_sigma(schedule, as_tensor(t, "t", x), as_tensor(s, "s", x), eta).to(x.dtype)
-    x_s = cs.a * pair.x0 + torch.sqrt(torch.clamp(cs.b**2 - sigma**2, min=0.0)) * pair.eps
+    c_x0, c_eps, sigma = ddim_coefficients(schedule, as_tensor(t, "t", x), as_tensor(s, "s", x), eta, variance)
+    x_s = c_x0 * pair.x0 + c_eps * pair.eps
     if eta > 0:
         if noise is None:
             noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -117,6 +138,7 @@ def ddim(
     cond: Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    variance: str = "posterior",
 ) -> Iterator[SamplerStep]:
     r"""Run the DDIM family along ``grid``, yielding each step's state (lesson 4, eq. 4.8).
 
@@ -134,6 +156,8 @@ def ddim(
         Condition for the model; random generator for the step noise.
     progress : bool
         Show a tqdm bar.
+    variance : {"posterior", "upper"}
+        Which $\sigma$ family ``eta`` scales (:func:`ddim_coefficients`).
 
     Yields
     ------
@@ -144,7 +168,7 @@ def ddim(
     g = check_grid(grid, schedule)
     for i in tqdm(range(len(g) - 1), disable=not progress, desc=f"DDIM(eta={eta:g})", leave=False):
         t, s = g[i].item(), g[i + 1].item()
-        x, pair = ddim_step(model, x, t, s, schedule, eta, cond, generator)
+        x, pair = ddim_step(model, x, t, s, schedule, eta, cond, generator, variance=variance)
         check_finite(x, f"sampler state at t={s:g}")
         yield SamplerStep(i, s, x, pair.x0)
 
@@ -158,8 +182,9 @@ def sample(
     cond: Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    variance: str = "posterior",
 ) -> Tensor:
     r"""Final state of :func:`ddim` (lesson 4, eq. 4.8): a batch of samples at ``grid[-1]``."""
-    for step in ddim(model, x, grid, schedule, eta, cond, generator, progress):
+    for step in ddim(model, x, grid, schedule, eta, cond, generator, progress, variance):
         x = step.x
     return x

@@ -1,0 +1,181 @@
+r"""DDPM three ways (lessons 1-3): the forward process, the chapter-1 loss, per-step KL terms, the posterior.
+
+Discrete schedules only where a single step is involved (``t`` an integer in 1..T); the one-shot marginal and the
+posterior between any two times work on every schedule.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from diffmath._validate import as_tensor, check_batch, per_sample
+from diffmath.schedules import DiscreteSchedule, Schedule
+
+
+def _discrete(schedule: object) -> DiscreteSchedule:
+    if not isinstance(schedule, DiscreteSchedule):
+        raise TypeError(f"a single forward step needs a DiscreteSchedule, got {type(schedule).__name__}")
+    return schedule
+
+
+def forward_step(x_prev: Tensor, t: Tensor | float, schedule: DiscreteSchedule, eps: Tensor) -> Tensor:
+    r"""One demolition step $x_t = \alpha_t x_{t-1} + \beta_t\varepsilon_t$ (lesson 1, eq. 1.1).
+
+    Parameters
+    ----------
+    x_prev : Tensor, shape (B, ...)
+        $x_{t-1}$.
+    t : int or Tensor of shape (B,)
+        The step, in 1..T.
+    schedule : DiscreteSchedule
+    eps : Tensor, shape (B, ...)
+        The step's fresh noise $\varepsilon_t$.
+    """
+    x_prev = check_batch(x_prev, "x_prev")
+    _same_shape(eps, x_prev, "eps")
+    alpha, beta = _discrete(schedule).step(as_tensor(t, "t", x_prev))
+    return per_sample(alpha, x_prev, "t") * x_prev + per_sample(beta, x_prev, "t") * eps
+
+
+def forward_marginal(x0: Tensor, t: Tensor | float, schedule: Schedule, eps: Tensor) -> Tensor:
+    r"""One-shot noising $x_t = a_t x_0 + b_t\varepsilon$ (lesson 1, eq. 1.3; lesson 0, eq. 0.1), any schedule."""
+    x0 = check_batch(x0, "x0")
+    _same_shape(eps, x0, "eps")
+    c = schedule.coefficients(as_tensor(t, "t", x0))
+    return per_sample(c.a, x0, "t") * x0 + per_sample(c.b, x0, "t") * eps
+
+
+def merge_noises(
+    eps_prev: Tensor, eps_t: Tensor, t: Tensor | float, schedule: DiscreteSchedule
+) -> tuple[Tensor, Tensor]:
+    r"""Merge the noise of $x_{t-1}$ and of step $t$ into two independent standard normals (lesson 1, eq. 1.7).
+
+    With $x_{t-1} = \bar\alpha_{t-1}x_0 + \bar\beta_{t-1}\varepsilon_{t-1}$,
+
+    $$\varepsilon = \frac{\alpha_t\bar\beta_{t-1}\varepsilon_{t-1} + \beta_t\varepsilon_t}{\bar\beta_t},\qquad
+    \omega = \frac{\beta_t\varepsilon_{t-1} - \alpha_t\bar\beta_{t-1}\varepsilon_t}{\bar\beta_t},$$
+
+    so that $x_t = \bar\alpha_t x_0 + \bar\beta_t\varepsilon$ and $\omega$ is independent of $\varepsilon$.
+
+    Returns
+    -------
+    (eps, omega) : tuple of Tensor
+    """
+    _same_shape(eps_t, check_batch(eps_prev, "eps_prev"), "eps_t")
+    t_ = as_tensor(t, "t", eps_prev)
+    alpha, beta = (per_sample(v, eps_prev, "t") for v in _discrete(schedule).step(t_))
+    bbar_prev = per_sample(schedule.b(t_ - 1), eps_prev, "t")
+    bbar = per_sample(schedule.b(t_), eps_prev, "t")
+    eps = (alpha * bbar_prev * eps_prev + beta * eps_t) / bbar
+    omega = (beta * eps_prev - alpha * bbar_prev * eps_t) / bbar
+    return eps, omega
+
+
+def ch1_constant(schedule: DiscreteSchedule, t: Tensor | float, dim: int) -> Tensor:
+    r"""The constant of the chapter-1 loss, $C_t = d\,\alpha_t^2\bar\beta_{t-1}^2/\bar\beta_t^2$ (lesson 1, eq. 1.10).
+
+    $\mathbb E\|\varepsilon_t - \epsilon_\theta\|^2 = \frac{\beta_t^2}{\bar\beta_t^2}
+    \mathbb E\big\|\varepsilon - \tfrac{\bar\beta_t}{\beta_t}\epsilon_\theta\big\|^2 + C_t$ for any $\epsilon_\theta(x_t, t)$.
+    """
+    t_ = as_tensor(t, "t")
+    alpha, _ = _discrete(schedule).step(t_)
+    return dim * alpha**2 * schedule.b(t_ - 1) ** 2 / schedule.b(t_) ** 2
+
+
+def gaussian_kl(mean_q: Tensor, var_q: Tensor | float, mean_p: Tensor, var_p: Tensor | float) -> Tensor:
+    r"""$\mathrm{KL}\big(\mathcal N(m_q, v_q I)\,\|\,\mathcal N(m_p, v_p I)\big)$ per sample, in nats (lesson 2, eq. 2.5).
+
+    $\tfrac12\sum_i\big[\log(v_p/v_q) + (v_q + (m_{q,i} - m_{p,i})^2)/v_p - 1\big]$ over the event dimensions.
+    """
+    mean_q, mean_p = check_batch(mean_q, "mean_q"), check_batch(mean_p, "mean_p")
+    _same_shape(mean_p, mean_q, "mean_p")
+    vq = per_sample(as_tensor(var_q, "var_q", mean_q), mean_q, "var_q")
+    vp = per_sample(as_tensor(var_p, "var_p", mean_q), mean_q, "var_p")
+    if (vq <= 0).any() or (vp <= 0).any():
+        raise ValueError("variances of a Gaussian KL must be positive")
+    per = 0.5 * (torch.log(vp / vq) + (vq + (mean_q - mean_p) ** 2) / vp - 1.0)
+    return per.reshape(per.shape[0], -1).sum(1)
+
+
+class Posterior(NamedTuple):
+    r"""$q(x_s\mid x_t, x_0) = \mathcal N(c_t x_t + c_0 x_0,\ \sigma^2 I)$."""
+
+    coef_xt: Tensor
+    coef_x0: Tensor
+    std: Tensor
+
+
+def posterior(schedule: Schedule, t: Tensor | float, s: Tensor | float | None = None) -> Posterior:
+    r"""Coefficients of the forward posterior $q(x_s\mid x_t, x_0)$, $s < t$ (lesson 3, eq. 3.8).
+
+    With $\alpha = a_t/a_s$ and $\beta^2 = b_t^2 - \alpha^2 b_s^2$ (the transition $s\to t$),
+
+    $$q(x_s\mid x_t, x_0) = \mathcal N\Big(\frac{\alpha b_s^2}{b_t^2}x_t + \frac{a_s\beta^2}{b_t^2}x_0,
+    \frac{b_s^2\beta^2}{b_t^2}I\Big);$$
+
+    for $s = t-1$ on a discrete schedule: $\frac{\alpha_t\bar\beta_{t-1}^2}{\bar\beta_t^2}x_t +
+    \frac{\bar\alpha_{t-1}\beta_t^2}{\bar\beta_t^2}x_0$ and $\sigma = \bar\beta_{t-1}\beta_t/\bar\beta_t$.
+
+    Parameters
+    ----------
+    schedule : Schedule
+    t : float or Tensor
+        Later time ($t > 0$).
+    s : float or Tensor, optional
+        Earlier time, default ``t - 1`` (discrete schedules).
+    """
+    t_ = as_tensor(t, "t")
+    s_ = t_ - 1 if s is None else as_tensor(s, "s", t_)
+    if (s_ >= t_).any():
+        raise ValueError("the posterior q(x_s | x_t, x0) needs s < t")
+    ct, cs = schedule.coefficients(t_), schedule.coefficients(s_)
+    ratio = ct.a / cs.a
+    beta2 = torch.clamp(ct.b**2 - ratio**2 * cs.b**2, min=0.0)
+    return Posterior(ratio * cs.b**2 / ct.b**2, cs.a * beta2 / ct.b**2, cs.b * torch.sqrt(beta2) / ct.b)
+
+
+def ddpm_mean(x: Tensor, eps: Tensor, t: Tensor | float, schedule: DiscreteSchedule) -> Tensor:
+    r"""Mean of the DDPM reverse step, $\mu = \big(x_t - \frac{\beta_t^2}{\bar\beta_t}\hat\varepsilon\big)/\alpha_t$
+    (lesson 3, eq. 3.13), with $\hat\varepsilon$ Ho's total-noise prediction."""
+    x = check_batch(x, "x")
+    _same_shape(eps, x, "eps")
+    t_ = as_tensor(t, "t", x)
+    alpha, beta = (per_sample(v, x, "t") for v in _discrete(schedule).step(t_))
+    return (x - beta**2 / per_sample(schedule.b(t_), x, "t") * eps) / alpha
+
+
+def reverse_std(schedule: DiscreteSchedule, t: Tensor | float, kind: str = "posterior") -> Tensor:
+    r"""The two classical reverse-step standard deviations (lesson 2, eqs. 2.11-2.12).
+
+    ``"posterior"``: $\sigma_t = \bar\beta_{t-1}\beta_t/\bar\beta_t$, exact when the data is one point;
+    ``"beta"``: $\sigma_t = \beta_t$, exact when the data is $\mathcal N(0, I)$.
+    """
+    t_ = as_tensor(t, "t")
+    if kind == "posterior":
+        return posterior(schedule, t_).std
+    if kind == "beta":
+        return _discrete(schedule).step(t_)[1]
+    raise ValueError(f"kind must be 'posterior' or 'beta', got {kind!r}")
+
+
+def kl_weight(schedule: DiscreteSchedule, t: Tensor | float, sigma: Tensor | float) -> Tensor:
+    r"""Weight of $\|\varepsilon - \hat\varepsilon\|^2$ in the per-step KL, $\frac{\beta_t^4}{2\bar\beta_t^2\alpha_t^2\sigma_t^2}$
+    (lesson 2, eq. 2.9; the text prints $\beta_t^4/(\alpha_t^2\sigma_t^4)$).
+
+    When $p(x_{t-1}\mid x_t) = \mathcal N(\mu_\theta, \sigma_t^2 I)$ shares the posterior's variance,
+    $\mathrm{KL}(q(x_{t-1}\mid x_t,x_0)\,\|\,p) = \text{weight}\cdot\|\varepsilon - \hat\varepsilon\|^2$.
+    """
+    t_ = as_tensor(t, "t")
+    alpha, beta = _discrete(schedule).step(t_)
+    sigma_ = as_tensor(sigma, "sigma", alpha)
+    return beta**4 / (2 * schedule.b(t_) ** 2 * alpha**2 * sigma_**2)
+
+
+def _same_shape(v: object, like: Tensor, name: str) -> Tensor:
+    v = check_batch(v, name)
+    if v.shape != like.shape:
+        raise ValueError(f"{name} must have shape {tuple(like.shape)}, got {tuple(v.shape)}")
+    return v

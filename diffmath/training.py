@@ -1,0 +1,244 @@
+r"""One training loop for every target (lesson 3, eq. 3.14): regress a model onto the (eps, x0, score, v or
+velocity) target of $x_t = a_t x_0 + b_t\varepsilon$, with EMA, atomic checkpoints and resume.
+
+The loop is a generator that yields each step's state, so a notebook can plot the loss as it goes; :func:`fit`
+runs it to the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from diffmath._validate import check_batch
+from diffmath.models import check_model
+from diffmath.notation import Pair, from_pair
+from diffmath.schedules import Schedule
+
+
+@dataclass
+class TrainStep:
+    """State after one optimiser step: step number (1-based), this step's loss, and the running models."""
+
+    step: int
+    loss: float
+    model: nn.Module
+    ema: nn.Module | None
+    losses: list[float] = field(repr=False, default_factory=list)
+
+
+def diffusion_loss(
+    model: nn.Module,
+    x0: Tensor,
+    schedule: Schedule,
+    generator: torch.Generator | None = None,
+    cond: Tensor | None = None,
+) -> Tensor:
+    r"""Monte Carlo estimate of $\mathbb E_{t, x_0, \varepsilon}\|f_\theta(x_t, t) - \text{target}\|^2 / d$
+    (lesson 3, eq. 3.14).
+
+    $t$ is uniform on $1..T$ (discrete) or $(0, t_{\max}]$ (continuous); the target is the model's own
+    ``prediction`` kind computed from the true $(x_0, \varepsilon)$ (lesson 0, eqs. 0.2-0.4): for ``"eps"`` this
+    is Ho's $\|\varepsilon - \epsilon_\theta(x_t, t)\|^2$.
+
+    Returns
+    -------
+    Tensor, shape ()
+    """
+    x0 = check_batch(x0, "x0")
+    B = x0.shape[0]
+    if schedule.discrete:
+        t = torch.randint(1, int(schedule.t_max) + 1, (B,), generator=generator).to(x0.dtype)
+    else:
+        t = schedule.t_max * (1.0 - torch.rand(B, generator=generator, dtype=x0.dtype))
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+    c = schedule.coefficients(t)
+    view = (B,) + (1,) * (x0.dim() - 1)
+    a, b = c.a.reshape(view), c.b.reshape(view)
+    target = from_pair(Pair(x0, eps), model.prediction, c.a, c.b, c.da, c.db)
+    pred = model(a * x0 + b * eps, t, cond)
+    return ((pred - target) ** 2).mean()
+
+
+def train(
+    model: nn.Module,
+    data: Tensor,
+    schedule: Schedule,
+    steps: int,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    ema_decay: float | None = 0.999,
+    seed: int = 0,
+    labels: Tensor | None = None,
+    label_dropout: float = 0.0,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 500,
+    progress: bool = True,
+) -> Iterator[TrainStep]:
+    r"""Train ``model`` on ``data`` with :func:`diffusion_loss`, yielding every step (lesson 3, eq. 3.14).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model with the one interface; its ``prediction`` fixes the regression target.
+    data : Tensor, shape (N, ...)
+        The training set; minibatches are drawn with replacement.
+    schedule : Schedule
+    steps : int
+        Total optimiser steps (a resumed run continues up to this number).
+    batch_size, lr : int, float
+        Adam with a cosine decay of the learning rate to zero over ``steps``.
+    ema_decay : float or None
+        Exponential moving average of the weights, kept in ``TrainStep.ema``.
+    seed : int
+        Seeds the generator of minibatches, times and noise (its state is checkpointed).
+    labels : Tensor of int, shape (N,), optional
+        Class labels passed as ``cond``; with ``label_dropout`` > 0 a random fraction is replaced by the null
+        label ``-1`` (for classifier-free guidance).
+    checkpoint : path, optional
+        File for atomic checkpoints every ``checkpoint_every`` steps and at the end. If it exists, training
+        resumes from it (it must come from the same model and settings, else ``ValueError``).
+    progress : bool
+        Show a tqdm bar.
+
+    Yields
+    ------
+    TrainStep
+        After each step (a run resumed from a finished checkpoint yields its final state once).
+    """
+    check_model(model)
+    data = check_batch(data, "data")
+    for name, v in (("steps", steps), ("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if ema_decay is not None and not 0 < ema_decay < 1:
+        raise ValueError(f"ema_decay must lie in (0, 1) or be None, got {ema_decay}")
+    if not 0 <= label_dropout < 1:
+        raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
+    if labels is not None and (labels.shape != (data.shape[0],) or labels.is_floating_point()):
+        raise ValueError(f"labels must be an integer tensor of shape (N,) = ({data.shape[0]},)")
+    dtype = next(model.parameters()).dtype
+    data = data.to(dtype)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
+    ema = copy.deepcopy(model).requires_grad_(False) if ema_decay is not None else None
+    fingerprint = _fingerprint(model, schedule, batch_size, lr, ema_decay, seed, data, label_dropout)
+    start, losses = 0, []
+    if checkpoint is not None and Path(checkpoint).exists():
+        start, losses = _load(checkpoint, fingerprint, model, ema, opt, sched, gen)
+    if start >= steps:  # a finished run: report its final state once
+        model.eval()
+        yield TrainStep(start, losses[-1] if losses else math.nan, model, ema.eval() if ema else None, losses)
+        return
+    model.train()
+    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="train", leave=False)
+    for k in bar:
+        idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen)
+        cond = None
+        if labels is not None:
+            cond = labels[idx].clone()
+            if label_dropout > 0:
+                cond[torch.rand(batch_size, generator=gen) < label_dropout] = -1
+        loss = diffusion_loss(model, data[idx], schedule, gen, cond)
+        if not torch.isfinite(loss):
+            raise ValueError(f"training loss became {loss.item()} at step {k + 1}; lower the learning rate")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if ema is not None:
+            with torch.no_grad():
+                for pe, p in zip(ema.parameters(), model.parameters(), strict=True):
+                    pe.lerp_(p, 1.0 - ema_decay)
+        losses.append(loss.item())
+        if k % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        if checkpoint is not None and ((k + 1) % checkpoint_every == 0 or k + 1 == steps):
+            _save(checkpoint, fingerprint, k + 1, model, ema, opt, sched, gen, losses)
+        yield TrainStep(k + 1, losses[-1], model, ema, losses)
+    model.eval()
+    if ema is not None:
+        ema.eval()
+
+
+def fit(model: nn.Module, data: Tensor, schedule: Schedule, steps: int, **kwargs: object) -> TrainStep:
+    """Run :func:`train` to the end and return its last state (the EMA model, if any, is in ``.ema``)."""
+    *_, last = train(model, data, schedule, steps, **kwargs)
+    return last
+
+
+def _fingerprint(model, schedule, batch_size, lr, ema_decay, seed, data, label_dropout) -> dict:
+    return {
+        "model": type(model).__name__,
+        "prediction": model.prediction,
+        "params": {k: list(v.shape) for k, v in model.state_dict().items()},
+        "schedule": schedule.name,
+        "batch_size": batch_size,
+        "lr": lr,
+        "ema_decay": ema_decay,
+        "seed": seed,
+        "data_shape": list(data.shape),
+        "label_dropout": label_dropout,
+    }
+
+
+def save_atomic(obj: object, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _save(path, fingerprint, step, model, ema, opt, sched, gen, losses) -> None:
+    save_atomic(
+        {
+            "fingerprint": fingerprint,
+            "step": step,
+            "model": model.state_dict(),
+            "ema": None if ema is None else ema.state_dict(),
+            "opt": opt.state_dict(),
+            "lr_sched": sched.state_dict(),
+            "generator": gen.get_state(),
+            "losses": losses,
+        },
+        path,
+    )
+
+
+def _read(path: str | Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a truncated or foreign file
+        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def _load(path, fingerprint, model, ema, opt, sched, gen) -> tuple[int, list[float]]:
+    ck = _read(path)
+    if not isinstance(ck, dict) or ck.get("fingerprint") != fingerprint:
+        got = ck.get("fingerprint") if isinstance(ck, dict) else None
+        diff = sorted(k for k in fingerprint if not got or got.get(k) != fingerprint[k])
+        raise ValueError(f"checkpoint {path} belongs to another model or settings (differs in: {', '.join(diff)})")
+    model.load_state_dict(ck["model"])
+    if ema is not None:
+        ema.load_state_dict(ck["ema"])
+    opt.load_state_dict(ck["opt"])
+    sched.load_state_dict(ck["lr_sched"])
+    gen.set_state(ck["generator"])
+    return ck["step"], list(ck["losses"])
