@@ -109,7 +109,7 @@ def test_forward_bad_input():
     x = torch.zeros(4, 2)
     with pytest.raises(ValueError, match=r"shape \(4, 2\)"):
         forward_step(x, 3, sched, torch.zeros(4, 3))
-    with pytest.raises(ValueError, match="t = 1..T"):
+    with pytest.raises(ValueError, match=r"t = 1\.\.T"):
         forward_step(x, 0, sched, x)
     with pytest.raises(TypeError, match="DiscreteSchedule"):
         forward_step(x, 0.5, dm.VPLinear(), x)
