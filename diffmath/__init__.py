@@ -1,5 +1,6 @@
 """diffmath: diffusion generative models derived, implemented and tested, from 2-D toys to images."""
 
+from diffmath import ddpm, metrics, nets, reference, training
 from diffmath.exact import EmpiricalData, ExactModel, GaussianMixture
 from diffmath.models import Model, check_model, predict, predict_pair
 from diffmath.notation import PREDICTIONS, Pair, convert, from_pair, to_pair
@@ -44,12 +45,17 @@ __all__ = [
     "ddim",
     "ddim_coefficients",
     "ddim_step",
+    "ddpm",
     "from_pair",
     "get_schedule",
     "ho_linear",
+    "metrics",
+    "nets",
     "predict",
     "predict_pair",
+    "reference",
     "sample",
     "su_linear",
     "to_pair",
+    "training",
 ]

@@ -171,6 +171,8 @@ def kl_weight(schedule: DiscreteSchedule, t: Tensor | float, sigma: Tensor | flo
     t_ = as_tensor(t, "t")
     alpha, beta = _discrete(schedule).step(t_)
     sigma_ = as_tensor(sigma, "sigma", alpha)
+    if (sigma_ <= 0).any():
+        raise ValueError("sigma must be positive (the posterior sd is 0 at t = 1: the KL is infinite there)")
     return beta**4 / (2 * schedule.b(t_) ** 2 * alpha**2 * sigma_**2)
 
 

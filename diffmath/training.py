@@ -129,9 +129,11 @@ def train(
     dtype = next(model.parameters()).dtype
     data = data.to(dtype)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
     ema = copy.deepcopy(model).requires_grad_(False) if ema_decay is not None else None
+    params = list(model.parameters())
+    ema_params = list(ema.parameters()) if ema is not None else []
     fingerprint = _fingerprint(model, schedule, batch_size, lr, ema_decay, seed, data, label_dropout)
     start, losses = 0, []
     if checkpoint is not None and Path(checkpoint).exists():
@@ -158,8 +160,7 @@ def train(
         sched.step()
         if ema is not None:
             with torch.no_grad():
-                for pe, p in zip(ema.parameters(), model.parameters(), strict=True):
-                    pe.lerp_(p, 1.0 - ema_decay)
+                torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay)
         losses.append(loss.item())
         if k % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
@@ -222,7 +223,8 @@ def _save(path, fingerprint, step, model, ema, opt, sched, gen, losses) -> None:
     )
 
 
-def _read(path: str | Path) -> dict:
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a file written by :func:`save_atomic`; ``ValueError`` if it is missing, truncated or not a checkpoint."""
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a truncated or foreign file
@@ -230,7 +232,7 @@ def _read(path: str | Path) -> dict:
 
 
 def _load(path, fingerprint, model, ema, opt, sched, gen) -> tuple[int, list[float]]:
-    ck = _read(path)
+    ck = read_checkpoint(path)
     if not isinstance(ck, dict) or ck.get("fingerprint") != fingerprint:
         got = ck.get("fingerprint") if isinstance(ck, dict) else None
         diff = sorted(k for k in fingerprint if not got or got.get(k) != fingerprint[k])

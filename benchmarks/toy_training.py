@@ -1,0 +1,103 @@
+"""Toy training benchmark: diffmath vs smalldiffusion on smalldiffusion's own swiss-roll example, in one process.
+
+Both libraries train on the same data tensor for the same number of optimiser steps with the same batch size, then
+draw the same number of samples with 20 network evaluations (smalldiffusion: its example's accelerated sampler,
+gam = 2; diffmath: DDIM on a quadratic grid of the continuous cosine schedule, with a v-predicting MLP of width 64,
+two residual blocks, fused Adam and a plain tensor loop instead of DataLoader + accelerate); we report train and sample seconds, the sliced W1
+distance to a dense copy of the curve, and the ratios diffmath / smalldiffusion.
+
+smalldiffusion 0.5.0 imports torchvision at import time (for image transforms this benchmark does not use) and
+torchvision has no CPU build here, so a stub module stands in for it; install the peer with
+``pip install --no-deps smalldiffusion==0.5.0 accelerate einops`` (``make bench`` does this).
+
+Run: ``python benchmarks/toy_training.py [--steps 15000] [--seed 0]``. Not a test: it prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import types
+
+import torch
+
+import diffmath as dm
+from diffmath.metrics import sliced_w1
+from diffmath.nets import MLP
+from diffmath.training import fit
+
+
+def swissroll_curve(n: int) -> torch.Tensor:
+    """smalldiffusion's ``Swissroll(pi/2, 5 pi, n)``: n points along the curve t (cos t, sin t) / (5 pi)."""
+    tmin, tmax = math.pi / 2, 5 * math.pi
+    t = tmin + torch.linspace(0, 1, n) * tmax
+    return torch.stack([t * torch.cos(t) / tmax, t * torch.sin(t) / tmax], 1)
+
+
+def run_smalldiffusion(data: torch.Tensor, steps: int, n_samples: int, seed: int) -> tuple[float, float, torch.Tensor]:
+    stub = types.SimpleNamespace(
+        **{k: (lambda *a, **kw: None) for k in ("Compose", "RandomHorizontalFlip", "ToTensor", "Lambda")}
+    )
+    sys.modules.setdefault("torchvision", types.SimpleNamespace(transforms=stub))  # only used for image transforms
+    import smalldiffusion as sd
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(seed)
+    loader = DataLoader(data, batch_size=2048)  # the example's loader: the whole 100-point set per step
+    model = sd.TimeInputMLP(hidden_dims=(16, 128, 128, 128, 128, 16))
+    schedule = sd.ScheduleLogLinear(N=200, sigma_min=0.005, sigma_max=10)
+    t0 = time.perf_counter()
+    for _ in sd.training_loop(loader, model, schedule, epochs=steps, lr=1e-3):
+        pass
+    t_train = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    *_, x0 = sd.samples(model, schedule.sample_sigmas(20), gam=2, batchsize=n_samples)
+    return t_train, time.perf_counter() - t0, x0.detach()
+
+
+def run_diffmath(data: torch.Tensor, steps: int, n_samples: int, seed: int) -> tuple[float, float, torch.Tensor]:
+    torch.manual_seed(seed)
+    sched = dm.VPCosine()  # continuous cosine schedule, v-prediction: the eps loss weighted by (1 + SNR)
+    model = MLP(2, hidden=64, depth=2, t_max=sched.t_max, prediction="v")
+    t0 = time.perf_counter()
+    state = fit(
+        model, data, sched, steps, batch_size=data.shape[0], lr=3e-3, ema_decay=0.995, seed=seed, progress=False
+    )
+    t_train = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        x_T = torch.randn(n_samples, 2, generator=torch.Generator().manual_seed(seed))
+        x0 = dm.sample(state.ema, x_T, sched.grid(20, "quadratic"), sched, eta=0.0)  # DDIM, 20 steps
+    return t_train, time.perf_counter() - t0, x0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=15000, help="optimiser steps for both (the example's epochs)")
+    parser.add_argument("--samples", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    data = swissroll_curve(100)
+    fresh = swissroll_curve(args.samples)
+    rows = {
+        "smalldiffusion": run_smalldiffusion(data, args.steps, args.samples, args.seed),
+        "diffmath": run_diffmath(data, args.steps, args.samples, args.seed),
+    }
+    g = torch.Generator().manual_seed(123)
+    sw = {k: sliced_w1(v[2], fresh, num_projections=512, generator=g.manual_seed(123)) for k, v in rows.items()}
+    print(f"swiss roll (smalldiffusion example: 100 points), {args.steps} steps of batch 100, 20 NFE sampling")
+    print(f"{'library':<16}{'train s':>10}{'sample s':>10}{'sliced W1':>12}")
+    for k, (tt, ts, _) in rows.items():
+        print(f"{k:<16}{tt:>10.2f}{ts:>10.3f}{sw[k]:>12.4f}")
+    (tt_d, ts_d, _), (tt_s, ts_s, _) = rows["diffmath"], rows["smalldiffusion"]
+    print(
+        f"{'ratio d/s':<16}{tt_d / tt_s:>10.2f}{ts_d / ts_s:>10.2f}{sw['diffmath'] / sw['smalldiffusion']:>12.2f}"
+        "   (target: wall time <= 0.5, sliced W1 <= 1.0)"
+    )
+
+
+if __name__ == "__main__":
+    main()

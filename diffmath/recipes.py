@@ -1,0 +1,125 @@
+r"""Named, reproducible training recipes for toy models, cached by the hash of their configuration (lesson 3, sec. 3.6).
+
+``train_toy("swiss-roll-ddpm")`` trains once (seconds on one CPU thread), stores the EMA weights under the cache
+folder (``$DIFFMATH_CACHE``, default ``~/.cache/diffmath``) in a file named after the recipe and the hash of its
+configuration, and loads them on every later call. An interrupted run resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from diffmath.nets import MLP
+from diffmath.schedules import Schedule, get_schedule
+from diffmath.training import fit, read_checkpoint, save_atomic
+
+_BASE = {
+    "n_data": 20000,
+    "data_seed": 0,
+    "schedule": "su-linear",
+    "schedule_kwargs": {"T": 1000},
+    "prediction": "eps",
+    "hidden": 64,
+    "depth": 3,
+    "steps": 3000,
+    "batch_size": 512,
+    "lr": 3e-3,
+    "ema_decay": 0.995,
+    "seed": 0,
+}
+TOY_RECIPES: dict[str, dict] = {
+    "swiss-roll-ddpm": {**_BASE, "toy": "swiss-roll"},
+    "eight-gaussians-ddpm": {**_BASE, "toy": "eight-gaussians"},
+    "moons-ddpm": {**_BASE, "toy": "moons"},
+}
+
+
+@dataclass
+class ToyModel:
+    """A trained toy model: the (EMA) network, its schedule, its training data and the recipe that made it."""
+
+    model: MLP
+    schedule: Schedule
+    data: torch.Tensor
+    config: dict
+    path: Path
+
+
+def cache_dir() -> Path:
+    """The folder for cached artefacts: ``$DIFFMATH_CACHE`` or ``~/.cache/diffmath``."""
+    return Path(os.environ.get("DIFFMATH_CACHE", Path.home() / ".cache" / "diffmath"))
+
+
+def toy_recipe(name: str, **overrides: object) -> dict:
+    """The configuration of a named recipe (one of :data:`TOY_RECIPES`), with keyword overrides."""
+    if name not in TOY_RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; expected one of {tuple(TOY_RECIPES)}")
+    unknown = set(overrides) - set(TOY_RECIPES[name])
+    if unknown:
+        raise ValueError(f"unknown recipe settings {sorted(unknown)}; expected some of {sorted(TOY_RECIPES[name])}")
+    return {**TOY_RECIPES[name], **overrides, "name": name}
+
+
+def recipe_hash(config: dict) -> str:
+    """Short SHA-1 of the configuration (sorted JSON): the cache key."""
+    return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def train_toy(recipe: str | dict, progress: bool = True, folder: str | Path | None = None) -> ToyModel:
+    r"""Train (or load from the cache) a toy MLP by recipe (lesson 3, eq. 3.14).
+
+    Parameters
+    ----------
+    recipe : str or dict
+        A name in :data:`TOY_RECIPES`, or a configuration from :func:`toy_recipe`.
+    progress : bool
+        Show tqdm progress while training.
+    folder : path, optional
+        Cache folder (default :func:`cache_dir`).
+
+    Returns
+    -------
+    ToyModel
+        ``model`` is the EMA network in eval mode (a model with the one interface).
+    """
+    from toydata import sample
+
+    config = toy_recipe(recipe) if isinstance(recipe, str) else dict(recipe)
+    if "name" not in config or "toy" not in config:
+        raise ValueError("a recipe must come from toy_recipe(...) (it needs 'name' and 'toy')")
+    folder = Path(folder) if folder is not None else cache_dir()
+    path = folder / f"{config['name']}-{recipe_hash(config)}.pt"
+    schedule = get_schedule(config["schedule"], **config["schedule_kwargs"])
+    data = sample(config["toy"], config["n_data"], torch.Generator().manual_seed(config["data_seed"]))
+    torch.manual_seed(config["seed"])
+    model = MLP(2, config["hidden"], config["depth"], config["prediction"], schedule.t_max)
+    if path.exists():
+        stored = read_checkpoint(path)
+        if stored.get("config") != config:
+            raise ValueError(f"cached model {path} was made by another recipe; delete it to retrain")
+        model.load_state_dict(stored["model"])
+        return ToyModel(model.eval(), schedule, data, config, path)
+    ckpt = path.with_suffix(".ckpt")
+    state = fit(
+        model,
+        data,
+        schedule,
+        config["steps"],
+        batch_size=config["batch_size"],
+        lr=config["lr"],
+        ema_decay=config["ema_decay"],
+        seed=config["seed"],
+        checkpoint=ckpt,
+        checkpoint_every=500,
+        progress=progress,
+    )
+    final = state.ema if state.ema is not None else state.model
+    save_atomic({"config": config, "model": final.state_dict(), "losses": state.losses}, path)
+    ckpt.unlink(missing_ok=True)
+    return ToyModel(final.eval(), schedule, data, config, path)
