@@ -67,7 +67,8 @@ def ddim_coefficients(
     -------
     (a_s, c, sigma) : tuple of Tensor
         With $c = \sqrt{\max(b_s^2 - \sigma^2, 0)}$: the clamp is active where $\sigma > b_s$ (e.g. ``"upper"``
-        at the first steps of Su's schedule, or $\eta > 1$).
+        at the first steps of Su's schedule, or $\eta > 1$). On a step into $b_s = 0$ (the data end) $\sigma = 0$:
+        the last step adds no noise, as in Ho et al.'s algorithm.
     """
     if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not eta >= 0:
         raise ValueError(f"eta must be a real number >= 0, got {eta!r}")
@@ -76,6 +77,7 @@ def ddim_coefficients(
     ct, cs = schedule.coefficients(t), schedule.coefficients(s)
     step_std = torch.sqrt(torch.clamp(ct.b**2 - (ct.a / cs.a) ** 2 * cs.b**2, min=0.0))
     sigma = eta * step_std * (cs.b / ct.b if variance == "posterior" else 1.0)
+    sigma = torch.where(cs.b > 0, sigma, torch.zeros_like(sigma))  # no fresh noise on the step into the data
     return cs.a, torch.sqrt(torch.clamp(cs.b**2 - sigma**2, min=0.0)), sigma
 
 
@@ -146,7 +148,7 @@ def ddim(
     ----------
     model : Model
     x : Tensor, shape (B, ...)
-        Start state at ``grid[0]`` (usually $b_{t_{\max}}\,z$ plus nothing: pure noise for VP schedules).
+        Start state at ``grid[0]``: for VP schedules a draw of $\mathcal N(0, I)$, for VE $b_{t_{\max}} z$.
     grid : Tensor, shape (K + 1,)
         Strictly decreasing times; the last is where sampling ends (0 = the data).
     schedule : Schedule
