@@ -42,13 +42,14 @@ TOY_RECIPES: dict[str, dict] = {
 
 @dataclass
 class ToyModel:
-    """A trained toy model: the (EMA) network, its schedule, its training data and the recipe that made it."""
+    """A trained toy model: the (EMA) network, its schedule, its training data, the recipe that made it, the loss curve."""
 
     model: MLP
     schedule: Schedule
     data: torch.Tensor
     config: dict
     path: Path
+    losses: list[float]
 
 
 def cache_dir() -> Path:
@@ -104,7 +105,7 @@ def train_toy(recipe: str | dict, progress: bool = True, folder: str | Path | No
         if stored.get("config") != config:
             raise ValueError(f"cached model {path} was made by another recipe; delete it to retrain")
         model.load_state_dict(stored["model"])
-        return ToyModel(model.eval(), schedule, data, config, path)
+        return ToyModel(model.eval(), schedule, data, config, path, stored["losses"])
     ckpt = path.with_suffix(".ckpt")
     state = fit(
         model,
@@ -122,4 +123,4 @@ def train_toy(recipe: str | dict, progress: bool = True, folder: str | Path | No
     final = state.ema if state.ema is not None else state.model
     save_atomic({"config": config, "model": final.state_dict(), "losses": state.losses}, path)
     ckpt.unlink(missing_ok=True)
-    return ToyModel(final.eval(), schedule, data, config, path)
+    return ToyModel(final.eval(), schedule, data, config, path, state.losses)

@@ -13,11 +13,13 @@ def test_tour_runs_and_denoises(tmp_path, capsys):
     assert out.stat().st_size > 20_000
     printed = capsys.readouterr().out
     assert "DDPM (eta=1)" in printed and "sliced W1" in printed
-    by = {(r["sampler"], r["steps"]): r for r in rows}
-    ddpm = by[("DDPM (eta=1)", 1000)]
-    # the exact model's ancestral sampler restores every mode's weight (1/8 +- 0.04 at n = 600)
-    assert ddpm["max_mode_dev"] < 0.04
-    assert ddpm["sliced_w1"] < 2.5 * by[("data vs fresh data", 0)]["sliced_w1"] + 0.02
+    by = {(r["model"], r["sampler"], r["steps"]): r for r in rows}
+    floor = by[("data", "fresh data", 0)]["sliced_w1"]
+    # the exact model's and the trained MLP's ancestral samplers restore every mode (1/8 +- 0.04 at n = 600)
+    for model in ("exact", "MLP"):
+        ddpm = by[(model, "DDPM (eta=1)", 1000)]
+        assert ddpm["max_mode_dev"] < 0.04, model
+        assert ddpm["sliced_w1"] < 2.5 * floor + 0.02, model
 
 
 def test_cli_entry_points(tmp_path):
@@ -26,3 +28,12 @@ def test_cli_entry_points(tmp_path):
     assert bad.returncode == 2 and "--n must be at least 10" in bad.stderr
     bad = subprocess.run([sys.executable, "-m", "diffmath", "fly"], capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "diffmath", "train", "mnist"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown recipe 'mnist'" in bad.stderr
+
+
+def test_cli_train_lists_and_loads_recipes(capsys):
+    assert main(["train"]) == 0
+    assert "swiss-roll-ddpm" in capsys.readouterr().out
+    assert main(["train", "eight-gaussians-ddpm", "--no-progress"]) == 0
+    assert "3000 steps" in capsys.readouterr().out
