@@ -10,13 +10,29 @@ import torch
 
 import diffmath as dm
 import toydata as td
+from diffmath.ode import ode_sample
+from diffmath.sde import predictor_corrector, reverse_sde
 
 SU = dm.su_linear(1000)
+VP = dm.VPLinear()
+
+
+def _last(steps):
+    *_, last = steps
+    return last.x
+
+
 SAMPLERS = [
     ("ddim", SU, lambda m, x, g, gen: dm.sample(m, x, g, SU, eta=0.0, generator=gen)),
     ("ddpm", SU, lambda m, x, g, gen: dm.sample(m, x, g, SU, eta=1.0, generator=gen)),
     ("ddpm-upper", SU, lambda m, x, g, gen: dm.sample(m, x, g, SU, eta=1.0, generator=gen, variance="upper")),
-    ("ddim-eta0.5-vp", dm.VPLinear(), lambda m, x, g, gen: dm.sample(m, x, g, dm.VPLinear(), eta=0.5, generator=gen)),
+    ("ddim-eta0.5-vp", VP, lambda m, x, g, gen: dm.sample(m, x, g, VP, eta=0.5, generator=gen)),
+    ("ode-euler", VP, lambda m, x, g, gen: ode_sample(m, x, g, VP, "euler")),
+    ("ode-heun", VP, lambda m, x, g, gen: ode_sample(m, x, g, VP, "heun")),
+    ("ode-dpm++2m", VP, lambda m, x, g, gen: ode_sample(m, x, g, VP, "dpm++2m")),
+    ("ode-dpm++2m-discrete", SU, lambda m, x, g, gen: ode_sample(m, x, g, SU, "dpm++2m")),
+    ("reverse-sde", VP, lambda m, x, g, gen: _last(reverse_sde(m, x, g, VP, 1.0, generator=gen))),
+    ("predictor-corrector", VP, lambda m, x, g, gen: _last(predictor_corrector(m, x, g, VP, generator=gen))),
 ]
 IDS = [s[0] for s in SAMPLERS]
 
@@ -45,15 +61,19 @@ def test_shapes_dtypes_and_determinism(name, sched, run, dtype, shape):
 
 @pytest.mark.parametrize(("name", "sched", "run"), SAMPLERS, ids=IDS)
 def test_the_grid_ends_at_the_data(name, sched, run):
-    """Sampling to t = 0 returns the model's denoised guess at the last step: with single-point data it is the point."""
+    """Sampling to t = 0 with single-point data returns the point: exactly for the DDIM family, the exponential
+    integrator and the SDE samplers (their last step is a_0 x0_hat), to discretisation error for Euler and Heun in t."""
     x_star = torch.tensor([[1.5, -0.5]], dtype=torch.float64)
     model = dm.EmpiricalData(x_star).model(sched)
-    out = run(model, torch.randn(8, 2, dtype=torch.float64), sched.grid(10), torch.Generator().manual_seed(0))
-    assert (out - x_star).abs().max() < 1e-9
-    stopped = []
-    for step in dm.ddim(model, torch.randn(8, 2, dtype=torch.float64), sched.grid(10), sched):
-        stopped.append(step.t)
-    assert stopped[-1] == 0.0 and len(stopped) == 10
+    x_T = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = run(model, x_T, sched.grid(10), torch.Generator().manual_seed(0))
+    if name in ("ode-euler", "ode-heun"):
+        fine = run(model, x_T, sched.grid(200), torch.Generator().manual_seed(0))
+        assert (fine - x_star).abs().max() < 0.2 * (out - x_star).abs().max() + 1e-12
+    else:
+        assert (out - x_star).abs().max() < 1e-9
+    times = [step.t for step in dm.ddim(model, x_T, sched.grid(10), sched)]
+    assert times[-1] == 0.0 and len(times) == 10
 
 
 @pytest.mark.parametrize(("name", "sched", "run"), SAMPLERS, ids=IDS)

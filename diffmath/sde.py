@@ -1,0 +1,193 @@
+r"""The SDE view (lessons 5-6): forward and reverse SDEs of any continuous schedule, a family of samplers that share
+the marginals, predictor-corrector sampling, denoising score matching and the Fokker-Planck residual.
+
+For $x_t = a_t x_0 + b_t\varepsilon$ the linear SDE $\mathrm dx = f_t x\,\mathrm dt + g_t\,\mathrm dw$ with
+
+$$f_t = \frac{\dot a_t}{a_t},\qquad g_t^2 = 2 a_t b_t \frac{\mathrm d}{\mathrm dt}\Big(\frac{b_t}{a_t}\Big)
+= 2 b_t\dot b_t - 2 f_t b_t^2 \qquad\text{(lesson 5, eq. 5.6)}$$
+
+has exactly these marginals. Time runs from the data ($t = 0$) to the noise; every reverse-time sampler here takes a
+decreasing grid and steps with $h = t_i - t_{i+1} > 0$ backwards in time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from diffmath._validate import check_batch, check_finite, per_sample
+from diffmath.exact import GaussianMixture
+from diffmath.models import Model, predict, predict_pair
+from diffmath.samplers import SamplerStep, check_grid
+from diffmath.schedules import Schedule
+
+
+def _continuous(schedule: object) -> Schedule:
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a diffmath Schedule, got {type(schedule).__name__}")
+    if schedule.discrete:
+        raise TypeError(
+            f"the SDE view needs a continuous schedule (vp-linear, vp-cosine, ve, ...), got {schedule.name!r}"
+        )
+    return schedule
+
+
+def sde_coefficients(schedule: Schedule, t: Tensor | float) -> tuple[Tensor, Tensor]:
+    r"""Drift and diffusion coefficients $(f_t, g_t^2)$ of the forward SDE with the schedule's marginals
+    (lesson 5, eq. 5.6): $f_t = \dot a_t/a_t$, $g_t^2 = 2b_t\dot b_t - 2f_t b_t^2$.
+
+    VP-linear gives $f = -\beta(t)/2$, $g^2 = \beta(t)$ (Song et al.); VE gives $f = 0$, $g^2 = \mathrm d b^2/\mathrm dt$.
+    """
+    c = _continuous(schedule).coefficients(t)
+    f = c.da / c.a
+    return f, 2 * c.b * c.db - 2 * f * c.b**2
+
+
+def forward_sde(
+    x0: Tensor, grid: Tensor, schedule: Schedule, generator: torch.Generator | None = None
+) -> Iterator[SamplerStep]:
+    r"""Euler-Maruyama for the forward SDE $\mathrm dx = f_t x\,\mathrm dt + g_t\,\mathrm dw$ on an increasing grid
+    (lesson 5, eq. 5.1). Yields the state after each step (``x0`` of the yielded step is the start point)."""
+    x = check_batch(x0, "x0")
+    if not isinstance(grid, Tensor) or grid.dim() != 1 or grid.numel() < 2 or (grid[1:] <= grid[:-1]).any():
+        raise ValueError("the forward SDE needs a 1-D strictly increasing time grid")
+    g = _continuous(schedule).check_t(grid.to(torch.float64))
+    for i in range(len(g) - 1):
+        t, dt = g[i].item(), (g[i + 1] - g[i]).item()
+        f, g2 = (v.to(x.dtype) for v in sde_coefficients(schedule, t))
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        x = x + f * x * dt + torch.sqrt(g2 * dt) * z
+        yield SamplerStep(i, g[i + 1].item(), x, x0)
+
+
+def reverse_sde(
+    model: Model,
+    x: Tensor,
+    grid: Tensor,
+    schedule: Schedule,
+    noise_scale: float = 1.0,
+    cond: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> Iterator[SamplerStep]:
+    r"""Euler-Maruyama for the family of reverse SDEs with the same marginals (lesson 6, eq. 6.9).
+
+    $$\mathrm dx = \big[f_t x - \tfrac12(g_t^2 + \sigma_t^2)\nabla\log p_t(x)\big]\mathrm dt + \sigma_t\,\mathrm d\bar w,
+    \qquad \sigma_t^2 = \lambda g_t^2,$$
+
+    run backwards in time: each step goes from $t$ to $s < t$ with $h = t - s$,
+    $x_s = x_t - h\,[f_t x_t - \tfrac12(1+\lambda)g_t^2 s_\theta] + \sqrt{\lambda g_t^2 h}\,z$.
+    ``noise_scale`` $\lambda = 1$ is Anderson's reverse SDE, $\lambda = 0$ the probability-flow ODE (Euler), and any
+    $\lambda \ge 0$ (also above 1) keeps the marginals in the limit of small steps.
+
+    The last step into $t = 0$ adds no noise and returns the model's $\hat x_0$ when $b_0 = 0$ (the score is
+    singular there).
+    """
+    if not isinstance(noise_scale, (int, float)) or not noise_scale >= 0:
+        raise ValueError(f"noise_scale (sigma^2 / g^2) must be >= 0, got {noise_scale!r}")
+    x = check_batch(x, "x")
+    g = check_grid(grid, _continuous(schedule))
+    for i in tqdm(range(len(g) - 1), disable=not progress, desc="reverse SDE", leave=False):
+        t, s = g[i].item(), g[i + 1].item()
+        pair = predict_pair(model, x, t, schedule, cond)
+        c, cs = schedule.coefficients(torch.tensor(t, dtype=x.dtype)), schedule.coefficients(s)
+        if cs.b.item() == 0:
+            x = cs.a.to(x.dtype) * pair.x0
+        else:
+            f, g2 = (v.to(x.dtype) for v in sde_coefficients(schedule, torch.tensor(t, dtype=x.dtype)))
+            score = -pair.eps / c.b
+            h = t - s
+            x = x - h * (f * x - 0.5 * (1 + noise_scale) * g2 * score)
+            if noise_scale > 0:
+                z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+                x = x + torch.sqrt(noise_scale * g2 * h) * z
+        check_finite(x, f"reverse SDE state at t={s:g}")
+        yield SamplerStep(i, s, x, pair.x0)
+
+
+def langevin_correct(
+    model: Model,
+    x: Tensor,
+    t: float,
+    schedule: Schedule,
+    snr: float = 0.16,
+    steps: int = 1,
+    cond: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""Langevin corrector at fixed $t$: $x \leftarrow x + \epsilon\, s_\theta(x) + \sqrt{2\epsilon}\,z$ with the step
+    $\epsilon = 2(r\,\|z\|/\|s_\theta\|)^2$ set by the signal-to-noise ratio $r$ = ``snr`` (lesson 6, eq. 6.12)."""
+    if not snr > 0 or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"need snr > 0 and an integer steps >= 1, got snr={snr}, steps={steps}")
+    for _ in range(steps):
+        score = predict(model, x, t, schedule, "score", cond)
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        norm = lambda v: v.reshape(v.shape[0], -1).norm(dim=1)  # noqa: E731
+        step = 2 * (snr * norm(z) / norm(score).clamp_min(1e-12)) ** 2
+        x = x + per_sample(step, x, "step") * score + per_sample(torch.sqrt(2 * step), x, "step") * z
+    return x
+
+
+def predictor_corrector(
+    model: Model,
+    x: Tensor,
+    grid: Tensor,
+    schedule: Schedule,
+    snr: float = 0.16,
+    corrector_steps: int = 1,
+    noise_scale: float = 1.0,
+    cond: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> Iterator[SamplerStep]:
+    r"""Predictor-corrector sampling (lesson 6, sec. 6.5): a reverse-SDE step (eq. 6.9) followed by Langevin correction
+    (eq. 6.12) at the new time, except at $t = 0$."""
+    for step in reverse_sde(model, x, grid, schedule, noise_scale, cond, generator, progress):
+        x = step.x
+        if step.t > 0:
+            x = langevin_correct(model, x, step.t, schedule, snr, corrector_steps, cond, generator)
+            check_finite(x, f"corrected state at t={step.t:g}")
+        yield SamplerStep(step.index, step.t, x, step.x0)
+
+
+def dsm_loss(score: Callable[[Tensor], Tensor], x0: Tensor, eps: Tensor, a: float, b: float) -> Tensor:
+    r"""Denoising score matching, per sample: $\|s(x_t) - \nabla_{x_t}\log p(x_t\mid x_0)\|^2$ with
+    $\nabla\log p(x_t\mid x_0) = -\varepsilon/b$ and $x_t = a x_0 + b\varepsilon$ (lesson 5, eq. 5.12).
+
+    Its mean differs from $\mathbb E\|s - \nabla\log p_t\|^2$ by a constant (eq. 5.13), so both have the same minimiser.
+    """
+    x0 = check_batch(x0, "x0")
+    x_t = a * x0 + b * eps
+    diff = score(x_t) + eps / b
+    return (diff**2).reshape(x0.shape[0], -1).sum(1)
+
+
+def fokker_planck_residual(
+    source: GaussianMixture, schedule: Schedule, x: Tensor, t: float, dt: float = 1e-5
+) -> Tensor:
+    r"""Residual of the Fokker-Planck equation $\partial_t p = -\nabla\cdot(f_t x\,p) + \tfrac12 g_t^2\Delta p$
+    (lesson 6, eq. 6.2) for an exact model's noised density, at points ``x`` of shape (B, d) and time ``t``.
+
+    $\partial_t p$ by central differences in $t$ (error $O(\mathrm{dt}^2)$); $\nabla p$ and $\Delta p$ by autograd.
+    Returns the residual, shape (B,), to be compared with the size of $\partial_t p$.
+    """
+    x = check_batch(x, "x").detach().double()
+    t_ = float(t)
+    lo, hi = _continuous(schedule).coefficients(t_ - dt), schedule.coefficients(t_ + dt)
+    dp_dt = (torch.exp(source.noised_log_prob(x, hi.a, hi.b)) - torch.exp(source.noised_log_prob(x, lo.a, lo.b))) / (
+        2 * dt
+    )
+    c = schedule.coefficients(torch.tensor(t_, dtype=torch.float64))
+    f, g2 = sde_coefficients(schedule, torch.tensor(t_, dtype=torch.float64))
+    xr = x.clone().requires_grad_(True)
+    p = torch.exp(source.noised_log_prob(xr, c.a, c.b))
+    (grad,) = torch.autograd.grad(p.sum(), xr, create_graph=True)
+    lap = torch.zeros_like(p)
+    for i in range(x.shape[1]):
+        lap = lap + torch.autograd.grad(grad[:, i].sum(), xr, retain_graph=True)[0][:, i]
+    d = x.shape[1]
+    div_fxp = f * (d * p + (x * grad).sum(1))  # div(f x p) = f (d p + x . grad p)
+    return (dp_dt + div_fxp - 0.5 * g2 * lap).detach()
