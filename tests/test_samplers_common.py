@@ -62,14 +62,16 @@ def test_shapes_dtypes_and_determinism(name, sched, run, dtype, shape):
 @pytest.mark.parametrize(("name", "sched", "run"), SAMPLERS, ids=IDS)
 def test_the_grid_ends_at_the_data(name, sched, run):
     """Sampling to t = 0 with single-point data returns the point: exactly for the DDIM family, the exponential
-    integrator and the SDE samplers (their last step is a_0 x0_hat), to discretisation error for Euler and Heun in t."""
+    integrator and the SDE samplers (their last step is a_0 x0_hat), to discretisation error for Euler and Heun in t:
+    20x more steps cut their error at least 3x (measured 4.8x for Heun: near t = 0 the drift of VP-linear grows like
+    t^(-1/2), so uniform grids converge like h^(1/2) there)."""
     x_star = torch.tensor([[1.5, -0.5]], dtype=torch.float64)
     model = dm.EmpiricalData(x_star).model(sched)
     x_T = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     out = run(model, x_T, sched.grid(10), torch.Generator().manual_seed(0))
     if name in ("ode-euler", "ode-heun"):
         fine = run(model, x_T, sched.grid(200), torch.Generator().manual_seed(0))
-        assert (fine - x_star).abs().max() < 0.2 * (out - x_star).abs().max() + 1e-12
+        assert (fine - x_star).abs().max() < (out - x_star).abs().max() / 3
     else:
         assert (out - x_star).abs().max() < 1e-9
     times = [step.t for step in dm.ddim(model, x_T, sched.grid(10), sched)]
