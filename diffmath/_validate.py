@@ -13,7 +13,7 @@ def as_tensor(value: object, name: str, like: Tensor | None = None) -> Tensor:
     if isinstance(value, Tensor):
         if value.is_complex() or value.dtype == torch.bool:
             raise TypeError(f"{name} must be a real tensor, got dtype {value.dtype}")
-        out = value if value.is_floating_point() else value.to(torch.get_default_dtype())
+        out = value if value.is_floating_point() else value.to(torch.float64)
     else:
         dtype = like.dtype if like is not None else torch.float64
         out = torch.tensor(float(value), dtype=dtype)

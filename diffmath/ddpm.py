@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from diffmath._validate import as_tensor, check_batch, per_sample
+from diffmath.exact import GaussianMixture
 from diffmath.schedules import DiscreteSchedule, Schedule
 
 
@@ -159,6 +160,33 @@ def reverse_std(schedule: DiscreteSchedule, t: Tensor | float, kind: str = "post
     if kind == "beta":
         return _discrete(schedule).step(t_)[1]
     raise ValueError(f"kind must be 'posterior' or 'beta', got {kind!r}")
+
+
+def reverse_variance(
+    source: GaussianMixture, x: Tensor, t: Tensor | float, schedule: Schedule, s: Tensor | float | None = None
+) -> Tensor:
+    r"""Exact covariance of the true reverse step, $\operatorname{Cov}[x_s\mid x_t] = c_0^2\operatorname{Cov}[x_0\mid x_t]
+    + \sigma^2 I$ (lesson 2, eq. 2.13), with $c_0$ and $\sigma$ of the posterior $q(x_s\mid x_t, x_0)$ (eq. 3.8).
+
+    Parameters
+    ----------
+    source : GaussianMixture
+        The exact data distribution.
+    x : Tensor, shape (B, ...)
+        Points $x_t$.
+    t, s : float or Tensor
+        Times, $s < t$ (default $s = t - 1$).
+
+    Returns
+    -------
+    Tensor, shape (B, d, d)
+    """
+    t_ = as_tensor(t, "t", check_batch(x, "x"))
+    post = posterior(schedule, t_, s)
+    c = schedule.coefficients(t_)
+    cov = source.posterior_cov(x, c.a, c.b)
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+    return post.coef_x0**2 * cov + post.std**2 * eye
 
 
 def kl_weight(schedule: DiscreteSchedule, t: Tensor | float, sigma: Tensor | float) -> Tensor:

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from diffmath._validate import check_batch
+from diffmath.exact import GaussianMixture
 
 
 def _pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -77,3 +78,10 @@ def mmd_rbf(x: Tensor, y: Tensor, bandwidth: float = 0.3) -> float:
     kxx = (k(x, x).sum() - n) / (n * (n - 1))
     kyy = (k(y, y).sum() - m) / (m * (m - 1))
     return (kxx + kyy - 2 * k(x, y).mean()).item()
+
+
+def mode_weights(gmm: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
+    r"""Fraction of the samples ``x`` (shape (N, ...)) whose most probable component $\arg\max_k p(k\mid x_0)$ is each
+    component $k$ of the mixture (lesson 0, eq. 0.19 at $a = 1, b = 0$); shape (K,)."""
+    k = gmm.component_posterior(x, 1.0, 0.0).argmax(1)
+    return torch.bincount(k, minlength=gmm.K).double() / x.shape[0]

@@ -82,7 +82,12 @@ class Schedule:
         return 2.0 * (torch.log(c.a) - torch.log(c.b))
 
     def grid(
-        self, num_steps: int, spacing: str = "uniform", t_start: float | None = None, t_end: float = 0.0
+        self,
+        num_steps: int,
+        spacing: str = "uniform",
+        t_start: float | None = None,
+        t_end: float = 0.0,
+        rho: float = 7.0,
     ) -> Tensor:
         r"""A decreasing time grid from ``t_start`` (default $t_{\max}$) to ``t_end`` (lesson 0, sec. 0.4).
 
@@ -90,10 +95,17 @@ class Schedule:
         ----------
         num_steps : int
             Number of intervals; the grid has ``num_steps + 1`` points and its last point is ``t_end``.
-        spacing : {"uniform", "quadratic"}
-            Uniform in $t$, or uniform in $\sqrt{t}$ (denser near the data, the DDIM paper's quadratic grid).
+        spacing : {"uniform", "quadratic", "karras", "log-snr"}
+            ``"uniform"`` in $t$; ``"quadratic"``: uniform in $\sqrt{t}$ (the DDIM paper's grid, denser near the
+            data); ``"karras"``: the noise-to-signal ratio $\sigma = b/a$ uniform in $\sigma^{1/\rho}$ from
+            $\sigma(t_{\rm start})$ to $\sigma(t_1)$, then ``t_end`` (Karras et al., eq. 0.23);
+            ``"log-snr"``: uniform in $\lambda = \log(a/b)$ over the same range (DPM-Solver's grid). For the last
+            two, $t_1$ is the schedule's first step above ``t_end`` on a discrete schedule, or
+            ``t_end + 1e-3 (t_start - t_end)`` on a continuous one.
         t_start, t_end : float
             End points, ``t_start > t_end``.
+        rho : float
+            Exponent of the Karras grid.
 
         Returns
         -------
@@ -106,23 +118,62 @@ class Schedule:
         self.check_t(torch.tensor([t0, float(t_end)]))
         if not t0 > t_end:
             raise ValueError(f"t_start must exceed t_end, got t_start={t0}, t_end={t_end}")
+        if self.discrete and num_steps > t0 - t_end:
+            raise ValueError(
+                f"num_steps={num_steps} exceeds the {int(t0 - t_end)} integer steps in [{t_end:g}, {t0:g}]"
+            )
         u = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
         if spacing == "uniform":
-            frac = u
+            g = t_end + (t0 - t_end) * u
         elif spacing == "quadratic":
-            frac = u**2
+            g = t_end + (t0 - t_end) * u**2
+        elif spacing in ("karras", "log-snr"):
+            t1 = t_end + 1.0 if self.discrete else t_end + 1e-3 * (t0 - t_end)
+            s_hi, s_lo = (self._sigma(torch.tensor(v, dtype=torch.float64)) for v in (t0, t1))
+            if not torch.isfinite(s_hi):
+                raise ValueError(f"b/a is infinite at t_start={t0:g} (a = 0): pass a smaller t_start")
+            if spacing == "karras":
+                lo, hi = s_lo ** (1 / rho), s_hi ** (1 / rho)
+                sig = (lo + (hi - lo) * torch.linspace(1.0, 0.0, num_steps, dtype=torch.float64)) ** rho
+            else:
+                frac = torch.linspace(1.0, 0.0, num_steps, dtype=torch.float64)
+                sig = torch.exp(torch.log(s_lo) + (torch.log(s_hi) - torch.log(s_lo)) * frac)
+            g = torch.cat([self._t_of_sigma(sig, t1, t0), torch.tensor([float(t_end)], dtype=torch.float64)])
+            g[0] = t0
         else:
-            raise ValueError(f"spacing must be 'uniform' or 'quadratic', got {spacing!r}")
-        g = t_end + (t0 - t_end) * frac
+            raise ValueError(f"spacing must be 'uniform', 'quadratic', 'karras' or 'log-snr', got {spacing!r}")
         if self.discrete:
-            if num_steps > t0 - t_end:
-                raise ValueError(
-                    f"num_steps={num_steps} exceeds the {int(t0 - t_end)} integer steps in [{t_end:g}, {t0:g}]"
-                )
             g = torch.round(g)
             for i in range(num_steps - 1, 0, -1):  # keep integer times distinct where rounding merged them
                 g[i] = max(g[i].item(), g[i + 1].item() + 1)
+        if (g[1:] >= g[:-1]).any():
+            raise ValueError(
+                f"the {spacing!r} grid piles up at t_start (b/a = {self._sigma(torch.tensor(t0, dtype=torch.float64)).item():.3g} "
+                "there): pass a t_start where b/a is moderate (e.g. <= 100) or use fewer steps"
+            )
         return g
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        c = self._coefficients(t)
+        return c.b / c.a
+
+    def _t_of_sigma(self, sigma: Tensor, lo: float, hi: float) -> Tensor:
+        """Invert the increasing map t -> b_t/a_t on [lo, hi] by bisection (continuous in t, even for discrete tables)."""
+        a = torch.full_like(sigma, lo)
+        b = torch.full_like(sigma, hi)
+        for _ in range(64):
+            mid = 0.5 * (a + b)
+            below = self._sigma_cont(mid) < sigma
+            a, b = torch.where(below, mid, a), torch.where(below, b, mid)
+        return 0.5 * (a + b)
+
+    def _sigma_cont(self, t: Tensor) -> Tensor:
+        if not self.discrete:
+            return self._sigma(t)
+        lo = torch.floor(t).clamp(0, self.t_max - 1)
+        frac = t - lo
+        s0, s1 = self._sigma(lo), self._sigma(lo + 1)
+        return s0 + frac * (s1 - s0)  # piecewise-linear between the integer times
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -165,7 +216,7 @@ class DiscreteSchedule(Schedule):
 
     def _coefficients(self, t: Tensor) -> Coefficients:
         idx = t.long()
-        dtype = t.dtype if t.is_floating_point() else torch.get_default_dtype()
+        dtype = t.dtype if t.is_floating_point() else torch.float64
         return Coefficients(self.abar[idx].to(dtype), self.bbar[idx].to(dtype))
 
     def step(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
@@ -173,7 +224,7 @@ class DiscreteSchedule(Schedule):
         t_ = self.check_t(t)
         if (t_ < 1).any():
             raise ValueError("a single forward step is defined for t = 1..T only")
-        dtype = t_.dtype if t_.is_floating_point() else torch.get_default_dtype()
+        dtype = t_.dtype if t_.is_floating_point() else torch.float64
         idx = t_.long()
         return self.alphas[idx].to(dtype), self.betas[idx].to(dtype)
 

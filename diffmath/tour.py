@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from diffmath.exact import GaussianMixture
-from diffmath.metrics import mmd_rbf, sliced_w1
+from diffmath.metrics import mmd_rbf, mode_weights, sliced_w1
 from diffmath.samplers import ddim, sample
 from diffmath.schedules import su_linear
 
@@ -28,12 +28,6 @@ def save_figure(fig, path: str | Path) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
-
-
-def mode_weights(gmm: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
-    """Fraction of samples whose most probable component (at t = 0) is each component k."""
-    k = gmm.component_posterior(x, 1.0, 0.0).argmax(1)
-    return torch.bincount(k, minlength=gmm.K).double() / x.shape[0]
 
 
 def run(out: str | Path = "tour.png", n: int = 2000, seed: int = 0, progress: bool = True) -> list[dict]:

@@ -157,16 +157,36 @@ def test_vp_exp5t2_coefficients():
 
 
 @pytest.mark.parametrize("name", dm.SCHEDULES)
-@pytest.mark.parametrize("spacing", ["uniform", "quadratic"])
+@pytest.mark.parametrize("spacing", ["uniform", "quadratic", "karras", "log-snr"])
 def test_grids_decrease_and_end_at_data(name, spacing):
     """Every grid starts at t_max, is strictly decreasing and its last point is the data end t = 0."""
     s = dm.get_schedule(name)
+    if name == "rectified-flow" and spacing in ("karras", "log-snr"):
+        with pytest.raises(ValueError, match="smaller t_start"):
+            s.grid(5, spacing)
+        return
+    if name in ("cosine", "vp-cosine") and spacing in ("karras", "log-snr"):
+        with pytest.raises(ValueError, match="piles up"):  # b/a = 2e4 (discrete) or 1.6e16 (continuous) at t_max
+            s.grid(50, spacing)
+        return
     for n in (1, 5, 50):
         g = s.grid(n, spacing)
         assert g.shape == (n + 1,)
         assert g[0].item() == s.t_max and g[-1].item() == 0.0
         assert (g[1:] < g[:-1]).all()
     assert dm.get_schedule("su-linear").grid(10).tolist() == [1000.0 - 100 * i for i in range(11)]
+
+
+@pytest.mark.parametrize("name", ["vp-linear", "ve", "ho-linear"])
+def test_karras_and_log_snr_grids_are_uniform_in_their_variable(name):
+    """Karras: sigma^(1/7) equally spaced (eq. 0.23); log-snr: log(a/b) equally spaced; both before the final t = 0."""
+    s = dm.get_schedule(name)
+    for spacing, transform in (("karras", lambda v: v ** (1 / 7)), ("log-snr", torch.log)):
+        g = s.grid(12, spacing)[:-1]
+        c = s.coefficients(g)
+        steps = torch.diff(transform(c.b / c.a))
+        tol = 0.05 if s.discrete else 1e-6  # discrete grids are rounded to integer times
+        assert ((steps - steps.mean()).abs() < tol * steps.abs().mean() + (1 if s.discrete else 0) * 0.02).all()
 
 
 def test_schedule_bad_input():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import diffmath as dm
-from diffmath.ddpm import ddpm_mean, gaussian_kl, kl_weight, posterior, reverse_std
+from diffmath.ddpm import ddpm_mean, gaussian_kl, kl_weight, posterior, reverse_std, reverse_variance
 
 f64 = torch.float64
 SCHED = dm.su_linear(1000)
@@ -41,13 +41,6 @@ def test_printed_kl_weight_is_wrong():
     assert abs(printed / kl_weight(SCHED, t, sigma) - 1) > 0.5
 
 
-def _reverse_variance_exact(gmm, t, x_t):
-    """Var[x_{t-1} | x_t] = c0^2 Cov[x0 | x_t] + sigma_post^2 (eq. 2.13), per coordinate."""
-    post = posterior(SCHED, torch.tensor(float(t), dtype=f64))
-    cov = gmm.posterior_cov(x_t, SCHED.a(float(t)), SCHED.b(float(t)))
-    return post.coef_x0**2 * torch.diagonal(cov, dim1=1, dim2=2) + post.std**2
-
-
 @pytest.mark.parametrize("t", [1, 3, 50, 500, 1000])
 def test_optimal_reverse_std_in_the_two_cases(t):
     """Single data point: Var[x_{t-1}|x_t] = (bbar_{t-1} beta_t / bbar_t)^2 (the text prints beta_{t-1});
@@ -57,10 +50,13 @@ def test_optimal_reverse_std_in_the_two_cases(t):
     normal = dm.GaussianMixture(torch.ones(1, dtype=f64), torch.zeros(1, 2, dtype=f64), torch.ones(1, dtype=f64))
     post_std = reverse_std(SCHED, t, "posterior")
     torch.testing.assert_close(
-        _reverse_variance_exact(point, t, x_t), (post_std**2).expand(10, 2), rtol=1e-12, atol=1e-15
+        torch.diagonal(reverse_variance(point, x_t, float(t), SCHED), dim1=1, dim2=2),
+        (post_std**2).expand(10, 2),
+        rtol=1e-12,
+        atol=1e-15,
     )
     torch.testing.assert_close(
-        _reverse_variance_exact(normal, t, x_t),
+        torch.diagonal(reverse_variance(normal, x_t, float(t), SCHED), dim1=1, dim2=2),
         (reverse_std(SCHED, t, "beta") ** 2).expand(10, 2),
         rtol=1e-12,
         atol=1e-15,

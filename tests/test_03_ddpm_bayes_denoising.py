@@ -6,8 +6,7 @@ import torch
 import diffmath as dm
 import toydata as td
 from diffmath.ddpm import ddpm_mean, posterior
-from diffmath.metrics import mmd_rbf
-from diffmath.tour import mode_weights
+from diffmath.metrics import mmd_rbf, mode_weights
 
 f64 = torch.float64
 

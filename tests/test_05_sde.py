@@ -69,7 +69,7 @@ def test_dsm_identity(t):
 def test_reverse_sde_with_the_exact_score_samples_the_data():
     """Anderson's reverse SDE (noise_scale 1) with the exact score, 500 steps, lands on the ring: every mode weight
     1/8 +- 0.025 (N = 4000) and mean radius 2 +- 0.02. Time runs backwards: the grid decreases."""
-    from diffmath.tour import mode_weights
+    from diffmath.metrics import mode_weights
 
     gmm, sched = td.eight_gaussians_mixture(), dm.VPLinear(0.0, 20.0)
     g = torch.Generator().manual_seed(1)

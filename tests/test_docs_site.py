@@ -66,6 +66,7 @@ INSPECT_JS = """
     katexFonts: [...document.fonts]
       .filter((f) => f.family.replace(/["']/g, "") === "KaTeX_Main" && f.status === "loaded").length,
     ids: [...document.querySelectorAll("[id]")].map((e) => e.id),
+    downloads: [...document.querySelectorAll("a[download]")].map((a) => a.href),
   };
 }
 """
@@ -176,6 +177,9 @@ def visits(browser, served_site):
         page.evaluate("document.fonts.ready.then(() => true)")
         page.wait_for_load_state("networkidle")
         rec["dom"] = page.evaluate(INSPECT_JS, RAW_TEX)
+        rec["download_status"] = [
+            page.evaluate("(u) => fetch(u).then((r) => r.status)", u) for u in rec["dom"]["downloads"]
+        ]
         page.screenshot(path=str(SHOTS / f"{name}.png"))
         context.close()
         results[name] = rec
@@ -216,8 +220,11 @@ def test_lesson_equations_are_numbered(visits):
     assert dom["tags"] > 0, r"no equation number (\tag) typeset on the notation lesson"
 
 
-def test_notebook_shows_its_figures(visits):
-    assert visits["notebook"]["dom"]["pngFigures"] > 0, "the notebook page shows no stored data:image/png figure"
+def test_notebook_shows_its_figures_and_offers_its_download(visits):
+    rec = visits["notebook"]
+    assert rec["dom"]["pngFigures"] > 0, "the notebook page shows no stored data:image/png figure"
+    assert [u.rsplit("/", 1)[-1] for u in rec["dom"]["downloads"]] == ["00-notation.ipynb"], "no download link"
+    assert rec["download_status"] == [200], f"the notebook download gave HTTP {rec['download_status']}"
 
 
 def test_api_page_lists_documented_functions(visits):

@@ -96,7 +96,7 @@ def test_a_model_returning_nan_is_reported(name, sched, run):
 def test_exact_model_convergence(name, sched, run):
     """With the exact model and 200 steps every sampler restores the 8-Gaussian ring: mean radius 2 +- 0.03 and
     every mode weight 1/8 +- 0.03 (N = 2000)."""
-    from diffmath.tour import mode_weights
+    from diffmath.metrics import mode_weights
 
     gmm = td.eight_gaussians_mixture()
     x = run(
