@@ -57,6 +57,7 @@ def solve_ode(
     method: str = "heun",
     cond: Tensor | None = None,
     progress: bool = False,
+    variable: str = "t",
 ) -> Iterator[SamplerStep]:
     r"""Integrate the probability-flow ODE along ``grid`` with one of :data:`SOLVERS`, yielding every step.
 
@@ -67,7 +68,10 @@ def solve_ode(
       half log-SNR $\lambda = \log(a/b)$ for $\hat x_0$; one evaluation per step; its first step and its step into
       $b_s = 0$ are first order (the first is DDIM). Needs a decreasing grid; works on discrete schedules too.
 
-    Euler and Heun also accept an increasing grid (encoding data into noise).
+    Euler and Heun also accept an increasing grid (encoding data into noise). With ``variable="sigma"`` they
+    integrate the same ODE in lesson 4's variables, $\mathrm dy/\mathrm d\sigma = \hat\varepsilon$ with
+    $y = x/a$, $\sigma = b/a$ (eq. 6.15, Karras et al.'s form): Euler is then exactly DDIM, the drift has no
+    singularity at $t = 0$, and only $a, b$ at the grid's times are needed (any schedule, discrete too).
 
     Parameters
     ----------
@@ -81,6 +85,8 @@ def solve_ode(
     method : {"euler", "heun", "dpm++2m"}
     cond : Tensor, optional
     progress : bool
+    variable : {"t", "sigma"}
+        Integration variable of Euler and Heun.
 
     Yields
     ------
@@ -89,8 +95,13 @@ def solve_ode(
     """
     if method not in SOLVERS:
         raise ValueError(f"method must be one of {SOLVERS}, got {method!r}")
+    if variable not in ("t", "sigma"):
+        raise ValueError(f"variable must be 't' or 'sigma', got {variable!r}")
     x = check_batch(x, "x")
     g = _monotone_grid(grid, schedule, method)
+    if variable == "sigma" and method != "dpm++2m":
+        yield from _solve_sigma(model, x, g, schedule, method, cond, progress)
+        return
     if method != "dpm++2m" and schedule.discrete:
         raise TypeError(
             f"{method!r} integrates in t and needs a continuous schedule; use 'dpm++2m' on {schedule.name!r}"
@@ -114,6 +125,25 @@ def solve_ode(
             x0_prev = x0
         check_finite(x, f"ODE state at t={s:g}")
         yield SamplerStep(i, s, x, x0)
+
+
+def _solve_sigma(model, x, g, schedule, method, cond, progress):
+    """Euler or Heun for dy/dsigma = eps_hat(a y), y = x/a, sigma = b/a (lesson 6, eq. 6.15)."""
+    for i in tqdm(range(len(g) - 1), disable=not progress, desc=f"ODE ({method}, sigma)", leave=False):
+        t, s = g[i].item(), g[i + 1].item()
+        ct, cs = schedule.coefficients(t), schedule.coefficients(s)
+        at, as_ = ct.a.item(), cs.a.item()
+        if at == 0 or as_ == 0:
+            raise ValueError("variable='sigma' needs a > 0 on the whole grid (b/a is infinite where a = 0); use 't'")
+        st, ss = ct.b.item() / at, cs.b.item() / as_
+        d1 = predict_pair(model, x, t, schedule, cond).eps
+        y = x / at + (ss - st) * d1
+        if method == "heun" and ss > 0:
+            d2 = predict_pair(model, as_ * y, s, schedule, cond).eps
+            y = x / at + 0.5 * (ss - st) * (d1 + d2)
+        x = as_ * y
+        check_finite(x, f"ODE state at t={s:g}")
+        yield SamplerStep(i, s, x, x)
 
 
 def _dpm_step(model, x, t, s, schedule, cond, x0_prev, h_prev):
@@ -141,9 +171,10 @@ def ode_sample(
     method: str = "heun",
     cond: Tensor | None = None,
     progress: bool = False,
+    variable: str = "t",
 ) -> Tensor:
     """Final state of :func:`solve_ode` (lesson 6, eqs. 6.13-6.16)."""
-    for step in solve_ode(model, x, grid, schedule, method, cond, progress):
+    for step in solve_ode(model, x, grid, schedule, method, cond, progress, variable):
         x = step.x
     return x
 
