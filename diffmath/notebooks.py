@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from diffmath._io import atomic_write
 
 
 def execute(path: str | Path, timeout: int = 600) -> float:
@@ -37,14 +38,7 @@ def execute(path: str | Path, timeout: int = 600) -> float:
         if env_backend is not None:
             os.environ["MPLBACKEND"] = env_backend
     seconds = time.perf_counter() - t0
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".ipynb")
-    os.close(fd)
-    try:
-        nbformat.write(nb, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: nbformat.write(nb, tmp))
     return seconds
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from diffmath._io import atomic_write
 from diffmath._validate import check_batch
 from diffmath.models import check_model
 from diffmath.notation import Pair, from_pair
@@ -195,16 +194,7 @@ def _fingerprint(model, schedule, batch_size, lr, ema_decay, seed, data, label_d
 
 def save_atomic(obj: object, path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _save(path, fingerprint, step, model, ema, opt, sched, gen, losses) -> None:
