@@ -10,7 +10,7 @@ CONSTRAINTS := $(VENV)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup demo test lint format notebooks lab bench clean
+.PHONY: setup demo test lint format notebooks lab docs serve bench clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,8 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 demo: $(STAMP)
 	$(BIN)/diffmath tour --out docs/assets/tour.png
 
+# tests/test_docs_site.py builds the site with `mkdocs build --strict` and checks three pages in headless Chromium
+# (skipped with a message where no Chromium is installed; .ci/run installs Debian's chromium).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -48,9 +50,15 @@ notebooks: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
 
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+serve: $(STAMP)
+	$(BIN)/mkdocs serve
+
 bench:
 	$(MAKE) EXTRAS=dev,bench setup
 	$(BIN)/python benchmarks/toy_training.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis site .cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis site .cache build/docs-site

@@ -139,51 +139,62 @@ def browser():
         b.close()
 
 
-@pytest.fixture(scope="module")
-def visits(browser, served_site):
-    """Each page of PAGES opened once; what it requested, what failed, and what its DOM shows."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    results = {}
-    for name, path in PAGES.items():
-        rec = {"requests": [], "remote": [], "failed": [], "errors": []}
-        context = browser.new_context(viewport={"width": 1280, "height": 900}, service_workers="block")
+def _visit(browser, url: str, shot: Path) -> dict:
+    """Open one page with every non-local request blocked; record requests, failures, errors and the DOM checks."""
+    rec = {"requests": [], "remote": [], "failed": [], "errors": []}
 
-        def route(r, rec=rec):
-            url = r.request.url
-            if urlsplit(url).hostname == "127.0.0.1":
-                r.continue_()
-            else:
-                rec["remote"].append(url)
-                r.abort()
+    # Playwright passes (route, request) to a two-argument handler: keep the handlers one-argument closures.
+    def route(r):
+        if urlsplit(r.request.url).hostname == "127.0.0.1":
+            r.continue_()
+        else:
+            rec["remote"].append(r.request.url)
+            r.abort()
 
+    def failed(q):
+        if q.url not in rec["remote"]:
+            rec["failed"].append(f"{q.url}: {q.failure}")
+
+    def response(s):
+        if s.status >= 400:
+            rec["failed"].append(f"{s.url}: HTTP {s.status}")
+
+    def console(m):
+        if m.type == "error":
+            rec["errors"].append(f"console: {m.text}")
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, service_workers="block")
+    try:
         context.route("**/*", route)
         page = context.new_page()
-        page.on("request", lambda q, rec=rec: rec["requests"].append(q.url))
-        page.on(
-            "requestfailed",
-            lambda q, rec=rec: None if q.url in rec["remote"] else rec["failed"].append(f"{q.url}: {q.failure}"),
-        )
-        page.on(
-            "response",
-            lambda s, rec=rec: rec["failed"].append(f"{s.url}: HTTP {s.status}") if s.status >= 400 else None,
-        )
-        page.on("pageerror", lambda e, rec=rec: rec["errors"].append(str(e)))
-        page.on("console", lambda m, rec=rec: rec["errors"].append(m.text) if m.type == "error" else None)
-        page.goto(served_site + path, wait_until="load")
+        page.set_default_timeout(15_000)
+        page.on("request", lambda q: rec["requests"].append(q.url))
+        page.on("requestfailed", failed)
+        page.on("response", response)
+        page.on("pageerror", lambda e: rec["errors"].append(str(e)))
+        page.on("console", console)
+        page.goto(url, wait_until="load")
         try:
             page.wait_for_function("document.querySelector('.katex') !== null", timeout=5_000)
         except Exception:
-            pass  # reported below as "no math typeset"
+            pass  # reported by the test as "no math typeset"
         page.evaluate("document.fonts.ready.then(() => true)")
         page.wait_for_load_state("networkidle")
         rec["dom"] = page.evaluate(INSPECT_JS, RAW_TEX)
         rec["download_status"] = [
             page.evaluate("(u) => fetch(u).then((r) => r.status)", u) for u in rec["dom"]["downloads"]
         ]
-        page.screenshot(path=str(SHOTS / f"{name}.png"))
+        page.screenshot(path=str(shot))
+    finally:
         context.close()
-        results[name] = rec
-    return results
+    return rec
+
+
+@pytest.fixture(scope="module")
+def visits(browser, served_site):
+    """Each page of PAGES opened once, in its own browser context."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    return {name: _visit(browser, served_site + path, SHOTS / f"{name}.png") for name, path in PAGES.items()}
 
 
 @pytest.mark.parametrize("name", list(PAGES))
