@@ -28,7 +28,8 @@ class Model(Protocol):
 
 
 def check_model(model: object) -> Model:
-    """Return ``model`` if it follows the one interface, else raise ``TypeError`` saying what is missing."""
+    """Return ``model`` if it follows the one interface (lesson 0, sec. 0.5), else raise ``TypeError`` saying what is
+    missing."""
     if not callable(model):
         raise TypeError(f"model must be callable as model(x, t, cond=None), got {type(model).__name__}")
     kind = getattr(model, "prediction", None)

@@ -39,7 +39,7 @@ class Pair(NamedTuple):
 
 
 def check_prediction(kind: object, name: str = "prediction") -> str:
-    """Return ``kind`` if it names a parameterisation, else raise ``ValueError``."""
+    """Return ``kind`` if it names one of the five parameterisations of lesson 0 (sec. 0.2), else raise ``ValueError``."""
     if not isinstance(kind, str):
         raise TypeError(f"{name} must be one of {PREDICTIONS}, got {type(kind).__name__}")
     if kind not in PREDICTIONS:

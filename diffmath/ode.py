@@ -180,7 +180,7 @@ def ode_sample(
 
 
 def nfe(method: str, num_steps: int) -> int:
-    """Network evaluations of :func:`solve_ode` on a grid of ``num_steps`` steps ending at $b = 0$."""
+    """Network evaluations of :func:`solve_ode` on a grid of ``num_steps`` steps ending at $b = 0$ (lesson 6, sec. 6.4)."""
     if method not in SOLVERS:
         raise ValueError(f"method must be one of {SOLVERS}, got {method!r}")
     return 2 * num_steps - 1 if method == "heun" else num_steps
@@ -267,7 +267,7 @@ def divergence(
 def rademacher(
     shape: tuple[int, ...], generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
 ) -> Tensor:
-    """Random signs of the given shape (Hutchinson probes)."""
+    """Random signs of the given shape: the probes of Hutchinson's estimator (lesson 6, eq. 6.19)."""
     return torch.randint(0, 2, shape, generator=generator).to(dtype) * 2 - 1
 
 

@@ -53,12 +53,12 @@ class ToyModel:
 
 
 def cache_dir() -> Path:
-    """The folder for cached artefacts: ``$DIFFMATH_CACHE`` or ``~/.cache/diffmath``."""
+    """The folder for cached artefacts (lesson 3, sec. 3.6): ``$DIFFMATH_CACHE`` or ``~/.cache/diffmath``."""
     return Path(os.environ.get("DIFFMATH_CACHE", Path.home() / ".cache" / "diffmath"))
 
 
 def toy_recipe(name: str, **overrides: object) -> dict:
-    """The configuration of a named recipe (one of :data:`TOY_RECIPES`), with keyword overrides."""
+    """The configuration of a named recipe (one of :data:`TOY_RECIPES`; lesson 3, sec. 3.6), with keyword overrides."""
     if name not in TOY_RECIPES:
         raise ValueError(f"unknown recipe {name!r}; expected one of {tuple(TOY_RECIPES)}")
     unknown = set(overrides) - set(TOY_RECIPES[name])
@@ -68,7 +68,7 @@ def toy_recipe(name: str, **overrides: object) -> dict:
 
 
 def recipe_hash(config: dict) -> str:
-    """Short SHA-1 of the configuration (sorted JSON): the cache key."""
+    """Short SHA-1 of the configuration (sorted JSON): the cache key of a recipe (lesson 3, sec. 3.6)."""
     return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
 
 

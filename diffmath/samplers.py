@@ -35,7 +35,8 @@ class SamplerStep:
 
 
 def check_grid(grid: object, schedule: Schedule) -> Tensor:
-    """Check a sampling grid: 1-D, at least two points, strictly decreasing, inside the schedule's time range."""
+    """Check a sampling grid (lesson 0, sec. 0.4): 1-D, at least two points, strictly decreasing, inside the schedule's
+    time range."""
     if not isinstance(grid, Tensor):
         raise TypeError(f"grid must be a 1-D torch.Tensor of decreasing times, got {type(grid).__name__}")
     if grid.dim() != 1 or grid.numel() < 2:

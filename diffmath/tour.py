@@ -16,12 +16,12 @@ from diffmath.schedules import su_linear
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Write a matplotlib figure atomically (temporary file in the same folder, then rename)."""
+    """Write a matplotlib figure atomically (temporary file in the same folder, then rename; lesson 3, sec. 3.6)."""
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"))
 
 
 def run(out: str | Path = "tour.png", n: int = 2000, seed: int = 0, progress: bool = True) -> list[dict]:
-    """Noise the 8-Gaussian ring with Su's schedule, denoise it with the exact model and with a trained MLP.
+    """Noise the 8-Gaussian ring with Su's schedule, denoise it with the exact model and with a trained MLP (lessons 0-4).
 
     The exact model is sampled with DDIM (10 and 50 steps) and DDPM (1000 steps); the MLP of the recipe
     ``eight-gaussians-ddpm`` (trained on first use, then cached) with DDIM and DDPM at a few step counts. Returns

@@ -172,7 +172,8 @@ def train(
 
 
 def fit(model: nn.Module, data: Tensor, schedule: Schedule, steps: int, **kwargs: object) -> TrainStep:
-    """Run :func:`train` to the end and return its last state (the EMA model, if any, is in ``.ema``)."""
+    """Run :func:`train` to the end and return its last state (lesson 3, eq. 3.14); the EMA model, if any, is in
+    ``.ema``."""
     *_, last = train(model, data, schedule, steps, **kwargs)
     return last
 
@@ -193,7 +194,8 @@ def _fingerprint(model, schedule, batch_size, lr, ema_decay, seed, data, label_d
 
 
 def save_atomic(obj: object, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: a reader never sees half a file."""
+    """``torch.save`` to a temporary file in the same folder, then rename: a reader never sees half a file (lesson 3,
+    sec. 3.6)."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -214,7 +216,7 @@ def _save(path, fingerprint, step, model, ema, opt, sched, gen, losses) -> None:
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """Load a file written by :func:`save_atomic`; ``ValueError`` if it is missing, truncated or not a checkpoint."""
+    """Load a file written by :func:`save_atomic` (lesson 3, sec. 3.6); ``ValueError`` if it is unreadable or truncated."""
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a truncated or foreign file
