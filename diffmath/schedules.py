@@ -310,7 +310,7 @@ class VPCosine(Schedule):
     def _coefficients(self, t: Tensor) -> Coefficients:
         k = 0.5 * math.pi / (1 + self.s)
         c0 = math.cos(k * self.s)
-        a = torch.clamp(torch.cos(k * (t + self.s)) / c0, min=0.0)
+        a = torch.clamp(torch.sin(k * (1.0 - t)) / c0, min=0.0)  # = cos(k (t + s)) / c0, exactly 0 at t = 1
         b = torch.sqrt(torch.clamp(1.0 - a * a, min=0.0))
         da = -k * torch.sin(k * (t + self.s)) / c0
         return Coefficients(a, b, da, _vp_db(a, da, b, math.inf))

@@ -223,3 +223,13 @@ def test_velocity_inversion_at_the_data_end_fails_clearly():
     x = torch.randn(3, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match="infinite"):
         dm.to_pair(x, "velocity", x, c.a, c.b, c.da, c.db)
+
+
+def test_cosine_signal_vanishes_exactly_at_t_max():
+    """VP-cosine's a_1 is exactly 0 (computed as a sine), so an eps prediction at t = 1 fails clearly instead of
+    amplifying rounding by 1e16."""
+    s = dm.VPCosine()
+    assert s.a(1.0).item() == 0.0
+    x = torch.randn(3, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="a is 0"):
+        dm.to_pair(x, "eps", x, s.a(1.0), s.b(1.0))

@@ -18,8 +18,8 @@ def test_vp_exp5t2_f_and_g2():
     f, g2 = sde_coefficients(dm.VPLinear(0.0, 20.0), t)
     torch.testing.assert_close(f, -10 * t, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(g2, 20 * t, rtol=1e-12, atol=1e-12)
-    g_printed = torch.sqrt(g2[1:])  # the printed g would be sqrt(20 t): not the coefficient of dt in the variance ODE
-    assert (g_printed - 20 * t[1:]).abs().max() > 1
+    g_true = torch.sqrt(g2[1:])  # the text's formula yields 20 t as "g"; the diffusion coefficient g is sqrt(20 t)
+    assert (g_true - 20 * t[1:]).abs().max() > 1
 
 
 @pytest.mark.parametrize("name", ["vp-linear", "vp-cosine", "ve", "rectified-flow"])
