@@ -30,13 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "build" / "docs-site"
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "/usr/bin/chromium", "/usr/lib/chromium/chromium")
 
-# name -> (path on the site, what the page must show besides typeset math)
+# name -> path on the site
 PAGES = {
     "lesson": "lessons/00-notation/",
     "notebook": "notebooks/00-notation/",
     "api": "api/notation/",
 }
 API_FUNCTIONS = ["diffmath.notation.convert", "diffmath.schedules.su_linear"]
+SCREENSHOT_AT = {"notebook": 'img[src^="data:image/png"]'}  # else the top of the page
 
 # Text that KaTeX should have replaced: a TeX control word, $$, \( or \[, or a $...$ span holding TeX syntax.
 RAW_TEX = r"\\[A-Za-z]+|\$\$|\\\(|\\\[|\$[^$\s][^$]*[\\^_{}][^$]*\$"
@@ -139,7 +140,7 @@ def browser():
         b.close()
 
 
-def _visit(browser, url: str, shot: Path) -> dict:
+def _visit(browser, url: str, shot: Path, scroll_to: str | None = None) -> dict:
     """Open one page with every non-local request blocked; record requests, failures, errors and the DOM checks."""
     rec = {"requests": [], "remote": [], "failed": [], "errors": []}
 
@@ -184,6 +185,8 @@ def _visit(browser, url: str, shot: Path) -> dict:
         rec["download_status"] = [
             page.evaluate("(u) => fetch(u).then((r) => r.status)", u) for u in rec["dom"]["downloads"]
         ]
+        if scroll_to and page.locator(scroll_to).count():
+            page.locator(scroll_to).first.scroll_into_view_if_needed()
         page.screenshot(path=str(shot))
     finally:
         context.close()
@@ -194,7 +197,10 @@ def _visit(browser, url: str, shot: Path) -> dict:
 def visits(browser, served_site):
     """Each page of PAGES opened once, in its own browser context."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    return {name: _visit(browser, served_site + path, SHOTS / f"{name}.png") for name, path in PAGES.items()}
+    return {
+        name: _visit(browser, served_site + path, SHOTS / f"{name}.png", SCREENSHOT_AT.get(name))
+        for name, path in PAGES.items()
+    }
 
 
 @pytest.mark.parametrize("name", list(PAGES))
