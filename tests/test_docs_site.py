@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from html import unescape
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -39,20 +40,24 @@ PAGES = {
 API_FUNCTIONS = ["diffmath.notation.convert", "diffmath.schedules.su_linear"]
 SCREENSHOT_AT = {"notebook": 'img[src^="data:image/png"]'}  # else the top of the page
 
+# A Sphinx role that the site should have turned into a link (docs/hooks/sphinx_roles.py).
+SPHINX_ROLE = r":(?:py:)?(?:func|meth|class|mod|attr|obj|data|exc):"
 # Text that KaTeX should have replaced: a TeX control word, $$, \( or \[, or a $...$ span holding TeX syntax.
 RAW_TEX = r"\\[A-Za-z]+|\$\$|\\\(|\\\[|\$[^$\s][^$]*[\\^_{}][^$]*\$"
 
 INSPECT_JS = """
-(rawTex) => {
+([rawTex, sphinxRole]) => {
   const re = new RegExp(rawTex);
+  const role = new RegExp(sphinxRole);
   const skip = "pre, code, script, style, textarea, noscript, .katex, .katex-display, .clipboard-copy-txt";
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
   const raw = [];
+  const roles = [];
   while (walker.nextNode()) {
     const node = walker.currentNode;
-    if (node.parentElement && !node.parentElement.closest(skip) && re.test(node.textContent)) {
-      raw.push(node.textContent.trim().slice(0, 160));
-    }
+    if (!node.parentElement || node.parentElement.closest(skip)) continue;
+    if (re.test(node.textContent)) raw.push(node.textContent.trim().slice(0, 160));
+    if (role.test(node.textContent)) roles.push(node.textContent.trim().slice(0, 160));
   }
   const imgs = [...document.querySelectorAll("img")];
   return {
@@ -61,6 +66,7 @@ INSPECT_JS = """
     tags: document.querySelectorAll(".katex-display .tag, .katex-display .katex-tag").length,
     errors: [...document.querySelectorAll(".katex-error")].map((e) => e.getAttribute("title") || e.textContent),
     raw: raw,
+    roles: roles,
     mathInCode: document.querySelectorAll("pre .katex, code .katex, .clipboard-copy-txt .katex").length,
     pngFigures: imgs.filter((i) => i.src.startsWith("data:image/png") && i.complete && i.naturalWidth > 0).length,
     brokenImages: imgs.filter((i) => !(i.complete && i.naturalWidth > 0)).map((i) => i.src.slice(0, 80)),
@@ -102,6 +108,36 @@ def test_site_builds_strict(built_site):
     assert proc.returncode == 0, "mkdocs build --strict failed:\n" + "\n".join(problems)
     for page in PAGES.values():
         assert (out / page / "index.html").is_file(), f"the site has no {page}"
+
+
+STRIP_BEFORE_TEXT_CHECK = re.compile(
+    r"<(pre|code|script|style)\b.*?</\1>|<(span|div) class=\"arithmatex\">.*?</\2>", flags=re.DOTALL
+)
+
+
+# In a text node, what KaTeX's auto-render typesets at view time (same delimiters as docs/javascripts/katex-init.js).
+AUTO_RENDERED = re.compile(r"\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)|\$.+?\$", flags=re.DOTALL)
+
+
+def test_markdown_pages_leave_no_broken_formula(built_site):
+    """Lessons, API pages and the home page as built (no browser): no ``$`` or TeX command left outside a formula.
+
+    Formulas reach these pages as arithmatex spans, or as ``$...$`` inside one text node (typeset at view time). A
+    lone ``$`` or TeX command means Markdown split a formula first: e.g. a docstring line inside ``$...$`` that
+    starts with ``+ `` becomes a list item. Notebook pages are left to the browser test.
+    """
+    _, out = built_site
+    pages = [out / "index.html", *sorted((out / "lessons").glob("*/index.html"))]
+    pages += sorted((out / "api").glob("*/index.html"))
+    bad = []
+    for page in pages:
+        html = page.read_text(encoding="utf-8")
+        article = STRIP_BEFORE_TEXT_CHECK.sub("<gap>", html[html.find("<article") : html.find("</article>")])
+        for node in re.split(r"<[^>]+>", article):
+            text = AUTO_RENDERED.sub(" ", unescape(node))
+            if re.search(r"\$|\\[A-Za-z]+", text):
+                bad.append(f"{page.parent.relative_to(out)}/: {' '.join(unescape(node).split())[:200]}")
+    assert not bad, f"{len(bad)} broken formula(s), TeX left as text:\n  " + "\n  ".join(bad[:10])
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -181,7 +217,7 @@ def _visit(browser, url: str, shot: Path, scroll_to: str | None = None) -> dict:
             pass  # reported by the test as "no math typeset"
         page.evaluate("document.fonts.ready.then(() => true)")
         page.wait_for_load_state("networkidle")
-        rec["dom"] = page.evaluate(INSPECT_JS, RAW_TEX)
+        rec["dom"] = page.evaluate(INSPECT_JS, [RAW_TEX, SPHINX_ROLE])
         rec["download_status"] = [
             page.evaluate("(u) => fetch(u).then((r) => r.status)", u) for u in rec["dom"]["downloads"]
         ]
@@ -214,6 +250,8 @@ def test_page_offline_with_typeset_math(visits, name):
         problems.append(f"{len(dom['errors'])} KaTeX render error(s): {dom['errors'][:5]}")
     if dom["raw"]:
         problems.append(f"{len(dom['raw'])} text node(s) still hold raw TeX: {dom['raw'][:5]}")
+    if dom["roles"]:
+        problems.append(f"{len(dom['roles'])} Sphinx role(s) left as text: {dom['roles'][:5]}")
     if dom["mathInCode"]:
         problems.append(f"{dom['mathInCode']} formula(s) typeset inside code (a $ in code must stay as typed)")
     if dom["katexFonts"] == 0:
