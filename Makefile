@@ -58,7 +58,9 @@ serve: $(STAMP)
 
 bench:
 	$(MAKE) EXTRAS=dev,bench setup
+	PIP_CONSTRAINT=$(CONSTRAINTS) $(BIN)/pip install -q --no-deps smalldiffusion==0.5.0
 	$(BIN)/python benchmarks/toy_training.py
+	$(BIN)/python benchmarks/solvers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis site .cache build/docs-site

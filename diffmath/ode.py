@@ -70,7 +70,7 @@ def solve_ode(
 
     Euler and Heun also accept an increasing grid (encoding data into noise). With ``variable="sigma"`` they
     integrate the same ODE in lesson 4's variables, $\mathrm dy/\mathrm d\sigma = \hat\varepsilon$ with
-    $y = x/a$, $\sigma = b/a$ (eq. 6.15, Karras et al.'s form): Euler is then exactly DDIM, the drift has no
+    $y = x/a$, $\sigma = b/a$ (eq. 6.17, Karras et al.'s form): Euler is then exactly DDIM, the drift has no
     singularity at $t = 0$, and only $a, b$ at the grid's times are needed (any schedule, discrete too).
 
     Parameters
@@ -128,7 +128,7 @@ def solve_ode(
 
 
 def _solve_sigma(model, x, g, schedule, method, cond, progress):
-    """Euler or Heun for dy/dsigma = eps_hat(a y), y = x/a, sigma = b/a (lesson 6, eq. 6.15)."""
+    """Euler or Heun for dy/dsigma = eps_hat(a y), y = x/a, sigma = b/a (lesson 6, eq. 6.17)."""
     for i in tqdm(range(len(g) - 1), disable=not progress, desc=f"ODE ({method}, sigma)", leave=False):
         t, s = g[i].item(), g[i + 1].item()
         ct, cs = schedule.coefficients(t), schedule.coefficients(s)
