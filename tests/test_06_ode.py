@@ -193,3 +193,45 @@ def test_euler_in_sigma_is_ddim_and_heun_in_sigma_is_second_order():
         for K in Ks
     ]
     assert -2.3 <= _slope(Ks, errs) <= -1.7, errs
+
+
+def test_sde_and_ode_machinery_runs_on_a_trained_network():
+    """The same samplers, solvers and likelihood run on a trained MLP (the one interface): a v-predicting MLP trained
+    for 800 steps on the ring under VP-linear(0, 20) gives samples near the ring (sliced W1 < 0.35; measured 0.14) with
+    the reverse SDE, the predictor-corrector sampler, Heun and DPM-Solver++, and a finite Hutchinson likelihood.
+    (An eps-MLP trained as briefly sends Euler and Heun to |x| ~ 150: at sigma_max = b/a = 148 the eps error is
+    multiplied by 148, while DPM-Solver++'s exact linear part is immune; v-prediction has no such weak spot.)"""
+    from diffmath.metrics import sliced_w1
+    from diffmath.nets import MLP
+    from diffmath.sde import predictor_corrector
+    from diffmath.training import fit
+
+    torch.manual_seed(0)
+    net = MLP(2, hidden=64, depth=2, t_max=1.0, prediction="v")
+    fit(net, RING.sample(4000, torch.Generator().manual_seed(0)), VP, 800, batch_size=256, lr=3e-3, progress=False)
+    net.eval()
+    x_T = torch.randn(1000, 2, generator=torch.Generator().manual_seed(1))
+    fresh = RING.sample(1000, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        outs = {
+            "sde": list(reverse_sde(net, x_T, VP.grid(100), VP, 1.0, generator=torch.Generator().manual_seed(3)))[-1].x,
+            "pc": list(predictor_corrector(net, x_T, VP.grid(50), VP, generator=torch.Generator().manual_seed(4)))[
+                -1
+            ].x,
+            "heun": ode_sample(net, x_T, VP.grid(25), VP, "heun"),
+            "dpm": ode_sample(net, x_T, VP.grid(25), VP, "dpm++2m"),
+        }
+    for name, x in outs.items():
+        assert torch.isfinite(x).all(), name
+        assert sliced_w1(x, fresh, generator=torch.Generator().manual_seed(0)) < 0.35, name
+    logp, _ = ode_log_likelihood(
+        net,
+        fresh[:10],
+        VP,
+        t_start=1e-3,
+        divergence_method="hutchinson",
+        generator=torch.Generator().manual_seed(5),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    assert torch.isfinite(logp).all() and (logp < 5).all()
