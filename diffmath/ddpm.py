@@ -32,8 +32,24 @@ def forward_step(x_prev: Tensor, t: Tensor | float, schedule: DiscreteSchedule, 
     t : int or Tensor of shape (B,)
         The step, in 1..T.
     schedule : DiscreteSchedule
+        The discrete schedule giving $\alpha_t, \beta_t$.
     eps : Tensor, shape (B, ...)
         The step's fresh noise $\varepsilon_t$.
+
+    Returns
+    -------
+    Tensor, shape (B, ...)
+        $x_t$.
+
+    Raises
+    ------
+    TypeError
+        If ``schedule`` is not a :class:`~diffmath.schedules.DiscreteSchedule`, or ``t`` is not a real number or
+        tensor.
+        Also if ``x_prev`` or ``eps`` is not a floating tensor.
+    ValueError
+        If ``x_prev`` or ``eps`` has fewer than 2 dimensions or holds NaN or infinity, their shapes differ, or ``t``
+        is not a scalar or of shape (B,) or lies outside 1..T.
     """
     x_prev = check_batch(x_prev, "x_prev")
     _same_shape(eps, x_prev, "eps")
@@ -42,7 +58,32 @@ def forward_step(x_prev: Tensor, t: Tensor | float, schedule: DiscreteSchedule, 
 
 
 def forward_marginal(x0: Tensor, t: Tensor | float, schedule: Schedule, eps: Tensor) -> Tensor:
-    r"""One-shot noising $x_t = a_t x_0 + b_t\varepsilon$ (lesson 1, eq. 1.3; lesson 0, eq. 0.1), any schedule."""
+    r"""One-shot noising $x_t = a_t x_0 + b_t\varepsilon$ (lesson 1, eq. 1.3; lesson 0, eq. 0.1), any schedule.
+
+    Parameters
+    ----------
+    x0 : Tensor, shape (B, ...)
+        Clean data $x_0$.
+    t : float or Tensor of shape () or (B,)
+        Time(s) on ``schedule``.
+    schedule : Schedule
+        The forward process.
+    eps : Tensor, shape (B, ...)
+        The noise $\varepsilon$.
+
+    Returns
+    -------
+    Tensor, shape (B, ...)
+        $x_t$.
+
+    Raises
+    ------
+    TypeError
+        If ``x0`` or ``eps`` is not a floating tensor, or ``t`` is not a real number or tensor.
+    ValueError
+        If ``x0`` or ``eps`` has fewer than 2 dimensions or holds NaN or infinity, their shapes differ, or ``t`` is
+        not a scalar or of shape (B,) or lies outside the schedule's range.
+    """
     x0 = check_batch(x0, "x0")
     _same_shape(eps, x0, "eps")
     c = schedule.coefficients(as_tensor(t, "t", x0))
@@ -61,9 +102,31 @@ def merge_noises(
 
     so that $x_t = \bar\alpha_t x_0 + \bar\beta_t\varepsilon$ and $\omega$ is independent of $\varepsilon$.
 
+    Parameters
+    ----------
+    eps_prev : Tensor, shape (B, ...)
+        $\varepsilon_{t-1}$, the total noise of $x_{t-1}$.
+    eps_t : Tensor, shape (B, ...)
+        $\varepsilon_t$, the fresh noise of step $t$.
+    t : int or Tensor of shape (B,)
+        The step, in 1..T.
+    schedule : DiscreteSchedule
+        The discrete schedule.
+
     Returns
     -------
     (eps, omega) : tuple of Tensor
+        Each of shape (B, ...).
+
+    Raises
+    ------
+    TypeError
+        If ``schedule`` is not a :class:`~diffmath.schedules.DiscreteSchedule`, or ``t`` is not a real number or
+        tensor.
+        Also if ``eps_prev`` or ``eps_t`` is not a floating tensor.
+    ValueError
+        If ``eps_prev`` or ``eps_t`` has fewer than 2 dimensions or holds NaN or infinity, their shapes differ, or
+        ``t`` is not a scalar or of shape (B,) or lies outside 1..T.
     """
     _same_shape(eps_t, check_batch(eps_prev, "eps_prev"), "eps_t")
     t_ = as_tensor(t, "t", eps_prev)
@@ -80,6 +143,28 @@ def ch1_constant(schedule: DiscreteSchedule, t: Tensor | float, dim: int) -> Ten
 
     $\mathbb E\|\varepsilon_t - \epsilon_\theta\|^2 = \frac{\beta_t^2}{\bar\beta_t^2}
     \mathbb E\big\|\varepsilon - \tfrac{\bar\beta_t}{\beta_t}\epsilon_\theta\big\|^2 + C_t$ for any $\epsilon_\theta(x_t, t)$.
+
+    Parameters
+    ----------
+    schedule : DiscreteSchedule
+        The discrete schedule.
+    t : int or Tensor
+        The step(s), in 1..T.
+    dim : int
+        The data dimension $d$.
+
+    Returns
+    -------
+    Tensor
+        $C_t$, of the shape of ``t``.
+
+    Raises
+    ------
+    TypeError
+        If ``schedule`` is not a :class:`~diffmath.schedules.DiscreteSchedule`, or ``t`` is not a real number or
+        tensor.
+    ValueError
+        If ``t`` holds NaN or infinity, is not an integer, or lies outside 1..T.
     """
     t_ = as_tensor(t, "t")
     alpha, _ = _discrete(schedule).step(t_)
@@ -90,6 +175,26 @@ def gaussian_kl(mean_q: Tensor, var_q: Tensor | float, mean_p: Tensor, var_p: Te
     r"""$\mathrm{KL}\big(\mathcal N(m_q, v_q I)\,\|\,\mathcal N(m_p, v_p I)\big)$ per sample, in nats (lesson 2, eq. 2.5).
 
     $\tfrac12\sum_i\big[\log(v_p/v_q) + (v_q + (m_{q,i} - m_{p,i})^2)/v_p - 1\big]$ over the event dimensions.
+
+    Parameters
+    ----------
+    mean_q, mean_p : Tensor, shape (B, ...)
+        The two means $m_q, m_p$.
+    var_q, var_p : float or Tensor of shape () or (B,)
+        The two (isotropic) variances $v_q, v_p$.
+
+    Returns
+    -------
+    Tensor, shape (B,)
+        The KL divergence of each sample, in nats.
+
+    Raises
+    ------
+    TypeError
+        If a mean is not a floating tensor, or a variance is not a real number or tensor.
+    ValueError
+        If a mean has fewer than 2 dimensions or holds NaN or infinity, the means' shapes differ, a variance is not
+        a scalar or of shape (B,), or a variance is not positive.
     """
     mean_q, mean_p = check_batch(mean_q, "mean_q"), check_batch(mean_p, "mean_p")
     _same_shape(mean_p, mean_q, "mean_p")
@@ -102,7 +207,17 @@ def gaussian_kl(mean_q: Tensor, var_q: Tensor | float, mean_p: Tensor, var_p: Te
 
 
 class Posterior(NamedTuple):
-    r"""$q(x_s\mid x_t, x_0) = \mathcal N(c_t x_t + c_0 x_0,\ \sigma^2 I)$."""
+    r"""$q(x_s\mid x_t, x_0) = \mathcal N(c_t x_t + c_0 x_0,\ \sigma^2 I)$ (lesson 3, eq. 3.8).
+
+    Parameters
+    ----------
+    coef_xt : Tensor
+        $c_t$, the coefficient of $x_t$ in the mean.
+    coef_x0 : Tensor
+        $c_0$, the coefficient of $x_0$ in the mean.
+    std : Tensor
+        $\sigma$, the standard deviation.
+    """
 
     coef_xt: Tensor
     coef_x0: Tensor
@@ -123,10 +238,24 @@ def posterior(schedule: Schedule, t: Tensor | float, s: Tensor | float | None = 
     Parameters
     ----------
     schedule : Schedule
+        The forward process.
     t : float or Tensor
         Later time ($t > 0$).
     s : float or Tensor, optional
         Earlier time, default ``t - 1`` (discrete schedules).
+
+    Returns
+    -------
+    Posterior
+        ``(coef_xt, coef_x0, std)``, tensors of the broadcast shape of ``t`` and ``s``.
+
+    Raises
+    ------
+    TypeError
+        If ``t`` or ``s`` is not a real number or tensor.
+    ValueError
+        If ``s >= t`` anywhere, or ``t`` or ``s`` holds NaN or infinity, lies outside the schedule's range or is not
+        an integer on a discrete schedule.
     """
     t_ = as_tensor(t, "t")
     s_ = t_ - 1 if s is None else as_tensor(s, "s", t_)
@@ -140,7 +269,34 @@ def posterior(schedule: Schedule, t: Tensor | float, s: Tensor | float | None = 
 
 def ddpm_mean(x: Tensor, eps: Tensor, t: Tensor | float, schedule: DiscreteSchedule) -> Tensor:
     r"""Mean of the DDPM reverse step, $\mu = \big(x_t - \frac{\beta_t^2}{\bar\beta_t}\hat\varepsilon\big)/\alpha_t$
-    (lesson 3, eq. 3.13), with $\hat\varepsilon$ Ho's total-noise prediction."""
+    (lesson 3, eq. 3.13), with $\hat\varepsilon$ Ho's total-noise prediction.
+
+    Parameters
+    ----------
+    x : Tensor, shape (B, ...)
+        $x_t$.
+    eps : Tensor, shape (B, ...)
+        The noise prediction $\hat\varepsilon$.
+    t : int or Tensor of shape (B,)
+        The step, in 1..T.
+    schedule : DiscreteSchedule
+        The discrete schedule.
+
+    Returns
+    -------
+    Tensor, shape (B, ...)
+        The mean $\mu$ of $p(x_{t-1}\mid x_t)$.
+
+    Raises
+    ------
+    TypeError
+        If ``schedule`` is not a :class:`~diffmath.schedules.DiscreteSchedule`, or ``t`` is not a real number or
+        tensor.
+        Also if ``x`` or ``eps`` is not a floating tensor.
+    ValueError
+        If ``x`` or ``eps`` has fewer than 2 dimensions or holds NaN or infinity, their shapes differ, or ``t`` is
+        not a scalar or of shape (B,) or lies outside 1..T.
+    """
     x = check_batch(x, "x")
     _same_shape(eps, x, "eps")
     t_ = as_tensor(t, "t", x)
@@ -153,6 +309,28 @@ def reverse_std(schedule: DiscreteSchedule, t: Tensor | float, kind: str = "post
 
     ``"posterior"``: $\sigma_t = \bar\beta_{t-1}\beta_t/\bar\beta_t$, exact when the data is one point;
     ``"beta"``: $\sigma_t = \beta_t$, exact when the data is $\mathcal N(0, I)$.
+
+    Parameters
+    ----------
+    schedule : DiscreteSchedule
+        The discrete schedule.
+    t : int or Tensor
+        The step(s), in 1..T.
+    kind : {"posterior", "beta"}
+        Which of the two.
+
+    Returns
+    -------
+    Tensor
+        $\sigma_t$, of the shape of ``t``.
+
+    Raises
+    ------
+    TypeError
+        If ``t`` is not a real number or tensor, or ``kind="beta"`` and ``schedule`` is not a
+        :class:`~diffmath.schedules.DiscreteSchedule`.
+    ValueError
+        If ``kind`` is unknown, or ``t`` holds NaN or infinity, is not an integer, or lies outside 1..T.
     """
     t_ = as_tensor(t, "t")
     if kind == "posterior":
@@ -176,10 +354,20 @@ def reverse_variance(
         Points $x_t$.
     t, s : float or Tensor
         Times, $s < t$ (default $s = t - 1$).
+    schedule : Schedule
+        The forward process.
 
     Returns
     -------
     Tensor, shape (B, d, d)
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a floating tensor, or ``t`` or ``s`` is not a real number or tensor.
+    ValueError
+        If ``x`` has fewer than 2 dimensions, holds NaN or infinity or does not match the mixture's event shape,
+        ``s >= t``, or a time lies outside the schedule's range.
     """
     t_ = as_tensor(t, "t", check_batch(x, "x"))
     post = posterior(schedule, t_, s)
@@ -195,6 +383,28 @@ def kl_weight(schedule: DiscreteSchedule, t: Tensor | float, sigma: Tensor | flo
 
     When $p(x_{t-1}\mid x_t) = \mathcal N(\mu_\theta, \sigma_t^2 I)$ shares the posterior's variance,
     $\mathrm{KL}(q(x_{t-1}\mid x_t,x_0)\,\|\,p) = \text{weight}\cdot\|\varepsilon - \hat\varepsilon\|^2$.
+
+    Parameters
+    ----------
+    schedule : DiscreteSchedule
+        The discrete schedule.
+    t : int or Tensor
+        The step(s), in 1..T.
+    sigma : float or Tensor
+        The reverse step's standard deviation $\sigma_t$.
+
+    Returns
+    -------
+    Tensor
+        The weight, of the broadcast shape of ``t`` and ``sigma``.
+
+    Raises
+    ------
+    TypeError
+        If ``schedule`` is not a :class:`~diffmath.schedules.DiscreteSchedule`, or ``t`` is not a real number or
+        tensor.
+    ValueError
+        If ``sigma`` is not positive, or ``t`` holds NaN or infinity, is not an integer, or lies outside 1..T.
     """
     t_ = as_tensor(t, "t")
     alpha, beta = _discrete(schedule).step(t_)

@@ -41,6 +41,15 @@ class GaussianMixture:
         Class of each component (default: component ``k`` is class ``k``); used by ``cond`` and
         :meth:`class_posterior`.
 
+    Raises
+    ------
+    TypeError
+        If ``weights``, ``means`` or ``covs`` is not a real tensor (or number).
+    ValueError
+        If the weights are not of shape (K,), negative or do not sum to one, any input holds NaN or infinity,
+        ``means`` is not of shape (K, *event_shape), ``covs`` has none of the accepted shapes or is not symmetric
+        positive definite, or ``labels`` is not a non-negative integer tensor of shape (K,).
+
     Notes
     -----
     All computations run in the dtype and device of the input ``x``; use float64 for identities to 1e-9.
@@ -181,7 +190,27 @@ class GaussianMixture:
 
     # ------------------------------------------------------------------ data distribution
     def log_prob(self, x: Tensor) -> Tensor:
-        r"""Data log density $\log p(x_0)$ (lesson 0, eq. 0.16 at $a = 1, b = 0$). Shape (B,)."""
+        r"""Data log density $\log p(x_0)$ (lesson 0, eq. 0.16 at $a = 1, b = 0$). Shape (B,).
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, *event_shape)
+            Data points $x_0$.
+
+        Returns
+        -------
+        Tensor, shape (B,)
+            $\log p(x_0)$.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
+        ValueError
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite or not
+            of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,), or the noised
+            density is singular (``b = 0`` with a degenerate component).
+        """
         return self.noised_log_prob(x, 1.0, 0.0)
 
     def sample(
@@ -191,7 +220,32 @@ class GaussianMixture:
         dtype: torch.dtype | None = None,
         return_components: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        r"""Draw ``n`` samples $x_0 \sim p$; shape (n, *event_shape). Optionally also the component of each."""
+        r"""Draw ``n`` samples $x_0 \sim p$; shape (n, *event_shape). Optionally also the component of each.
+
+        Sampling the mixture of lesson 0, eq. 0.16 at $a = 1, b = 0$: pick a component $k \sim w$, then
+        $x_0 = \mu_k + \Sigma_k^{1/2} z$.
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+        generator : torch.Generator, optional
+            Source of randomness, for reproducible draws.
+        dtype : torch.dtype, optional
+            Dtype of the samples (default: torch's default dtype).
+        return_components : bool
+            Also return the component index of each sample.
+
+        Returns
+        -------
+        Tensor, shape (n, *event_shape), or (Tensor, Tensor of int of shape (n,))
+            The samples, and their components when ``return_components``.
+
+        Raises
+        ------
+        ValueError
+            If ``n`` is not a positive integer.
+        """
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         dtype = dtype or torch.get_default_dtype()
@@ -204,11 +258,22 @@ class GaussianMixture:
         return (x, k) if return_components else x
 
     def mean(self) -> Tensor:
-        r"""$\mathbb E[x_0]$, shape event_shape."""
+        r"""$\mathbb E[x_0] = \sum_k w_k \mu_k$, shape event_shape (lesson 0, eq. 0.16).
+
+        Returns
+        -------
+        Tensor, shape event_shape, float64
+        """
         return (self.weights[:, None] * self.means).sum(0).reshape(self.event_shape)
 
     def covariance(self) -> Tensor:
-        r"""$\operatorname{Cov}[x_0]$, shape (d, d) (law of total covariance)."""
+        r"""$\operatorname{Cov}[x_0]$, shape (d, d) (law of total covariance; lesson 0, eq. 0.20 at $a = 1, b = 0$).
+
+        Returns
+        -------
+        Tensor, shape (d, d), float64
+            $\sum_k w_k \Sigma_k + \sum_k w_k \mu_k\mu_k^\top - \mathbb E[x_0]\mathbb E[x_0]^\top$.
+        """
         return self._mix_cov(self.weights[None], self.means[None], self.lam[None])[0]
 
     def _mix_cov(self, resp: Tensor, m_k: Tensor, var_k: Tensor) -> Tensor:
@@ -228,42 +293,199 @@ class GaussianMixture:
         Parameters
         ----------
         x : Tensor, shape (B, *event_shape)
+            Noisy points $x_t$.
         a, b : float or Tensor of shape (B,)
             Coefficients of eq. 0.1 (any schedule, any time).
         cond : Tensor of int, shape (B,), optional
             Class labels; restricts the mixture to that class's components (``-1``: all).
+
+        Returns
+        -------
+        Tensor, shape (B,)
+            $\log p_t(x)$ (of the class's mixture when ``cond`` is given).
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
+        ValueError
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite or not
+            of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,), or the noised
+            density is singular (``b = 0`` with a degenerate component).
         """
         return self._stats(x, a, b, cond, "log_prob")["log_prob"]
 
     def score(self, x: Tensor, a: Tensor | float, b: Tensor | float, cond: Tensor | None = None) -> Tensor:
-        r"""Exact noised score $\nabla_x \log p_t(x) = -\sum_k p(k\mid x)\, C_k^{-1}(x - a\mu_k)$ (lesson 0, eq. 0.17)."""
+        r"""Exact noised score $\nabla_x \log p_t(x) = -\sum_k p(k\mid x)\, C_k^{-1}(x - a\mu_k)$ (lesson 0, eq. 0.17).
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, *event_shape)
+            Noisy points $x_t$.
+        a, b : float or Tensor of shape (B,)
+            Coefficients of eq. 0.1 (any schedule, any time).
+        cond : Tensor of int, shape (B,), optional
+            Class labels; restricts the mixture to that class's components (``-1``: all).
+
+        Returns
+        -------
+        Tensor, shape (B, *event_shape)
+            The score at ``x``.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
+        ValueError
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite or not
+            of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,), or the noised
+            density is singular (``b = 0`` with a degenerate component).
+        """
         return self._stats(x, a, b, cond, "score")["score"].reshape(x.shape)
 
     def posterior_mean(self, x: Tensor, a: Tensor | float, b: Tensor | float, cond: Tensor | None = None) -> Tensor:
         r"""Tweedie's denoiser $\mathbb E[x_0\mid x_t] = \sum_k p(k\mid x_t)\,\big(\mu_k + a\Sigma_k C_k^{-1}(x_t - a\mu_k)\big)$
-        (lesson 0, eq. 0.18)."""
+        (lesson 0, eq. 0.18).
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, *event_shape)
+            Noisy points $x_t$.
+        a, b : float or Tensor of shape (B,)
+            Coefficients of eq. 0.1 (any schedule, any time).
+        cond : Tensor of int, shape (B,), optional
+            Class labels; restricts the mixture to that class's components (``-1``: all).
+
+        Returns
+        -------
+        Tensor, shape (B, *event_shape)
+            $\hat x_0 = \mathbb E[x_0 \mid x_t = x]$.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
+        ValueError
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite or not
+            of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,), or the noised
+            density is singular (``b = 0`` with a degenerate component).
+        """
         s = self._stats(x, a, b, cond, "moments")
         return torch.einsum("bk,bkd->bd", s["resp"], s["mean_k"]).reshape(x.shape)
 
     def eps_mean(self, x: Tensor, a: Tensor | float, b: Tensor | float, cond: Tensor | None = None) -> Tensor:
-        r"""$\mathbb E[\varepsilon \mid x_t] = -b\,\nabla\log p_t(x_t)$ (lesson 0, eq. 0.2)."""
+        r"""$\mathbb E[\varepsilon \mid x_t] = -b\,\nabla\log p_t(x_t)$ (lesson 0, eq. 0.2).
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, *event_shape)
+            Noisy points $x_t$.
+        a, b : float or Tensor of shape (B,)
+            Coefficients of eq. 0.1 (any schedule, any time).
+        cond : Tensor of int, shape (B,), optional
+            Class labels; restricts the mixture to that class's components (``-1``: all).
+
+        Returns
+        -------
+        Tensor, shape (B, *event_shape)
+            $\hat\varepsilon = \mathbb E[\varepsilon \mid x_t = x]$.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
+        ValueError
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite or not
+            of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,), or the noised
+            density is singular (``b = 0`` with a degenerate component).
+        """
         bb = per_sample(as_tensor(b, "b", x), x, "b")
         return -bb * self.score(x, a, b, cond)
 
     def posterior_cov(self, x: Tensor, a: Tensor | float, b: Tensor | float, cond: Tensor | None = None) -> Tensor:
         r"""$\operatorname{Cov}[x_0\mid x_t]$, shape (B, d, d) (lesson 0, eq. 0.20): law of total covariance over
-        components, each with $\operatorname{Cov}[x_0\mid x_t,k] = \Sigma_k - a^2\Sigma_k C_k^{-1}\Sigma_k$."""
+        components, each with $\operatorname{Cov}[x_0\mid x_t,k] = \Sigma_k - a^2\Sigma_k C_k^{-1}\Sigma_k$.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, *event_shape)
+            Noisy points $x_t$.
+        a, b : float or Tensor of shape (B,)
+            Coefficients of eq. 0.1 (any schedule, any time).
+        cond : Tensor of int, shape (B,), optional
+            Class labels; restricts the mixture to that class's components (``-1``: all).
+
+        Returns
+        -------
+        Tensor, shape (B, d, d)
+            The posterior covariance at each point.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
+        ValueError
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite or not
+            of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,), or the noised
+            density is singular (``b = 0`` with a degenerate component).
+        """
         s = self._stats(x, a, b, cond, "moments")
         return self._mix_cov(s["resp"], s["mean_k"], s["var_k"])
 
     def component_posterior(
         self, x: Tensor, a: Tensor | float, b: Tensor | float, cond: Tensor | None = None
     ) -> Tensor:
-        r"""Responsibilities $p(k \mid x_t)$, shape (B, K) (lesson 0, eq. 0.19)."""
+        r"""Responsibilities $p(k \mid x_t)$, shape (B, K) (lesson 0, eq. 0.19).
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, *event_shape)
+            Noisy points $x_t$.
+        a, b : float or Tensor of shape (B,)
+            Coefficients of eq. 0.1 (any schedule, any time).
+        cond : Tensor of int, shape (B,), optional
+            Class labels; restricts the mixture to that class's components (``-1``: all).
+
+        Returns
+        -------
+        Tensor, shape (B, K)
+            Rows sum to one.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
+        ValueError
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite or not
+            of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,), or the noised
+            density is singular (``b = 0`` with a degenerate component).
+        """
         return self._stats(x, a, b, cond, "log_prob")["resp"]
 
     def class_posterior(self, x: Tensor, a: Tensor | float, b: Tensor | float) -> Tensor:
-        r"""$p(y \mid x_t) = \sum_{k:\,\mathrm{label}_k = y} p(k\mid x_t)$, shape (B, num_classes) (lesson 0, eq. 0.19)."""
+        r"""$p(y \mid x_t) = \sum_{k:\,\mathrm{label}_k = y} p(k\mid x_t)$, shape (B, num_classes) (lesson 0, eq. 0.19).
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, *event_shape)
+            Noisy points $x_t$.
+        a, b : float or Tensor of shape (B,)
+            Coefficients of eq. 0.1 (any schedule, any time).
+
+        Returns
+        -------
+        Tensor, shape (B, num_classes)
+            Rows sum to one.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
+        ValueError
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite or not
+            of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,), or the noised
+            density is singular (``b = 0`` with a degenerate component).
+        """
         resp = self.component_posterior(x, a, b)
         out = torch.zeros(resp.shape[0], self.num_classes, dtype=resp.dtype, device=resp.device)
         return out.index_add_(1, self.labels.to(resp.device), resp)
@@ -278,12 +500,57 @@ class GaussianMixture:
         cond: Tensor | None = None,
     ) -> Tensor:
         r"""Exact velocity $\mathbb E[\dot a x_0 + \dot b\varepsilon \mid x_t]$ of the path $a x_0 + b\varepsilon$
-        (lesson 0, eq. 0.4); for the linear path $a = 1-t, b = t$ it is rectified flow's $\mathbb E[\varepsilon - x_0\mid x_t]$."""
+        (lesson 0, eq. 0.4); for the linear path $a = 1-t, b = t$ it is rectified flow's $\mathbb E[\varepsilon - x_0\mid x_t]$.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, *event_shape)
+            Noisy points $x_t$.
+        a, b : float or Tensor of shape (B,)
+            Coefficients of eq. 0.1 (any schedule, any time).
+        da, db : float or Tensor of shape (B,)
+            Time derivatives $\dot a, \dot b$ of the coefficients.
+        cond : Tensor of int, shape (B,), optional
+            Class labels; restricts the mixture to that class's components (``-1``: all).
+
+        Returns
+        -------
+        Tensor, shape (B, *event_shape)
+            $u = \dot a \hat x_0 + \dot b \hat\varepsilon$.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
+        ValueError
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite or not
+            of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,), or the noised
+            density is singular (``b = 0`` with a degenerate component).
+        """
         pair = Pair(self.posterior_mean(x, a, b, cond), self.eps_mean(x, a, b, cond))
         return from_pair(pair, "velocity", a, b, da, db)
 
     def model(self, schedule: Schedule, prediction: str = "eps") -> ExactModel:
-        """This mixture's exact denoiser as a model with the one interface (lesson 0, sec. 0.5)."""
+        """This mixture's exact denoiser as a model with the one interface (lesson 0, sec. 0.5).
+
+        Parameters
+        ----------
+        schedule : Schedule
+            Forward process through which the model sees the data.
+        prediction : {"eps", "x0", "score", "v", "velocity"}
+            What the model returns.
+
+        Returns
+        -------
+        ExactModel
+
+        Raises
+        ------
+        TypeError
+            If ``schedule`` is not a :class:`~diffmath.schedules.Schedule` or ``prediction`` is not a string.
+        ValueError
+            If ``prediction`` is not one of the five parameterisations.
+        """
         return ExactModel(self, schedule, prediction)
 
     def __repr__(self) -> str:
@@ -299,9 +566,19 @@ class EmpiricalData(GaussianMixture):
     Parameters
     ----------
     points : Tensor, shape (N, *event_shape)
+        The data points $x^{(i)}$.
     weights : Tensor, shape (N,), optional
         Defaults to uniform.
     labels : Tensor of int, shape (N,), optional
+        Class of each point (default: point ``i`` is class ``i``).
+
+    Raises
+    ------
+    TypeError
+        If ``points`` is not a floating tensor, or ``weights`` is not a real tensor.
+    ValueError
+        If ``points`` has fewer than 2 dimensions or holds NaN or infinity, the weights are not of shape (N,),
+        negative or do not sum to one, or ``labels`` is not a non-negative integer tensor of shape (N,).
     """
 
     _allow_singular = True
@@ -332,11 +609,53 @@ class EmpiricalData(GaussianMixture):
         return out
 
     def log_prob(self, x: Tensor) -> Tensor:
-        """Point masses have no density: raises ``ValueError`` (use :meth:`noised_log_prob` with ``b > 0``)."""
+        r"""Point masses have no density: raises ``ValueError`` (use :meth:`noised_log_prob` with ``b > 0``).
+
+        Lesson 0, eq. 0.16 with $\Sigma_i = 0$ at $b = 0$ is a sum of Dirac masses.
+
+        Parameters
+        ----------
+        x : Tensor
+            Ignored.
+
+        Returns
+        -------
+        Tensor
+            Never returns.
+
+        Raises
+        ------
+        ValueError
+            Always.
+        """
         raise ValueError("EmpiricalData is a set of point masses: it has no density at t = 0")
 
     def posterior_mean(self, x: Tensor, a: Tensor | float, b: Tensor | float, cond: Tensor | None = None) -> Tensor:
-        r"""$\mathbb E[x_0\mid x_t] = \sum_i p(i\mid x_t)\, x^{(i)}$ (lesson 0, eq. 0.18 with $\Sigma_i = 0$)."""
+        r"""$\mathbb E[x_0\mid x_t] = \sum_i p(i\mid x_t)\, x^{(i)}$ (lesson 0, eq. 0.18 with $\Sigma_i = 0$).
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, *event_shape)
+            Noisy points $x_t$.
+        a, b : float or Tensor of shape (B,)
+            Coefficients of eq. 0.1 (any schedule, any time).
+        cond : Tensor of int, shape (B,), optional
+            Class labels; restricts the mixture to that class's components (``-1``: all).
+
+        Returns
+        -------
+        Tensor, shape (B, *event_shape)
+            The softmax-weighted average of the data points.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
+        ValueError
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite or not
+            of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,), or the noised
+            density is singular (``b = 0`` with a degenerate component).
+        """
         resp = self.component_posterior(x, a, b, cond)
         return (resp @ self._params(resp)[1]).reshape(x.shape)
 
@@ -350,8 +669,22 @@ class ExactModel:
     Parameters
     ----------
     source : GaussianMixture or EmpiricalData
+        The data distribution.
     schedule : Schedule
+        The forward process; gives $a_t, b_t$ (and $\dot a_t, \dot b_t$) at the model's times.
     prediction : {"eps", "x0", "score", "v", "velocity"}
+        What a call returns.
+
+    Raises
+    ------
+    TypeError
+        If ``source`` is not a :class:`GaussianMixture`, ``schedule`` not a
+        :class:`~diffmath.schedules.Schedule`, or ``prediction`` not a string; a call raises it if ``x`` is not a
+        floating tensor or ``t`` not a real number or tensor.
+    ValueError
+        If ``prediction`` is not one of the five parameterisations; a call raises it if ``x`` or ``t`` holds NaN
+        or infinity, ``t`` is not a scalar or of shape (B,) or lies outside the schedule's range, or ``cond`` is
+        invalid.
     """
 
     def __init__(self, source: GaussianMixture, schedule: Schedule, prediction: str = "eps") -> None:

@@ -35,8 +35,17 @@ class ClassifierGuided:
         ``log_prob(x, t, y) -> Tensor (B,)``: the log-probability of the labels ``y`` given $x_t$ at time ``t``
         (shape (B,)); it must be differentiable in ``x``.
     schedule : Schedule
+        The model's forward process; gives $b_t$.
     scale : float
         $\gamma \ge 0$; 0 returns the model's own prediction, 1 samples $p(x\mid y)$ when everything is exact.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` does not follow the one interface or ``log_prob`` is not callable.
+    ValueError
+        If ``scale`` is not a number >= 0, or ``model.prediction`` is unknown; a call raises it when ``cond`` is
+        ``None`` or ``log_prob`` does not return shape (B,).
 
     Notes
     -----
@@ -65,7 +74,31 @@ class ClassifierGuided:
 
 
 def classifier_gradient(log_prob: LogProb, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
-    r"""$\nabla_{x}\log p_t(y\mid x)$ by autograd (lesson 9, eq. 9.8), shape of ``x``."""
+    r"""$\nabla_{x}\log p_t(y\mid x)$ by autograd (lesson 9, eq. 9.8), shape of ``x``.
+
+    Parameters
+    ----------
+    log_prob : callable
+        ``log_prob(x, t, y) -> Tensor (B,)``, differentiable in ``x``.
+    x : Tensor, shape (B, ...)
+        Points $x_t$.
+    t : Tensor
+        Time(s), passed to ``log_prob``.
+    y : Tensor, shape (B,)
+        Labels, passed to ``log_prob``.
+
+    Returns
+    -------
+    Tensor, shape (B, ...)
+        The gradient of $\log p_t(y\mid x)$ with respect to ``x``.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a floating tensor.
+    ValueError
+        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, or ``log_prob`` does not return shape (B,).
+    """
     x = check_batch(x, "x")
     with torch.enable_grad():
         xr = x.detach().requires_grad_(True)
@@ -90,6 +123,14 @@ class ClassifierFree:
         $w \ge 0$ (0: the conditional model itself).
     null : int
         The label of the null condition (diffmath's networks and exact models use -1).
+
+    Raises
+    ------
+    TypeError
+        If ``model`` does not follow the one interface.
+    ValueError
+        If ``scale`` is not a number >= 0, or ``model.prediction`` is unknown; a call raises it when ``cond`` is
+        ``None``.
     """
 
     def __init__(self, model: Model, scale: float, null: int = -1) -> None:

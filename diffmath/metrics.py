@@ -25,12 +25,23 @@ def sliced_w1(x: Tensor, y: Tensor, num_projections: int = 256, generator: torch
     Parameters
     ----------
     x, y : Tensor, shape (N, ...) and (M, ...)
+        The two samples, of the same event shape.
     num_projections : int
         Random directions, drawn from ``generator``.
+    generator : torch.Generator, optional
+        Source of the random directions.
 
     Returns
     -------
     float
+        The Monte Carlo estimate of $\mathrm{SW}_1$.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` or ``y`` is not a floating tensor.
+    ValueError
+        If ``x`` or ``y`` has fewer than 2 dimensions or holds NaN or infinity, or their event shapes differ.
     """
     x, y = _pair(x, y)
     theta = torch.randn(x.shape[1], num_projections, generator=generator, dtype=torch.float64)
@@ -57,6 +68,7 @@ def mmd_rbf(x: Tensor, y: Tensor, bandwidth: float = 0.3) -> float:
     Parameters
     ----------
     x, y : Tensor, shape (N, ...) and (M, ...), N, M >= 2
+        The two samples, of the same event shape.
     bandwidth : float
         Kernel width $h$.
 
@@ -64,6 +76,14 @@ def mmd_rbf(x: Tensor, y: Tensor, bandwidth: float = 0.3) -> float:
     -------
     float
         $\widehat{\mathrm{MMD}}^2_u$ (can be slightly negative when the distributions agree).
+
+    Raises
+    ------
+    TypeError
+        If ``x`` or ``y`` is not a floating tensor.
+    ValueError
+        If ``x`` or ``y`` has fewer than 2 dimensions or holds NaN or infinity, or their event shapes differ,
+        either has fewer than two samples, or ``bandwidth`` is not positive.
     """
     x, y = _pair(x, y)
     if x.shape[0] < 2 or y.shape[0] < 2:
@@ -82,6 +102,26 @@ def mmd_rbf(x: Tensor, y: Tensor, bandwidth: float = 0.3) -> float:
 
 def mode_weights(gmm: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
     r"""Fraction of the samples ``x`` (shape (N, ...)) whose most probable component $\arg\max_k p(k\mid x_0)$ is each
-    component $k$ of the mixture (lesson 0, eq. 0.19 at $a = 1, b = 0$); shape (K,)."""
+    component $k$ of the mixture (lesson 0, eq. 0.19 at $a = 1, b = 0$); shape (K,).
+
+    Parameters
+    ----------
+    gmm : GaussianMixture
+        The mixture whose components are the modes.
+    x : Tensor, shape (N, *event_shape)
+        Samples.
+
+    Returns
+    -------
+    Tensor, shape (K,), float64
+        Fractions summing to one.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a floating tensor.
+    ValueError
+        If ``x`` does not have the mixture's event shape or holds NaN or infinity.
+    """
     k = gmm.component_posterior(x, 1.0, 0.0).argmax(1)
     return torch.bincount(k, minlength=gmm.K).double() / x.shape[0]

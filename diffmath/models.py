@@ -29,7 +29,25 @@ class Model(Protocol):
 
 def check_model(model: object) -> Model:
     """Return ``model`` if it follows the one interface (lesson 0, sec. 0.5), else raise ``TypeError`` saying what is
-    missing."""
+    missing.
+
+    Parameters
+    ----------
+    model : object
+        Candidate model: callable as ``model(x, t, cond=None)`` with a ``prediction`` attribute.
+
+    Returns
+    -------
+    Model
+        ``model`` itself.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not callable, has no ``prediction`` attribute, or its ``prediction`` is not a string.
+    ValueError
+        If ``model.prediction`` is not one of the five parameterisations.
+    """
     if not callable(model):
         raise TypeError(f"model must be callable as model(x, t, cond=None), got {type(model).__name__}")
     kind = getattr(model, "prediction", None)
@@ -70,9 +88,14 @@ def predict(
 
     Raises
     ------
+    TypeError
+        If ``model`` does not follow the one interface, ``schedule`` is not a :class:`~diffmath.schedules.Schedule`,
+        ``x`` is not a floating tensor, or ``t`` is not a real number or tensor.
     ValueError
-        If the model returns a tensor of another shape, or NaN/inf (a diverged model is reported, never
-        propagated silently).
+        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, ``t`` is not a scalar or of shape (B,) or
+        lies outside the schedule's range, the model returns a tensor of another shape, or NaN/inf (a diverged
+        model is reported, never propagated silently), or the conversion divides by a zero coefficient, or
+        ``kind`` is not a parameterisation (``TypeError`` if not a string).
     """
     check_prediction(kind, "kind")
     return _evaluate(model, x, t, schedule, cond, want=kind)
@@ -82,6 +105,34 @@ def predict_pair(model: Model, x: Tensor, t: Tensor | float, schedule: Schedule,
     r"""Evaluate ``model`` once and return $(\hat x_0, \hat\varepsilon)$ (lesson 0, eqs. 0.5-0.7).
 
     Same arguments and checks as :func:`predict`; samplers use it to get both halves of the pair from one call.
+
+    Parameters
+    ----------
+    model : Model
+        Any model with the one interface.
+    x : Tensor, shape (B, ...)
+        Noisy batch $x_t$.
+    t : float or Tensor of shape () or (B,)
+        Time(s) of ``x`` on ``schedule``.
+    schedule : Schedule
+        Gives $a_t, b_t$ (and derivatives) for the conversion.
+    cond : Tensor, optional
+        Condition passed through to the model.
+
+    Returns
+    -------
+    Pair
+        $(\hat x_0, \hat\varepsilon)$, each of shape (B, ...).
+
+    Raises
+    ------
+    TypeError
+        If ``model`` does not follow the one interface, ``schedule`` is not a :class:`~diffmath.schedules.Schedule`,
+        ``x`` is not a floating tensor, or ``t`` is not a real number or tensor.
+    ValueError
+        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, ``t`` is not a scalar or of shape (B,) or
+        lies outside the schedule's range, the model returns a tensor of another shape, or NaN/inf (a diverged
+        model is reported, never propagated silently), or the conversion divides by a zero coefficient.
     """
     return _evaluate(model, x, t, schedule, cond, want=None)
 

@@ -14,6 +14,18 @@ class TimeEmbedding(nn.Module):
     r"""Sinusoidal features of the normalised time $s = t/t_{\max}\in[0,1]$ (lesson 3, eq. 3.15).
 
     $\big(\sin(\omega_k s), \cos(\omega_k s)\big)_k$ with $\omega_k$ log-spaced from 1 to 1000.
+
+    Parameters
+    ----------
+    dim : int
+        Number of features, even, >= 2.
+    t_max : float
+        The schedule's $t_{\max}$, to normalise time.
+
+    Raises
+    ------
+    ValueError
+        If ``dim`` is not an even integer >= 2 or ``t_max`` is not positive.
     """
 
     def __init__(self, dim: int = 32, t_max: float = 1.0) -> None:
@@ -26,6 +38,18 @@ class TimeEmbedding(nn.Module):
         self.register_buffer("freqs", torch.exp(torch.linspace(0.0, math.log(1000.0), dim // 2)))
 
     def forward(self, t: Tensor) -> Tensor:
+        r"""The features $\big(\sin(\omega_k s), \cos(\omega_k s)\big)_k$ of $s = t/t_{\max}$ (lesson 3, eq. 3.15).
+
+        Parameters
+        ----------
+        t : Tensor, shape (B,)
+            Times.
+
+        Returns
+        -------
+        Tensor, shape (B, dim)
+            Sines then cosines.
+        """
         s = (t / self.t_max)[:, None] * self.freqs[None]
         return torch.cat([torch.sin(s), torch.cos(s)], 1)
 
@@ -50,6 +74,14 @@ class MLP(nn.Module):
         condition used by classifier-free guidance.
     time_dim : int
         Size of the sinusoidal time features.
+
+    Raises
+    ------
+    TypeError
+        If ``prediction`` is not a string.
+    ValueError
+        If ``dim``, ``hidden`` or ``depth`` is not a positive integer, ``prediction`` is unknown, ``time_dim`` is not
+        an even integer >= 2, or ``t_max`` is not positive.
     """
 
     def __init__(
@@ -78,6 +110,26 @@ class MLP(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, dim))
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        r"""The prediction $f_\theta(x_t, t, y)$ of kind ``self.prediction`` (lesson 3, eq. 3.15).
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, d)
+            Noisy input $x_t$.
+        t : Tensor, shape () or (B,)
+            Time(s), on the schedule's scale $[0, t_{\max}]$.
+        cond : Tensor of int, shape (B,), optional
+            Class labels (``-1`` or ``None``: the null condition); ignored when ``num_classes == 0``.
+
+        Returns
+        -------
+        Tensor, shape (B, d)
+
+        Raises
+        ------
+        ValueError
+            If ``x`` is not of shape (B, d).
+        """
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLP expects x of shape (B, {self.dim}), got {tuple(x.shape)}")
         t = t.to(x.dtype).expand(x.shape[0]) if t.dim() == 0 else t.to(x.dtype)

@@ -32,14 +32,42 @@ PREDICTIONS: tuple[str, ...] = ("eps", "x0", "score", "v", "velocity")
 
 
 class Pair(NamedTuple):
-    r"""The pair $(\hat x_0, \hat\varepsilon)$ that every parameterisation determines."""
+    r"""The pair $(\hat x_0, \hat\varepsilon)$ that every parameterisation determines (lesson 0, eqs. 0.5-0.7).
+
+    Parameters
+    ----------
+    x0 : Tensor, shape (B, ...)
+        The denoised estimate $\hat x_0$.
+    eps : Tensor, shape (B, ...)
+        The noise estimate $\hat\varepsilon$.
+    """
 
     x0: Tensor
     eps: Tensor
 
 
 def check_prediction(kind: object, name: str = "prediction") -> str:
-    """Return ``kind`` if it names one of the five parameterisations of lesson 0 (sec. 0.2), else raise ``ValueError``."""
+    """Return ``kind`` if it names one of the five parameterisations of lesson 0 (sec. 0.2), else raise ``ValueError``.
+
+    Parameters
+    ----------
+    kind : object
+        Candidate name.
+    name : str
+        How to call ``kind`` in the error message.
+
+    Returns
+    -------
+    str
+        ``kind`` itself.
+
+    Raises
+    ------
+    TypeError
+        If ``kind`` is not a string.
+    ValueError
+        If ``kind`` is not one of ``"eps", "x0", "score", "v", "velocity"``.
+    """
     if not isinstance(kind, str):
         raise TypeError(f"{name} must be one of {PREDICTIONS}, got {type(kind).__name__}")
     if kind not in PREDICTIONS:
@@ -83,6 +111,16 @@ def to_pair(
     -------
     Pair
         ``(x0, eps)`` with $x = a\,x_0 + b\,\varepsilon$ exactly (up to rounding).
+
+    Raises
+    ------
+    TypeError
+        If ``kind`` is not a string, ``x`` or ``pred`` is not a floating tensor, or a coefficient is not a real
+        number or tensor.
+    ValueError
+        If ``kind`` is unknown, ``x`` or ``pred`` holds NaN or infinity, their shapes differ, a coefficient is not
+        a scalar or of shape (B,) or the shape of ``x``, the inversion divides by a zero coefficient (e.g. ``a = 0``
+        for ``"eps"``), or ``kind="velocity"`` without ``da`` and ``db`` or with $a\dot b - b\dot a$ infinite.
 
     Notes
     -----
@@ -142,6 +180,14 @@ def from_pair(
     Tensor, shape (B, ...)
         eq. 0.2: $s = -\hat\varepsilon/b$; eq. 0.3: $v = a\hat\varepsilon - b\hat x_0$;
         eq. 0.4: $u = \dot a \hat x_0 + \dot b \hat\varepsilon$.
+
+    Raises
+    ------
+    TypeError
+        If ``kind`` is not a string, or a coefficient is not a real number or tensor.
+    ValueError
+        If ``kind`` is unknown, a coefficient is not a scalar or of shape (B,) or the shape of ``x0``, ``b = 0``
+        for ``"score"``, or ``kind="velocity"`` without ``da`` and ``db``.
     """
     kind = check_prediction(kind, "kind")
     x0, eps = pair
@@ -188,6 +234,16 @@ def convert(
     Returns
     -------
     Tensor, shape (B, ...)
+        ``pred`` expressed as a prediction of kind ``target``.
+
+    Raises
+    ------
+    TypeError
+        If ``source`` or ``target`` is not a string, ``x`` or ``pred`` is not a floating tensor, or a coefficient
+        is not a real number or tensor.
+    ValueError
+        If ``source`` or ``target`` is unknown, or :func:`to_pair` / :func:`from_pair` reject the inputs (NaN or
+        infinity, mismatched shapes, a zero coefficient, ``"velocity"`` without ``da`` and ``db``).
 
     Examples
     --------

@@ -28,7 +28,36 @@ SOLVERS: tuple[str, ...] = ("euler", "heun", "dpm++2m")
 
 
 def pf_ode_drift(model: Model, x: Tensor, t: float | Tensor, schedule: Schedule, cond: Tensor | None = None) -> Tensor:
-    r"""Right-hand side of the probability-flow ODE, $\dot a_t\hat x_0 + \dot b_t\hat\varepsilon$ (lesson 6, eq. 6.7)."""
+    r"""Right-hand side of the probability-flow ODE, $\dot a_t\hat x_0 + \dot b_t\hat\varepsilon$ (lesson 6, eq. 6.7).
+
+    Parameters
+    ----------
+    model : Model
+        Any model with the one interface.
+    x : Tensor, shape (B, ...)
+        State $x_t$.
+    t : float or Tensor of shape () or (B,)
+        Time(s).
+    schedule : Schedule
+        A continuous schedule (the drift needs $\dot a_t, \dot b_t$).
+    cond : Tensor, optional
+        Condition for the model.
+
+    Returns
+    -------
+    Tensor, shape (B, ...)
+        The velocity $v(x_t, t)$.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` does not follow the one interface, ``schedule`` is not a
+        :class:`~diffmath.schedules.Schedule`, or ``x`` is not a floating tensor.
+    ValueError
+        If ``x`` or ``t`` is invalid, the model's output has the wrong shape or is not finite, the schedule is
+        discrete (no derivatives for a ``"velocity"`` conversion), or the drift is not finite (e.g. $\dot b = \infty$
+        at $t = 0$ on VP-linear with $\beta_{\min} > 0$).
+    """
     v = predict(model, x, t, schedule, "velocity", cond)
     if not torch.isfinite(v).all():
         raise ValueError(
@@ -76,6 +105,7 @@ def solve_ode(
     Parameters
     ----------
     model : Model
+        Any model with the one interface.
     x : Tensor, shape (B, ...)
         State at ``grid[0]``.
     grid : Tensor, shape (K + 1,)
@@ -83,8 +113,11 @@ def solve_ode(
     schedule : Schedule
         Continuous for Euler and Heun (they need $\dot a, \dot b$).
     method : {"euler", "heun", "dpm++2m"}
+        The solver.
     cond : Tensor, optional
+        Condition for the model.
     progress : bool
+        Show a tqdm bar.
     variable : {"t", "sigma"}
         Integration variable of Euler and Heun.
 
@@ -92,6 +125,17 @@ def solve_ode(
     ------
     SamplerStep
         ``x0`` is the model's $\hat x_0$ at the step's start (Euler, DPM-Solver++) or ``x`` itself (Heun).
+
+    Raises
+    ------
+    TypeError
+        If ``model`` does not follow the one interface, ``x`` is not a floating tensor, or ``"euler"``/``"heun"``
+        in ``variable="t"`` get a discrete schedule.
+    ValueError
+        If ``method`` or ``variable`` is unknown, ``x`` has fewer than 2 dimensions or holds NaN or infinity,
+        ``grid`` is not a 1-D strictly monotone tensor inside the schedule's range (decreasing for ``"dpm++2m"``),
+        ``variable="sigma"`` meets $a = 0$, the model's output has the wrong shape or is not finite, or the state
+        becomes NaN or infinite.
     """
     if method not in SOLVERS:
         raise ValueError(f"method must be one of {SOLVERS}, got {method!r}")
@@ -173,14 +217,68 @@ def ode_sample(
     progress: bool = False,
     variable: str = "t",
 ) -> Tensor:
-    """Final state of :func:`solve_ode` (lesson 6, eqs. 6.13-6.16)."""
+    """Final state of :func:`solve_ode` (lesson 6, eqs. 6.13-6.16).
+
+    Parameters
+    ----------
+    model : Model
+        Any model with the one interface.
+    x : Tensor, shape (B, ...)
+        State at ``grid[0]``.
+    grid : Tensor, shape (K + 1,)
+        Strictly monotone times.
+    schedule : Schedule
+        Continuous for Euler and Heun.
+    method : {"euler", "heun", "dpm++2m"}
+        The solver.
+    cond : Tensor, optional
+        Condition for the model.
+    progress : bool
+        Show a tqdm bar.
+    variable : {"t", "sigma"}
+        Integration variable of Euler and Heun.
+
+    Returns
+    -------
+    Tensor, shape (B, ...)
+        The state at ``grid[-1]``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` does not follow the one interface, ``x`` is not a floating tensor, or ``"euler"``/``"heun"``
+        in ``variable="t"`` get a discrete schedule.
+    ValueError
+        If ``method`` or ``variable`` is unknown, ``x`` has fewer than 2 dimensions or holds NaN or infinity,
+        ``grid`` is not a 1-D strictly monotone tensor inside the schedule's range (decreasing for ``"dpm++2m"``),
+        ``variable="sigma"`` meets $a = 0$, the model's output has the wrong shape or is not finite, or the state
+        becomes NaN or infinite.
+    """
     for step in solve_ode(model, x, grid, schedule, method, cond, progress, variable):
         x = step.x
     return x
 
 
 def nfe(method: str, num_steps: int) -> int:
-    """Network evaluations of :func:`solve_ode` on a grid of ``num_steps`` steps ending at $b = 0$ (lesson 6, sec. 6.4)."""
+    """Network evaluations of :func:`solve_ode` on a grid of ``num_steps`` steps ending at $b = 0$ (lesson 6, sec. 6.4).
+
+    Parameters
+    ----------
+    method : {"euler", "heun", "dpm++2m"}
+        The solver.
+    num_steps : int
+        Steps of the grid.
+
+    Returns
+    -------
+    int
+        ``2 * num_steps - 1`` for Heun, ``num_steps`` otherwise.
+
+    Raises
+    ------
+    ValueError
+        If ``method`` is unknown.
+    """
     if method not in SOLVERS:
         raise ValueError(f"method must be one of {SOLVERS}, got {method!r}")
     return 2 * num_steps - 1 if method == "heun" else num_steps
@@ -198,7 +296,40 @@ def solve_ode_reference(
     method: str = "RK45",
 ) -> Tensor:
     r"""Reference solution of the probability-flow ODE (eq. 6.7) from ``t_start`` to ``t_end`` with
-    ``scipy.integrate.solve_ivp`` (adaptive, in float64), for any model and either direction (lesson 6, sec. 6.6)."""
+    ``scipy.integrate.solve_ivp`` (adaptive, in float64), for any model and either direction (lesson 6, sec. 6.6).
+
+    Parameters
+    ----------
+    model : Model
+        Any model with the one interface.
+    x : Tensor, shape (B, ...)
+        State at ``t_start``.
+    t_start, t_end : float
+        Start and end of the integration (either order).
+    schedule : Schedule
+        A continuous schedule.
+    cond : Tensor, optional
+        Condition for the model.
+    rtol, atol : float
+        Tolerances of ``solve_ivp``.
+    method : str
+        ``solve_ivp``'s method (``"RK45"``, ``"DOP853"``, ``"Radau"``, ...).
+
+    Returns
+    -------
+    Tensor, shape (B, ...)
+        The state at ``t_end``, in ``x``'s dtype.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` does not follow the one interface, or ``x`` is not a floating tensor.
+    ValueError
+        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, a time lies outside the schedule's range, the
+        model's output has the wrong shape or is not finite, or the drift is not finite.
+    RuntimeError
+        If ``solve_ivp`` fails.
+    """
     x = check_batch(x, "x")
     shape, dtype = x.shape, x.dtype
 
@@ -219,14 +350,76 @@ def solve_ode_reference(
 def encode(
     model: Model, x0: Tensor, schedule: Schedule, t_start: float = 0.0, t_end: float | None = None, **kwargs: object
 ) -> Tensor:
-    r"""Map data to noise along the probability-flow ODE (lesson 6, sec. 6.7): $x_{t_{\max}} = \Phi_{0\to T}(x_0)$."""
+    r"""Map data to noise along the probability-flow ODE (lesson 6, sec. 6.7): $x_{t_{\max}} = \Phi_{0\to T}(x_0)$.
+
+    Parameters
+    ----------
+    model : Model
+        Any model with the one interface.
+    x0 : Tensor, shape (B, ...)
+        Data.
+    schedule : Schedule
+        A continuous schedule.
+    t_start : float
+        Start time.
+    t_end : float, optional
+        End time, default $t_{\max}$.
+    **kwargs
+        ``cond``, ``rtol``, ``atol``, ``method`` of :func:`solve_ode_reference`.
+
+    Returns
+    -------
+    Tensor, shape (B, ...)
+        The encoding at ``t_end``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` does not follow the one interface, or ``x`` is not a floating tensor.
+    ValueError
+        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, a time lies outside the schedule's range, the
+        model's output has the wrong shape or is not finite, or the drift is not finite.
+    RuntimeError
+        If ``solve_ivp`` fails.
+    """
     return solve_ode_reference(model, x0, t_start, schedule.t_max if t_end is None else t_end, schedule, **kwargs)
 
 
 def decode(
     model: Model, x_T: Tensor, schedule: Schedule, t_start: float | None = None, t_end: float = 0.0, **kwargs: object
 ) -> Tensor:
-    r"""Map noise to data along the probability-flow ODE (lesson 6, sec. 6.7), the inverse of :func:`encode`."""
+    r"""Map noise to data along the probability-flow ODE (lesson 6, sec. 6.7), the inverse of :func:`encode`.
+
+    Parameters
+    ----------
+    model : Model
+        Any model with the one interface.
+    x_T : Tensor, shape (B, ...)
+        Noise (an encoding).
+    schedule : Schedule
+        A continuous schedule.
+    t_start : float, optional
+        Start time, default $t_{\max}$.
+    t_end : float
+        End time.
+    **kwargs
+        ``cond``, ``rtol``, ``atol``, ``method`` of :func:`solve_ode_reference`.
+
+    Returns
+    -------
+    Tensor, shape (B, ...)
+        The decoded data at ``t_end``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` does not follow the one interface, or ``x`` is not a floating tensor.
+    ValueError
+        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, a time lies outside the schedule's range, the
+        model's output has the wrong shape or is not finite, or the drift is not finite.
+    RuntimeError
+        If ``solve_ivp`` fails.
+    """
     return solve_ode_reference(model, x_T, schedule.t_max if t_start is None else t_start, t_end, schedule, **kwargs)
 
 
@@ -242,6 +435,30 @@ def divergence(
     ``"exact"``: one backward pass per dimension (small $d$). ``"hutchinson"``: $\mathbb E_z[z^\top (\partial v/\partial x)
     z]$ with the given ``probes`` (shape (P, B, ...), e.g. Rademacher), one backward pass per probe, averaged;
     unbiased for any $d$.
+
+    Parameters
+    ----------
+    fn : callable
+        The field $v$, mapping (B, ...) to (B, ...), differentiable.
+    x : Tensor, shape (B, ...)
+        Points.
+    method : {"exact", "hutchinson"}
+        Exact trace or Hutchinson's estimate.
+    probes : Tensor, shape (P, B, ...), optional
+        Probes $z$ for ``"hutchinson"`` (see :func:`rademacher`).
+
+    Returns
+    -------
+    Tensor, shape (B,)
+        The divergence at each point.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a floating tensor.
+    ValueError
+        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, ``method`` is unknown, or ``"hutchinson"``
+        gets no probes or probes of the wrong shape.
     """
     x = check_batch(x, "x").detach().requires_grad_(True)
     with torch.enable_grad():
@@ -267,7 +484,22 @@ def divergence(
 def rademacher(
     shape: tuple[int, ...], generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
 ) -> Tensor:
-    """Random signs of the given shape: the probes of Hutchinson's estimator (lesson 6, eq. 6.19)."""
+    r"""Random signs of the given shape: the probes of Hutchinson's estimator (lesson 6, eq. 6.19).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Shape of the result, e.g. ``(P, *x.shape)``.
+    generator : torch.Generator, optional
+        Source of randomness.
+    dtype : torch.dtype
+        Dtype of the result.
+
+    Returns
+    -------
+    Tensor
+        Entries $\pm 1$ with probability 1/2 each.
+    """
     return torch.randint(0, 2, shape, generator=generator).to(dtype) * 2 - 1
 
 
@@ -296,18 +528,39 @@ def ode_log_likelihood(
     model : Model
         Must be differentiable in ``x`` (exact models and networks are).
     x0 : Tensor, shape (B, ...)
+        Data points.
     schedule : Schedule
+        A continuous schedule.
     t_start, t_end : float
+        Start $t_0$ and end $t_1$ of the integration (``t_end`` defaults to $t_{\max}$).
     prior_log_prob : callable, optional
         $\log p_{t_1}$; default $\mathcal N(0, (a_{t_1}^2 + b_{t_1}^2) I)$ (a good approximation at the noise end).
     divergence_method : {"exact", "hutchinson"}
+        How :func:`divergence` computes $\nabla\cdot v$.
     num_probes : int
         Rademacher probes for Hutchinson, drawn once from ``generator`` and kept along the trajectory.
+    generator : torch.Generator, optional
+        Source of the probes.
+    cond : Tensor, optional
+        Condition for the model.
+    rtol, atol : float
+        Tolerances of ``solve_ivp``.
 
     Returns
     -------
     (log_prob, x_end) : (Tensor of shape (B,), Tensor of shape of x0)
         In nats; divide by $d$ for nats per dimension.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` does not follow the one interface, or ``x`` is not a floating tensor.
+    ValueError
+        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, a time lies outside the schedule's range, the
+        model's output has the wrong shape or is not finite, or the drift is not finite, or
+        ``divergence_method`` is unknown.
+    RuntimeError
+        If ``solve_ivp`` fails.
     """
     x0 = check_batch(x0, "x0")
     t1 = schedule.t_max if t_end is None else float(t_end)

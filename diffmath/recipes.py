@@ -42,7 +42,25 @@ TOY_RECIPES: dict[str, dict] = {
 
 @dataclass
 class ToyModel:
-    """A trained toy model: the (EMA) network, its schedule, its training data, the recipe that made it, the loss curve."""
+    """A trained toy model: the (EMA) network, its schedule, its training data, the recipe that made it, the loss curve.
+
+    Returned by :func:`train_toy` (lesson 3, eq. 3.14).
+
+    Parameters
+    ----------
+    model : MLP
+        The trained (EMA) network, in eval mode.
+    schedule : Schedule
+        The schedule it was trained on.
+    data : torch.Tensor, shape (N, 2)
+        Its training data.
+    config : dict
+        The recipe's configuration.
+    path : Path
+        The cached weights.
+    losses : list of float
+        The training loss of every step.
+    """
 
     model: MLP
     schedule: Schedule
@@ -53,12 +71,36 @@ class ToyModel:
 
 
 def cache_dir() -> Path:
-    """The folder for cached artefacts (lesson 3, sec. 3.6): ``$DIFFMATH_CACHE`` or ``~/.cache/diffmath``."""
+    """The folder for cached artefacts (lesson 3, sec. 3.6): ``$DIFFMATH_CACHE`` or ``~/.cache/diffmath``.
+
+    Returns
+    -------
+    Path
+        The folder (not created here).
+    """
     return Path(os.environ.get("DIFFMATH_CACHE", Path.home() / ".cache" / "diffmath"))
 
 
 def toy_recipe(name: str, **overrides: object) -> dict:
-    """The configuration of a named recipe (one of :data:`TOY_RECIPES`; lesson 3, sec. 3.6), with keyword overrides."""
+    """The configuration of a named recipe (one of :data:`TOY_RECIPES`; lesson 3, sec. 3.6), with keyword overrides.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`TOY_RECIPES`.
+    **overrides : object
+        Settings to change (each must be a key of the recipe, e.g. ``steps=500``).
+
+    Returns
+    -------
+    dict
+        The configuration, with ``"name"`` added.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is unknown or an override is not a setting of the recipe.
+    """
     if name not in TOY_RECIPES:
         raise ValueError(f"unknown recipe {name!r}; expected one of {tuple(TOY_RECIPES)}")
     unknown = set(overrides) - set(TOY_RECIPES[name])
@@ -68,7 +110,23 @@ def toy_recipe(name: str, **overrides: object) -> dict:
 
 
 def recipe_hash(config: dict) -> str:
-    """Short SHA-1 of the configuration (sorted JSON): the cache key of a recipe (lesson 3, sec. 3.6)."""
+    """Short SHA-1 of the configuration (sorted JSON): the cache key of a recipe (lesson 3, sec. 3.6).
+
+    Parameters
+    ----------
+    config : dict
+        A JSON-serialisable configuration.
+
+    Returns
+    -------
+    str
+        The first 10 hex digits of the SHA-1.
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not JSON-serialisable.
+    """
     return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -88,6 +146,12 @@ def train_toy(recipe: str | dict, progress: bool = True, folder: str | Path | No
     -------
     ToyModel
         ``model`` is the EMA network in eval mode (a model with the one interface).
+
+    Raises
+    ------
+    ValueError
+        If ``recipe`` names no recipe or lacks ``'name'`` and ``'toy'``, an override is unknown, the cached file
+        was made by another recipe or is unreadable, or training fails (e.g. the loss diverges).
     """
     from toydata import sample
 

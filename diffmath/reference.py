@@ -37,6 +37,7 @@ def exact_pf_ode(
     t_start, t_end : float
         Times on ``schedule``.
     schedule : Schedule
+        The forward process, any (discrete too): only $a, b$ at ``t_start`` and ``t_end`` are used.
     rtol, atol : float
         Tolerances of ``scipy.integrate.solve_ivp``.
     method : str
@@ -46,6 +47,16 @@ def exact_pf_ode(
     -------
     Tensor, shape of ``x``, float64
         The state at ``t_end``.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a floating tensor, or a time is not a real number.
+    ValueError
+        If ``x`` has fewer than 2 dimensions, holds NaN or infinity or does not have the mixture's event shape, or a
+        time lies outside the schedule's range.
+    RuntimeError
+        If ``solve_ivp`` fails.
     """
     x = check_batch(x, "x").double()
     c0, c1 = schedule.coefficients(float(t_start)), schedule.coefficients(float(t_end))

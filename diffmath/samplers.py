@@ -26,7 +26,21 @@ from diffmath.schedules import Schedule
 
 @dataclass(frozen=True)
 class SamplerStep:
-    """What a sampler yields after each step: the step index, the time reached, the state and the denoised guess."""
+    r"""What a sampler yields after each step: the step index, the time reached, the state and the denoised guess.
+
+    Samplers of lessons 4-6 (e.g. the DDIM family, lesson 4, eq. 4.8) yield one per step along their grid.
+
+    Parameters
+    ----------
+    index : int
+        Step number, from 0.
+    t : float
+        Time reached by the step (``grid[index + 1]``).
+    x : Tensor, shape (B, ...)
+        State $x_t$ at that time.
+    x0 : Tensor, shape (B, ...)
+        The model's denoised guess $\hat x_0$ at the step's start.
+    """
 
     index: int
     t: float
@@ -36,7 +50,28 @@ class SamplerStep:
 
 def check_grid(grid: object, schedule: Schedule) -> Tensor:
     """Check a sampling grid (lesson 0, sec. 0.4): 1-D, at least two points, strictly decreasing, inside the schedule's
-    time range."""
+    time range.
+
+    Parameters
+    ----------
+    grid : Tensor, shape (K + 1,)
+        Candidate grid of times.
+    schedule : Schedule
+        Whose time range (and integer times, if discrete) the grid must respect.
+
+    Returns
+    -------
+    Tensor, shape (K + 1,), float64
+        The grid.
+
+    Raises
+    ------
+    TypeError
+        If ``grid`` is not a tensor (or is complex).
+    ValueError
+        If ``grid`` is not 1-D with at least two points, holds NaN or infinity, is not strictly decreasing, lies
+        outside the schedule's time range, or holds non-integers on a discrete schedule.
+    """
     if not isinstance(grid, Tensor):
         raise TypeError(f"grid must be a 1-D torch.Tensor of decreasing times, got {type(grid).__name__}")
     if grid.dim() != 1 or grid.numel() < 2:
@@ -55,6 +90,7 @@ def ddim_coefficients(
     Parameters
     ----------
     schedule : Schedule
+        The forward process.
     t, s : float or Tensor
         Current and next time, $s < t$.
     eta : float
@@ -70,6 +106,14 @@ def ddim_coefficients(
         With $c = \sqrt{\max(b_s^2 - \sigma^2, 0)}$: the clamp is active where $\sigma > b_s$ (e.g. ``"upper"``
         at the first steps of Su's schedule, or $\eta > 1$). On a step into $b_s = 0$ (the data end) $\sigma = 0$:
         the last step adds no noise, as in Ho et al.'s algorithm.
+
+    Raises
+    ------
+    TypeError
+        If ``t`` or ``s`` is not a real number or tensor.
+    ValueError
+        If ``eta`` is not a real number >= 0, ``variance`` is unknown, or ``t`` or ``s`` holds NaN or infinity,
+        lies outside the schedule's range or is not an integer on a discrete schedule.
     """
     if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not eta >= 0:
         raise ValueError(f"eta must be a real number >= 0, got {eta!r}")
@@ -105,6 +149,7 @@ def ddim_step(
     t, s : float
         Current and next time, ``s < t``.
     schedule : Schedule
+        The forward process the model was trained on.
     eta : float
         0 for DDIM, 1 for DDPM; see :func:`ddim_coefficients` for ``variance`` and the clamp.
     cond : Tensor, optional
@@ -114,11 +159,22 @@ def ddim_step(
     noise : Tensor, optional
         The noise $z$ itself, shape of ``x`` (to replay a trajectory with common random numbers).
     variance : {"posterior", "upper"}
+        Which $\sigma$ family ``eta`` scales (:func:`ddim_coefficients`).
 
     Returns
     -------
     (Tensor, Pair)
         The new state $x_s$ and the model's $(\hat x_0, \hat\varepsilon)$ at $(x_t, t)$.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` does not follow the one interface, ``x`` is not a floating tensor, or ``t``, ``s`` are not
+        real numbers.
+    ValueError
+        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, a time lies outside the schedule's range,
+        the model's output has the wrong shape or is not finite, ``eta`` is negative, ``variance`` is unknown, or
+        ``noise`` does not have the shape of ``x``.
     """
     pair = predict_pair(model, x, t, schedule, cond)
     c_x0, c_eps, sigma = ddim_coefficients(schedule, as_tensor(t, "t", x), as_tensor(s, "s", x), eta, variance)
@@ -148,11 +204,13 @@ def ddim(
     Parameters
     ----------
     model : Model
+        Any model with the one interface.
     x : Tensor, shape (B, ...)
         Start state at ``grid[0]``: for VP schedules a draw of $\mathcal N(0, I)$, for VE $b_{t_{\max}} z$.
     grid : Tensor, shape (K + 1,)
         Strictly decreasing times; the last is where sampling ends (0 = the data).
     schedule : Schedule
+        The forward process the model was trained on.
     eta : float
         0: deterministic DDIM; 1: DDPM ancestral sampling.
     cond, generator : optional
@@ -166,6 +224,16 @@ def ddim(
     ------
     SamplerStep
         After each step; the last one holds the sample.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` does not follow the one interface, ``x`` is not a floating tensor, or ``grid`` is not a
+        tensor.
+    ValueError
+        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, ``grid`` is not 1-D with at least two
+        strictly decreasing times inside the schedule's range, the model's output has the wrong
+        shape or is not finite, ``eta`` is negative, ``variance`` is unknown, or the state becomes NaN or infinite.
     """
     x = check_batch(x, "x")
     g = check_grid(grid, schedule)
@@ -187,7 +255,44 @@ def sample(
     progress: bool = False,
     variance: str = "posterior",
 ) -> Tensor:
-    r"""Final state of :func:`ddim` (lesson 4, eq. 4.8): a batch of samples at ``grid[-1]``."""
+    r"""Final state of :func:`ddim` (lesson 4, eq. 4.8): a batch of samples at ``grid[-1]``.
+
+    Parameters
+    ----------
+    model : Model
+        Any model with the one interface.
+    x : Tensor, shape (B, ...)
+        Start state at ``grid[0]``.
+    grid : Tensor, shape (K + 1,)
+        Strictly decreasing times; the last is where sampling ends (0 = the data).
+    schedule : Schedule
+        The forward process the model was trained on.
+    eta : float
+        0: deterministic DDIM; 1: DDPM ancestral sampling.
+    cond : Tensor, optional
+        Condition for the model.
+    generator : torch.Generator, optional
+        Random generator for the step noise.
+    progress : bool
+        Show a tqdm bar.
+    variance : {"posterior", "upper"}
+        Which $\sigma$ family ``eta`` scales (:func:`ddim_coefficients`).
+
+    Returns
+    -------
+    Tensor, shape (B, ...)
+        The samples at ``grid[-1]``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` does not follow the one interface, ``x`` is not a floating tensor, or ``grid`` is not a
+        tensor.
+    ValueError
+        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, ``grid`` is not 1-D with at least two
+        strictly decreasing times inside the schedule's range, the model's output has the wrong
+        shape or is not finite, ``eta`` is negative, ``variance`` is unknown, or the state becomes NaN or infinite.
+    """
     for step in ddim(model, x, grid, schedule, eta, cond, generator, progress, variance):
         x = step.x
     return x

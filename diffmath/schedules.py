@@ -18,7 +18,17 @@ from diffmath._validate import as_tensor, check_finite
 
 @dataclass(frozen=True)
 class Coefficients:
-    r"""$(a_t, b_t, \dot a_t, \dot b_t)$ at a batch of times; the derivatives are ``None`` for discrete schedules."""
+    r"""$(a_t, b_t, \dot a_t, \dot b_t)$ at a batch of times; the derivatives are ``None`` for discrete schedules.
+
+    The coefficients of $x_t = a_t x_0 + b_t \varepsilon$ (lesson 0, eq. 0.1 and table 0.2).
+
+    Parameters
+    ----------
+    a, b : Tensor
+        $a_t$ and $b_t$, of the shape of the times asked for.
+    da, db : Tensor or None
+        $\dot a_t$ and $\dot b_t$; ``None`` for a discrete schedule.
+    """
 
     a: Tensor
     b: Tensor
@@ -30,7 +40,7 @@ class Schedule:
     r"""Base class: a forward process $x_t = a_t x_0 + b_t \varepsilon$ (lesson 0, eq. 0.1).
 
     Subclasses implement :meth:`_coefficients` on validated times; this class checks input, builds grids and
-    derived quantities.
+    derived quantities. It takes no constructor parameters.
     """
 
     name: str = "schedule"
@@ -41,7 +51,26 @@ class Schedule:
         raise NotImplementedError
 
     def check_t(self, t: object) -> Tensor:
-        """Return ``t`` as a floating tensor after checking it lies in the schedule's time range."""
+        r"""Return ``t`` as a floating tensor after checking it lies in the schedule's time range (lesson 0, eq. 0.1).
+
+        Parameters
+        ----------
+        t : float or Tensor of any shape
+            Times to check.
+
+        Returns
+        -------
+        Tensor
+            ``t`` as a floating tensor (float64 for a Python number or an integer tensor).
+
+        Raises
+        ------
+        TypeError
+            If ``t`` is not a real number or a real tensor.
+        ValueError
+            If ``t`` holds NaN or infinity, lies outside $[0, t_{\max}]$, or is not an integer on a discrete
+            schedule.
+        """
         t_ = as_tensor(t, "t")
         check_finite(t_, "t")
         if (t_ < 0).any() or (t_ > self.t_max).any():
@@ -65,19 +94,84 @@ class Schedule:
         -------
         Coefficients
             Tensors of the shape of ``t``, in its floating dtype (the default dtype for integer ``t``).
+
+        Raises
+        ------
+        TypeError
+            If ``t`` is not a real number or a real tensor.
+        ValueError
+            If ``t`` holds NaN or infinity, lies outside $[0, t_{\max}]$, or is not an integer on a discrete
+            schedule.
         """
         return self._coefficients(self.check_t(t))
 
     def a(self, t: Tensor | float) -> Tensor:
-        r"""Signal coefficient $a_t$ (lesson 0, eq. 0.1)."""
+        r"""Signal coefficient $a_t$ (lesson 0, eq. 0.1).
+
+        Parameters
+        ----------
+        t : float or Tensor of any shape
+            Times in $[0, t_{\max}]$ (integers for discrete schedules).
+
+        Returns
+        -------
+        Tensor
+            $a_t$, of the shape of ``t``.
+
+        Raises
+        ------
+        TypeError
+            If ``t`` is not a real number or a real tensor.
+        ValueError
+            If ``t`` holds NaN or infinity, lies outside $[0, t_{\max}]$, or is not an integer on a discrete
+            schedule.
+        """
         return self.coefficients(t).a
 
     def b(self, t: Tensor | float) -> Tensor:
-        r"""Noise coefficient $b_t$ (lesson 0, eq. 0.1)."""
+        r"""Noise coefficient $b_t$ (lesson 0, eq. 0.1).
+
+        Parameters
+        ----------
+        t : float or Tensor of any shape
+            Times in $[0, t_{\max}]$ (integers for discrete schedules).
+
+        Returns
+        -------
+        Tensor
+            $b_t$, of the shape of ``t``.
+
+        Raises
+        ------
+        TypeError
+            If ``t`` is not a real number or a real tensor.
+        ValueError
+            If ``t`` holds NaN or infinity, lies outside $[0, t_{\max}]$, or is not an integer on a discrete
+            schedule.
+        """
         return self.coefficients(t).b
 
     def log_snr(self, t: Tensor | float) -> Tensor:
-        r"""Log signal-to-noise ratio $\lambda_t = \log(a_t^2 / b_t^2)$ (lesson 0, eq. 0.8)."""
+        r"""Log signal-to-noise ratio $\lambda_t = \log(a_t^2 / b_t^2)$ (lesson 0, eq. 0.8).
+
+        Parameters
+        ----------
+        t : float or Tensor of any shape
+            Times in $[0, t_{\max}]$ (integers for discrete schedules).
+
+        Returns
+        -------
+        Tensor
+            $\\lambda_t$ ($+\\infty$ where $b_t = 0$, $-\\infty$ where $a_t = 0$), of the shape of ``t``.
+
+        Raises
+        ------
+        TypeError
+            If ``t`` is not a real number or a real tensor.
+        ValueError
+            If ``t`` holds NaN or infinity, lies outside $[0, t_{\max}]$, or is not an integer on a discrete
+            schedule.
+        """
         c = self.coefficients(t)
         return 2.0 * (torch.log(c.a) - torch.log(c.b))
 
@@ -111,6 +205,14 @@ class Schedule:
         -------
         Tensor, shape (num_steps + 1,), float64
             Strictly decreasing; integers for discrete schedules.
+
+        Raises
+        ------
+        ValueError
+            If ``num_steps`` is not a positive integer (or exceeds the integer steps of a discrete schedule),
+            ``t_start`` or ``t_end`` lies outside the schedule's time range, ``t_start <= t_end``, ``spacing`` is
+            unknown, $b/a$ is infinite at ``t_start`` (``"karras"``, ``"log-snr"``), or the grid is not strictly
+            decreasing.
         """
         if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
@@ -191,6 +293,13 @@ class DiscreteSchedule(Schedule):
         Per-step $\alpha_t \in (0, 1)$ for $t = 1..T$ (Ho's $\sqrt{1-\beta_t}$).
     name : str
         Label used in messages and plots.
+
+    Raises
+    ------
+    TypeError
+        If ``alphas`` is not a real tensor.
+    ValueError
+        If ``alphas`` is not 1-D and non-empty, holds NaN or infinity, or has an entry outside $(0, 1)$.
     """
 
     discrete = True
@@ -220,7 +329,25 @@ class DiscreteSchedule(Schedule):
         return Coefficients(self.abar[idx].to(dtype), self.bbar[idx].to(dtype))
 
     def step(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
-        r"""Per-step $(\alpha_t, \beta_t)$ of $x_t = \alpha_t x_{t-1} + \beta_t\varepsilon_t$ (lesson 0, eq. 0.9), $t \ge 1$."""
+        r"""Per-step $(\alpha_t, \beta_t)$ of $x_t = \alpha_t x_{t-1} + \beta_t\varepsilon_t$ (lesson 0, eq. 0.9), $t \ge 1$.
+
+        Parameters
+        ----------
+        t : float or Tensor of any shape
+            Integer steps in $1..T$.
+
+        Returns
+        -------
+        alpha, beta : tuple of Tensor
+            $\alpha_t$ and $\beta_t = \sqrt{1 - \alpha_t^2}$, of the shape of ``t``.
+
+        Raises
+        ------
+        TypeError
+            If ``t`` is not a real number or a real tensor.
+        ValueError
+            If ``t`` holds NaN or infinity, is not an integer, or lies outside $1..T$.
+        """
         t_ = self.check_t(t)
         if (t_ < 1).any():
             raise ValueError("a single forward step is defined for t = 1..T only")
@@ -234,6 +361,19 @@ def su_linear(T: int = 1000) -> DiscreteSchedule:
 
     In Ho's notation $\beta^{\mathrm{Ho}}_t = 0.02\,t/T$ ramps from $2\cdot10^{-5}$ to $0.02$; at $T = 1000$,
     $\bar\alpha_T = 0.00648$ (not the $10^{-5}$ the text claims).
+    Parameters
+    ----------
+    T : int
+        Number of steps.
+
+    Returns
+    -------
+    DiscreteSchedule
+
+    Raises
+    ------
+    ValueError
+        If ``T`` is not a positive integer.
     """
     _check_T(T)
     t = torch.arange(1, T + 1, dtype=torch.float64)
@@ -241,7 +381,24 @@ def su_linear(T: int = 1000) -> DiscreteSchedule:
 
 
 def ho_linear(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DiscreteSchedule:
-    r"""Ho et al.'s linear schedule $\beta^{\mathrm{Ho}}_t$ from ``beta_start`` to ``beta_end`` (lesson 0, eq. 0.11)."""
+    r"""Ho et al.'s linear schedule $\beta^{\mathrm{Ho}}_t$ from ``beta_start`` to ``beta_end`` (lesson 0, eq. 0.11).
+
+    Parameters
+    ----------
+    T : int
+        Number of steps.
+    beta_start, beta_end : float
+        Ho's $\beta_1$ and $\beta_T$, linearly interpolated.
+
+    Returns
+    -------
+    DiscreteSchedule
+
+    Raises
+    ------
+    ValueError
+        If ``T`` is not a positive integer, or ``0 < beta_start <= beta_end < 1`` fails.
+    """
     _check_T(T)
     if not 0 < beta_start <= beta_end < 1:
         raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
@@ -254,6 +411,24 @@ def cosine(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Discrete
 
     $\bar\alpha_t^2 = f(t)/f(0)$ with $f(t) = \cos^2\!\big(\tfrac{\pi}{2}\tfrac{t/T + s}{1+s}\big)$, per-step
     $\beta^{\mathrm{Ho}}_t = \min(1 - \bar\alpha_t^2/\bar\alpha_{t-1}^2,\ \text{max\_beta})$.
+
+    Parameters
+    ----------
+    T : int
+        Number of steps.
+    s : float
+        Offset $s$ that keeps $\beta_1$ away from 0.
+    max_beta : float
+        Cap on the per-step $\beta^{\mathrm{Ho}}_t$ (near $t = T$).
+
+    Returns
+    -------
+    DiscreteSchedule
+
+    Raises
+    ------
+    ValueError
+        If ``T`` is not a positive integer.
     """
     _check_T(T)
     t = torch.arange(0, T + 1, dtype=torch.float64)
@@ -279,6 +454,16 @@ class VPLinear(Schedule):
 
     $a_t = \exp\!\big(-\tfrac12\int_0^t \beta\big)$, $b_t = \sqrt{1 - a_t^2}$ (lesson 0, eq. 0.13). With
     $\beta_{\min} = 0, \beta_{\max} = 20$ it is Su's $\bar\alpha_t = e^{-5t^2}$ of chapter 5.
+
+    Parameters
+    ----------
+    beta_min, beta_max : float
+        $\beta(0)$ and $\beta(1)$.
+
+    Raises
+    ------
+    ValueError
+        Unless ``0 <= beta_min <= beta_max`` and ``beta_max > 0``.
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
@@ -299,7 +484,18 @@ class VPLinear(Schedule):
 
 class VPCosine(Schedule):
     r"""Continuous cosine schedule $a_t = \cos(\tfrac{\pi}{2}\tfrac{t+s}{1+s})/\cos(\tfrac{\pi}{2}\tfrac{s}{1+s})$,
-    $b_t = \sqrt{1-a_t^2}$ (lesson 0, eq. 0.12)."""
+    $b_t = \sqrt{1-a_t^2}$ (lesson 0, eq. 0.12).
+
+    Parameters
+    ----------
+    s : float
+        Offset $s \ge 0$ of the cosine.
+
+    Raises
+    ------
+    ValueError
+        If ``s < 0`` (or NaN).
+    """
 
     def __init__(self, s: float = 0.008) -> None:
         if not s >= 0:
@@ -320,6 +516,16 @@ class VE(Schedule):
     r"""Variance-exploding schedule: $a_t = 1$, $b_t = \sigma_{\min}(\sigma_{\max}/\sigma_{\min})^t$ (lesson 0, eq. 0.14).
 
     As in Song et al., $b_0 = \sigma_{\min} > 0$: the "data" end carries a little noise.
+
+    Parameters
+    ----------
+    sigma_min, sigma_max : float
+        $b_0$ and $b_1$.
+
+    Raises
+    ------
+    ValueError
+        Unless ``0 < sigma_min < sigma_max``.
     """
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:
@@ -362,10 +568,19 @@ def get_schedule(name: str, **kwargs: float) -> Schedule:
     ----------
     name : {"su-linear", "ho-linear", "cosine", "vp-linear", "vp-cosine", "ve", "rectified-flow"}
         Which schedule; keyword arguments go to its constructor (e.g. ``T=1000``, ``beta_max=20``).
+    **kwargs : float
+        Constructor arguments of the schedule.
 
     Returns
     -------
     Schedule
+
+    Raises
+    ------
+    TypeError
+        If ``name`` is not a string (or ``kwargs`` does not fit the constructor).
+    ValueError
+        If ``name`` is unknown, or the constructor rejects ``kwargs``.
     """
     if not isinstance(name, str):
         raise TypeError(f"schedule name must be a string, one of {SCHEDULES}")

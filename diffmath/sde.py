@@ -40,6 +40,26 @@ def sde_coefficients(schedule: Schedule, t: Tensor | float) -> tuple[Tensor, Ten
     (lesson 5, eq. 5.6): $f_t = \dot a_t/a_t$, $g_t^2 = 2b_t\dot b_t - 2f_t b_t^2$.
 
     VP-linear gives $f = -\beta(t)/2$, $g^2 = \beta(t)$ (Song et al.); VE gives $f = 0$, $g^2 = \mathrm d b^2/\mathrm dt$.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        A continuous schedule (it gives $\dot a_t, \dot b_t$).
+    t : float or Tensor
+        Time(s) in $[0, 1]$.
+
+    Returns
+    -------
+    (f, g2) : tuple of Tensor
+        $f_t$ and $g_t^2$, of the shape of ``t``.
+
+    Raises
+    ------
+    TypeError
+        If ``schedule`` is not a continuous :class:`~diffmath.schedules.Schedule` (e.g. a discrete one), or ``t`` is not a real
+        number or tensor.
+    ValueError
+        If ``t`` holds NaN or infinity or lies outside $[0, 1]$.
     """
     c = _continuous(schedule).coefficients(t)
     f = c.da / c.a
@@ -50,7 +70,32 @@ def forward_sde(
     x0: Tensor, grid: Tensor, schedule: Schedule, generator: torch.Generator | None = None
 ) -> Iterator[SamplerStep]:
     r"""Euler-Maruyama for the forward SDE $\mathrm dx = f_t x\,\mathrm dt + g_t\,\mathrm dw$ on an increasing grid
-    (lesson 5, eq. 5.1). Yields the state after each step (``x0`` of the yielded step is the start point)."""
+    (lesson 5, eq. 5.1). Yields the state after each step (``x0`` of the yielded step is the start point).
+
+    Parameters
+    ----------
+    x0 : Tensor, shape (B, ...)
+        Start state (data) at ``grid[0]``.
+    grid : Tensor, shape (K + 1,)
+        Strictly increasing times.
+    schedule : Schedule
+        A continuous schedule.
+    generator : torch.Generator, optional
+        Source of the Brownian increments.
+
+    Yields
+    ------
+    SamplerStep
+        The state at ``grid[i + 1]`` after step ``i``.
+
+    Raises
+    ------
+    TypeError
+        If ``x0`` is not a floating tensor, or ``schedule`` is not a continuous :class:`~diffmath.schedules.Schedule`.
+    ValueError
+        If ``x0`` has fewer than 2 dimensions or holds NaN or infinity, or ``grid`` is not a 1-D strictly increasing
+        tensor of at least two times inside $[0, 1]$.
+    """
     x = check_batch(x0, "x0")
     if not isinstance(grid, Tensor) or grid.dim() != 1 or grid.numel() < 2 or (grid[1:] <= grid[:-1]).any():
         raise ValueError("the forward SDE needs a 1-D strictly increasing time grid")
@@ -85,6 +130,40 @@ def reverse_sde(
 
     The last step into $t = 0$ adds no noise and returns the model's $\hat x_0$ when $b_0 = 0$ (the score is
     singular there).
+
+    Parameters
+    ----------
+    model : Model
+        Any model with the one interface.
+    x : Tensor, shape (B, ...)
+        State at ``grid[0]``.
+    grid : Tensor, shape (K + 1,)
+        Strictly decreasing times.
+    schedule : Schedule
+        A continuous schedule.
+    noise_scale : float
+        $\lambda = \sigma_t^2 / g_t^2 \ge 0$.
+    cond : Tensor, optional
+        Condition for the model.
+    generator : torch.Generator, optional
+        Source of the noise $z$.
+    progress : bool
+        Show a tqdm bar.
+
+    Yields
+    ------
+    SamplerStep
+        After each step; ``x0`` is the model's $\hat x_0$ at the step's start.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` does not follow the one interface, ``schedule`` is not a continuous
+        :class:`~diffmath.schedules.Schedule`, ``x`` is not a floating tensor, or ``grid`` is not a tensor.
+    ValueError
+        If ``noise_scale`` is not a number >= 0, ``x`` has fewer than 2 dimensions or holds NaN or infinity, the
+        grid is not strictly decreasing inside $[0, 1]$, the model's output has the wrong shape or is not finite, or
+        the state becomes NaN or infinite.
     """
     if not isinstance(noise_scale, (int, float)) or not noise_scale >= 0:
         raise ValueError(f"noise_scale (sigma^2 / g^2) must be >= 0, got {noise_scale!r}")
@@ -119,7 +198,41 @@ def langevin_correct(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     r"""Langevin corrector at fixed $t$: $x \leftarrow x + \epsilon\, s_\theta(x) + \sqrt{2\epsilon}\,z$ with the step
-    $\epsilon = 2(r\,\|z\|/\|s_\theta\|)^2$ set by the signal-to-noise ratio $r$ = ``snr`` (lesson 6, eq. 6.12)."""
+    $\epsilon = 2(r\,\|z\|/\|s_\theta\|)^2$ set by the signal-to-noise ratio $r$ = ``snr`` (lesson 6, eq. 6.12).
+
+    Parameters
+    ----------
+    model : Model
+        Any model with the one interface.
+    x : Tensor, shape (B, ...)
+        State at time ``t``.
+    t : float
+        The fixed time.
+    schedule : Schedule
+        The forward process.
+    snr : float
+        Signal-to-noise ratio $r > 0$ that sets the step size.
+    steps : int
+        Number of Langevin steps, >= 1.
+    cond : Tensor, optional
+        Condition for the model.
+    generator : torch.Generator, optional
+        Source of the noise $z$.
+
+    Returns
+    -------
+    Tensor, shape (B, ...)
+        The corrected state.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` does not follow the one interface, ``schedule`` is not a
+        :class:`~diffmath.schedules.Schedule`, or ``x`` is not a floating tensor.
+    ValueError
+        If ``snr <= 0`` or ``steps`` is not an integer >= 1, ``x`` or ``t`` is invalid, or the model's output has
+        the wrong shape or is not finite.
+    """
     if not snr > 0 or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"need snr > 0 and an integer steps >= 1, got snr={snr}, steps={steps}")
     for _ in range(steps):
@@ -144,7 +257,46 @@ def predictor_corrector(
     progress: bool = False,
 ) -> Iterator[SamplerStep]:
     r"""Predictor-corrector sampling (lesson 6, sec. 6.5): a reverse-SDE step (eq. 6.9) followed by Langevin correction
-    (eq. 6.12) at the new time, except at $t = 0$."""
+    (eq. 6.12) at the new time, except at $t = 0$.
+
+    Parameters
+    ----------
+    model : Model
+        Any model with the one interface.
+    x : Tensor, shape (B, ...)
+        State at ``grid[0]``.
+    grid : Tensor, shape (K + 1,)
+        Strictly decreasing times.
+    schedule : Schedule
+        A continuous schedule.
+    snr : float
+        Signal-to-noise ratio of the corrector (:func:`langevin_correct`).
+    corrector_steps : int
+        Langevin steps after each predictor step.
+    noise_scale : float
+        $\lambda$ of the predictor (:func:`reverse_sde`).
+    cond : Tensor, optional
+        Condition for the model.
+    generator : torch.Generator, optional
+        Source of the noise.
+    progress : bool
+        Show a tqdm bar.
+
+    Yields
+    ------
+    SamplerStep
+        After each predictor-corrector step.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` does not follow the one interface, ``schedule`` is not a continuous
+        :class:`~diffmath.schedules.Schedule`, ``x`` is not a floating tensor, or ``grid`` is not a tensor.
+    ValueError
+        As :func:`reverse_sde` and :func:`langevin_correct` (invalid ``noise_scale``, ``snr`` or
+        ``corrector_steps``, invalid ``x`` or grid, a model output of the wrong shape or not finite), or if the
+        corrected state becomes NaN or infinite.
+    """
     for step in reverse_sde(model, x, grid, schedule, noise_scale, cond, generator, progress):
         x = step.x
         if step.t > 0:
@@ -158,6 +310,29 @@ def dsm_loss(score: Callable[[Tensor], Tensor], x0: Tensor, eps: Tensor, a: floa
     $\nabla\log p(x_t\mid x_0) = -\varepsilon/b$ and $x_t = a x_0 + b\varepsilon$ (lesson 5, eq. 5.12).
 
     Its mean differs from $\mathbb E\|s - \nabla\log p_t\|^2$ by a constant (eq. 5.13), so both have the same minimiser.
+
+    Parameters
+    ----------
+    score : callable
+        The score model $s(x_t)$ at the time of $a, b$, mapping (B, ...) to (B, ...).
+    x0 : Tensor, shape (B, ...)
+        Clean data.
+    eps : Tensor, shape (B, ...)
+        The noise $\varepsilon$.
+    a, b : float
+        Coefficients of $x_t = a x_0 + b\varepsilon$, $b > 0$.
+
+    Returns
+    -------
+    Tensor, shape (B,)
+        The loss of each sample.
+
+    Raises
+    ------
+    TypeError
+        If ``x0`` is not a floating tensor.
+    ValueError
+        If ``x0`` has fewer than 2 dimensions or holds NaN or infinity.
     """
     x0 = check_batch(x0, "x0")
     x_t = a * x0 + b * eps
@@ -173,6 +348,31 @@ def fokker_planck_residual(
 
     $\partial_t p$ by central differences in $t$ (error $O(\mathrm{dt}^2)$); $\nabla p$ and $\Delta p$ by autograd.
     Returns the residual, shape (B,), to be compared with the size of $\partial_t p$.
+
+    Parameters
+    ----------
+    source : GaussianMixture
+        The exact data distribution.
+    schedule : Schedule
+        A continuous schedule.
+    x : Tensor, shape (B, d)
+        Points.
+    t : float
+        Time, with ``t - dt`` and ``t + dt`` inside $[0, 1]$.
+    dt : float
+        Step of the central difference in $t$.
+
+    Returns
+    -------
+    Tensor, shape (B,), float64
+        $\partial_t p + \nabla\cdot(f_t x\,p) - \tfrac12 g_t^2\Delta p$.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a floating tensor, or ``schedule`` is not a continuous :class:`~diffmath.schedules.Schedule`.
+    ValueError
+        If ``x`` is not of shape (B, d) or holds NaN or infinity, or ``t +- dt`` lies outside $[0, 1]$.
     """
     x = check_batch(x, "x").detach().double()
     t_ = float(t)

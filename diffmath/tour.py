@@ -16,7 +16,20 @@ from diffmath.schedules import su_linear
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Write a matplotlib figure atomically (temporary file in the same folder, then rename; lesson 3, sec. 3.6)."""
+    """Write a matplotlib figure atomically (temporary file in the same folder, then rename; lesson 3, sec. 3.6).
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure.
+    path : str or Path
+        Destination image file (its suffix picks the format).
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"))
 
 
@@ -27,6 +40,28 @@ def run(out: str | Path = "tour.png", n: int = 2000, seed: int = 0, progress: bo
     ``eight-gaussians-ddpm`` (trained on first use, then cached) with DDIM and DDPM at a few step counts. Returns
     the table rows (also printed): model, sampler, steps, seconds, sliced W1 and MMD to fresh data, and the largest
     deviation of a mode's weight from 1/8.
+
+    Parameters
+    ----------
+    out : str or Path
+        The figure file.
+    n : int
+        Samples per row of the table.
+    seed : int
+        Seed of the data, the noise and the samplers.
+    progress : bool
+        Show tqdm bars.
+
+    Returns
+    -------
+    list of dict
+        One row per (model, sampler, steps), with keys ``model``, ``sampler``, ``steps``, ``seconds``,
+        ``sliced_w1``, ``mmd`` and ``max_mode_dev``.
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is not a positive integer (or smaller than 2, for the MMD).
     """
     import matplotlib
 

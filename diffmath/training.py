@@ -26,7 +26,23 @@ from diffmath.schedules import Schedule
 
 @dataclass
 class TrainStep:
-    """State after one optimiser step: step number (1-based), this step's loss, and the running models."""
+    """State after one optimiser step: step number (1-based), this step's loss, and the running models.
+
+    Yielded by :func:`train` (lesson 3, eq. 3.14).
+
+    Parameters
+    ----------
+    step : int
+        Optimiser steps done, from 1.
+    loss : float
+        This step's minibatch loss.
+    model : nn.Module
+        The model being trained.
+    ema : nn.Module or None
+        The exponential moving average of its weights, if kept.
+    losses : list of float
+        Every step's loss so far (across resumes).
+    """
 
     step: int
     loss: float
@@ -49,9 +65,31 @@ def diffusion_loss(
     ``prediction`` kind computed from the true $(x_0, \varepsilon)$ (lesson 0, eqs. 0.2-0.4): for ``"eps"`` this
     is Ho's $\|\varepsilon - \epsilon_\theta(x_t, t)\|^2$.
 
+    Parameters
+    ----------
+    model : nn.Module
+        A model with the one interface; its ``prediction`` fixes the target.
+    x0 : Tensor, shape (B, ...)
+        A minibatch of data.
+    schedule : Schedule
+        The forward process.
+    generator : torch.Generator, optional
+        Source of the times and the noise.
+    cond : Tensor, optional
+        Condition passed to the model.
+
     Returns
     -------
     Tensor, shape ()
+        The mean squared error, differentiable in the model's parameters.
+
+    Raises
+    ------
+    TypeError
+        If ``x0`` is not a floating tensor, or ``model.prediction`` is not a string.
+    ValueError
+        If ``x0`` has fewer than 2 dimensions or holds NaN or infinity, or ``model.prediction`` is unknown (or
+        ``"velocity"`` on a discrete schedule).
     """
     x0 = check_batch(x0, "x0")
     B = x0.shape[0]
@@ -92,6 +130,7 @@ def train(
     data : Tensor, shape (N, ...)
         The training set; minibatches are drawn with replacement.
     schedule : Schedule
+        The forward process.
     steps : int
         Total optimiser steps (a resumed run continues up to this number).
     batch_size, lr : int, float
@@ -103,9 +142,13 @@ def train(
     labels : Tensor of int, shape (N,), optional
         Class labels passed as ``cond``; with ``label_dropout`` > 0 a random fraction is replaced by the null
         label ``-1`` (for classifier-free guidance).
+    label_dropout : float
+        Fraction of labels replaced by the null label, in [0, 1).
     checkpoint : path, optional
         File for atomic checkpoints every ``checkpoint_every`` steps and at the end. If it exists, training
         resumes from it (it must come from the same model and settings, else ``ValueError``).
+    checkpoint_every : int
+        Steps between checkpoints.
     progress : bool
         Show a tqdm bar.
 
@@ -113,6 +156,16 @@ def train(
     ------
     TrainStep
         After each step (a run resumed from a finished checkpoint yields its final state once).
+
+    Raises
+    ------
+    TypeError
+        If ``model`` does not follow the one interface, or ``data`` is not a floating tensor.
+    ValueError
+        If ``data`` has fewer than 2 dimensions or holds NaN or infinity, ``steps``, ``batch_size`` or
+        ``checkpoint_every`` is not a positive integer, ``ema_decay`` lies outside (0, 1), ``label_dropout``
+        outside [0, 1), ``labels`` is not an integer tensor of shape (N,), the checkpoint is unreadable or comes
+        from another model or settings, or the loss becomes NaN or infinite.
     """
     check_model(model)
     data = check_batch(data, "data")
@@ -173,7 +226,34 @@ def train(
 
 def fit(model: nn.Module, data: Tensor, schedule: Schedule, steps: int, **kwargs: object) -> TrainStep:
     """Run :func:`train` to the end and return its last state (lesson 3, eq. 3.14); the EMA model, if any, is in
-    ``.ema``."""
+    ``.ema``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model with the one interface.
+    data : Tensor, shape (N, ...)
+        The training set.
+    schedule : Schedule
+        The forward process.
+    steps : int
+        Total optimiser steps.
+    **kwargs
+        Further arguments of :func:`train` (``batch_size``, ``lr``, ``ema_decay``, ``seed``, ``labels``,
+        ``label_dropout``, ``checkpoint``, ``checkpoint_every``, ``progress``).
+
+    Returns
+    -------
+    TrainStep
+        The state after the last step.
+
+    Raises
+    ------
+    TypeError
+        As :func:`train`: ``model`` does not follow the one interface or ``data`` is not a floating tensor.
+    ValueError
+        As :func:`train`: invalid settings or data, an incompatible checkpoint, or a diverged loss.
+    """
     *_, last = train(model, data, schedule, steps, **kwargs)
     return last
 
@@ -195,7 +275,15 @@ def _fingerprint(model, schedule, batch_size, lr, ema_decay, seed, data, label_d
 
 def save_atomic(obj: object, path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename: a reader never sees half a file (lesson 3,
-    sec. 3.6)."""
+    sec. 3.6).
+
+    Parameters
+    ----------
+    obj : object
+        Anything ``torch.save`` accepts.
+    path : str or Path
+        Destination file.
+    """
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -216,7 +304,23 @@ def _save(path, fingerprint, step, model, ema, opt, sched, gen, losses) -> None:
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """Load a file written by :func:`save_atomic` (lesson 3, sec. 3.6); ``ValueError`` if it is unreadable or truncated."""
+    """Load a file written by :func:`save_atomic` (lesson 3, sec. 3.6); ``ValueError`` if it is unreadable or truncated.
+
+    Parameters
+    ----------
+    path : str or Path
+        The checkpoint file.
+
+    Returns
+    -------
+    dict
+        What was saved (for :func:`train`'s checkpoints: model, EMA, optimiser and generator states, losses).
+
+    Raises
+    ------
+    ValueError
+        If the file cannot be read by ``torch.load`` (missing, truncated or foreign).
+    """
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a truncated or foreign file

@@ -38,7 +38,27 @@ def _out(x: Tensor, dtype: torch.dtype | None) -> Tensor:
 
 
 def eight_gaussians_mixture(radius: float = 2.0, std: float = 0.15, num_modes: int = 8) -> GaussianMixture:
-    r"""Equal-weight Gaussians of standard deviation ``std`` on a circle of ``radius`` (lesson 0, sec. 0.6)."""
+    r"""Equal-weight Gaussians of standard deviation ``std`` on a circle of ``radius`` (lesson 0, sec. 0.6).
+
+    Parameters
+    ----------
+    radius : float
+        Radius of the circle of means.
+    std : float
+        Standard deviation of each component.
+    num_modes : int
+        Number of components, evenly spaced in angle.
+
+    Returns
+    -------
+    GaussianMixture
+        In 2-D, isotropic covariances.
+
+    Raises
+    ------
+    ValueError
+        If ``radius`` or ``std`` is not positive, or ``num_modes`` < 1.
+    """
     if not radius > 0 or not std > 0:
         raise ValueError(f"radius and std must be positive, got {radius}, {std}")
     ang = 2 * math.pi * torch.arange(num_modes, dtype=torch.float64) / num_modes
@@ -54,6 +74,28 @@ def random_mixture(
 
     Means are $\mathcal N(0, \text{scale}^2 I)$, weights Dirichlet(2), and covariances well conditioned
     (eigenvalues in $[0.05, 0.5]$), so tests in float64 stay far from singular.
+
+    Parameters
+    ----------
+    num_components : int
+        Number of components $K$.
+    dim : int
+        Dimension $d$.
+    generator : torch.Generator, optional
+        Source of randomness.
+    cov : {"full", "diag", "isotropic"}
+        Covariance structure.
+    scale : float
+        Standard deviation of the means.
+
+    Returns
+    -------
+    GaussianMixture
+
+    Raises
+    ------
+    ValueError
+        If ``num_components`` or ``dim`` is not a positive integer, or ``cov`` is unknown.
     """
     K, d = _check_n(num_components), _check_n(dim)
     means = scale * _normal(K, generator, d)
@@ -76,20 +118,86 @@ def random_mixture(
 def eight_gaussians(
     n: int, generator: Generator = None, radius: float = 2.0, std: float = 0.15, dtype: torch.dtype | None = None
 ) -> Tensor:
-    """``n`` samples of the 8-Gaussian ring (radius 2, std 0.15 by default)."""
+    """``n`` samples of the 8-Gaussian ring (radius 2, std 0.15 by default; lesson 0, sec. 0.6).
+
+    Parameters
+    ----------
+    n : int
+        Number of points.
+    generator : torch.Generator, optional
+        Source of randomness.
+    radius, std : float
+        Radius of the ring and standard deviation of each mode.
+    dtype : torch.dtype, optional
+        Dtype of the result.
+
+    Returns
+    -------
+    Tensor, shape (n, 2)
+        In ``dtype`` (default: torch's default dtype).
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is not a positive integer, or ``radius`` or ``std`` is not positive.
+    """
     x = eight_gaussians_mixture(radius, std).sample(_check_n(n), generator, dtype=torch.float64)
     return _out(x, dtype)
 
 
 def swiss_roll(n: int, generator: Generator = None, noise: float = 0.25, dtype: torch.dtype | None = None) -> Tensor:
-    r"""The 2-D swiss roll $r(\cos r, \sin r)/5$ with $r \sim U[1.5\pi, 4.5\pi]$, plus Gaussian noise ``noise/5``."""
+    r"""The 2-D swiss roll $r(\cos r, \sin r)/5$ with $r \sim U[1.5\pi, 4.5\pi]$, plus Gaussian noise ``noise/5`` (lesson 0, sec. 0.6).
+
+    Parameters
+    ----------
+    n : int
+        Number of points.
+    generator : torch.Generator, optional
+        Source of randomness.
+    noise : float
+        Standard deviation of the noise before the division by 5.
+    dtype : torch.dtype, optional
+        Dtype of the result.
+
+    Returns
+    -------
+    Tensor, shape (n, 2)
+        In ``dtype`` (default: torch's default dtype).
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is not a positive integer.
+    """
     r = 1.5 * math.pi * (1 + 2 * _uniform(_check_n(n), generator))
     x = torch.cat([r * torch.cos(r), r * torch.sin(r)], 1) + noise * _normal(n, generator, 2)
     return _out(x / 5.0, dtype)
 
 
 def moons(n: int, generator: Generator = None, noise: float = 0.05, dtype: torch.dtype | None = None) -> Tensor:
-    """Two interleaving half circles (centred, unit radius), plus Gaussian noise of sd ``noise``."""
+    """Two interleaving half circles (centred, unit radius), plus Gaussian noise of sd ``noise`` (lesson 0, sec. 0.6).
+
+    Parameters
+    ----------
+    n : int
+        Number of points.
+    generator : torch.Generator, optional
+        Source of randomness.
+    noise : float
+        Standard deviation of the noise.
+    dtype : torch.dtype, optional
+        Dtype of the result.
+
+    Returns
+    -------
+    Tensor, shape (n, 2)
+        In ``dtype`` (default: torch's default dtype).
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is not a positive integer.
+    """
     n = _check_n(n)
     upper = _uniform(n, generator) < 0.5
     ang = math.pi * _uniform(n, generator)
@@ -106,7 +214,31 @@ def rings(
     noise: float = 0.04,
     dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Concentric circles of the given ``radii``, points spread in proportion to circumference."""
+    """Concentric circles of the given ``radii``, points spread in proportion to circumference (lesson 0, sec. 0.6).
+
+    Parameters
+    ----------
+    n : int
+        Number of points.
+    generator : torch.Generator, optional
+        Source of randomness.
+    radii : tuple of float
+        Radii of the circles, positive.
+    noise : float
+        Standard deviation of the noise.
+    dtype : torch.dtype, optional
+        Dtype of the result.
+
+    Returns
+    -------
+    Tensor, shape (n, 2)
+        In ``dtype`` (default: torch's default dtype).
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is not a positive integer, or ``radii`` is not a non-empty sequence of positive numbers.
+    """
     n = _check_n(n)
     r = torch.tensor(radii, dtype=torch.float64)
     if r.dim() != 1 or (r <= 0).any():
@@ -118,7 +250,27 @@ def rings(
 
 
 def checkerboard(n: int, generator: Generator = None, dtype: torch.dtype | None = None) -> Tensor:
-    """Uniform on the black squares of a 4x4 checkerboard covering [-2, 2]^2."""
+    """Uniform on the black squares of a 4x4 checkerboard covering [-2, 2]^2 (lesson 0, sec. 0.6).
+
+    Parameters
+    ----------
+    n : int
+        Number of points.
+    generator : torch.Generator, optional
+        Source of randomness.
+    dtype : torch.dtype, optional
+        Dtype of the result.
+
+    Returns
+    -------
+    Tensor, shape (n, 2)
+        In ``dtype`` (default: torch's default dtype).
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is not a positive integer.
+    """
     n = _check_n(n)
     x1 = 4 * _uniform(n, generator) - 2
     x2 = _uniform(n, generator) - 2 * torch.randint(0, 2, (n, 1), generator=generator).double()
@@ -127,7 +279,29 @@ def checkerboard(n: int, generator: Generator = None, dtype: torch.dtype | None 
 
 
 def pinwheel(n: int, generator: Generator = None, num_arms: int = 5, dtype: torch.dtype | None = None) -> Tensor:
-    """A pinwheel of ``num_arms`` curved arms (radial sd 0.3, tangential sd 0.05, twist 0.25)."""
+    """A pinwheel of ``num_arms`` curved arms (radial sd 0.3, tangential sd 0.05, twist 0.25; lesson 0, sec. 0.6).
+
+    Parameters
+    ----------
+    n : int
+        Number of points.
+    generator : torch.Generator, optional
+        Source of randomness.
+    num_arms : int
+        Number of arms.
+    dtype : torch.dtype, optional
+        Dtype of the result.
+
+    Returns
+    -------
+    Tensor, shape (n, 2)
+        In ``dtype`` (default: torch's default dtype).
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is not a positive integer.
+    """
     n = _check_n(n)
     arm = torch.randint(0, num_arms, (n,), generator=generator).double()
     feats = _normal(n, generator, 2) * torch.tensor([0.3, 0.05], dtype=torch.float64)
@@ -148,7 +322,30 @@ TOYS: dict[str, Callable[..., Tensor]] = {
 
 
 def sample(name: str, n: int, generator: Generator = None, dtype: torch.dtype | None = None) -> Tensor:
-    """Draw ``n`` points of the named toy (one of :data:`TOYS`), shape (n, 2)."""
+    """Draw ``n`` points of the named toy (one of :data:`TOYS`), shape (n, 2) (lesson 0, sec. 0.6).
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`TOYS`.
+    n : int
+        Number of points.
+    generator : torch.Generator, optional
+        Source of randomness.
+    dtype : torch.dtype, optional
+        Dtype of the result.
+
+    Returns
+    -------
+    Tensor, shape (n, 2)
+        In ``dtype`` (default: torch's default dtype).
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is not a positive integer
+        If ``name`` is not a key of :data:`TOYS`, or ``n`` is not a positive integer.
+    """
     if not isinstance(name, str) or name not in TOYS:
         raise ValueError(f"unknown toy {name!r}; expected one of {tuple(TOYS)}")
     return TOYS[name](n, generator=generator, dtype=dtype)
