@@ -209,7 +209,7 @@ def gaussian_kl(mean_q: Tensor, var_q: Tensor | float, mean_p: Tensor, var_p: Te
 class Posterior(NamedTuple):
     r"""$q(x_s\mid x_t, x_0) = \mathcal N(c_t x_t + c_0 x_0,\ \sigma^2 I)$ (lesson 3, eq. 3.8).
 
-    Parameters
+    Attributes
     ----------
     coef_xt : Tensor
         $c_t$, the coefficient of $x_t$ in the mean.

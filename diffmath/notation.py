@@ -34,7 +34,7 @@ PREDICTIONS: tuple[str, ...] = ("eps", "x0", "score", "v", "velocity")
 class Pair(NamedTuple):
     r"""The pair $(\hat x_0, \hat\varepsilon)$ that every parameterisation determines (lesson 0, eqs. 0.5-0.7).
 
-    Parameters
+    Attributes
     ----------
     x0 : Tensor, shape (B, ...)
         The denoised estimate $\hat x_0$.

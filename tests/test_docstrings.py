@@ -103,12 +103,12 @@ def _raises_directly(fn) -> bool:
     return any(isinstance(node, ast.Raise) for node in ast.walk(tree))
 
 
-def _check_parameters(key, params, sections):
+def _check_parameters(key, params, sections, section="Parameters"):
     if not params:
         return
-    assert "Parameters" in sections, f"{key}: no 'Parameters' section for {[p.name for p in params]}"
-    missing = {p.name for p in params} - _documented_names(sections["Parameters"])
-    assert not missing, f"{key}: parameters {sorted(missing)} are not listed in its 'Parameters' section"
+    assert section in sections, f"{key}: no '{section}' section for {[p.name for p in params]}"
+    missing = {p.name for p in params} - _documented_names(sections[section])
+    assert not missing, f"{key}: parameters {sorted(missing)} are not listed in its '{section}' section"
 
 
 @pytest.mark.parametrize(("key", "obj"), CALLABLES, ids=[key for key, _ in CALLABLES])
@@ -118,7 +118,8 @@ def test_public_docstrings_are_numpy_style(key, obj):
     sections = _sections(doc)
     if inspect.isclass(obj):
         params = [p for p in inspect.signature(obj).parameters.values() if p.name not in ("self", "cls")]
-        _check_parameters(key, params, sections)
+        # NamedTuple fields are documented as Attributes: griffe (the API pages) cannot see a NamedTuple's constructor
+        _check_parameters(key, params, sections, "Attributes" if hasattr(obj, "_fields") else "Parameters")
         init = vars(obj).get("__init__")
         if init is not None and _raises_directly(init):
             assert "Raises" in sections, f"{key}: __init__ raises, so the class docstring needs a 'Raises' section"
