@@ -1,6 +1,6 @@
 """diffmath: diffusion generative models derived, implemented and tested, from 2-D toys to images."""
 
-from diffmath import ddpm, metrics, nets, reference, training
+from diffmath import ddpm, guidance, metrics, nets, ode, recipes, reference, sde, training
 from diffmath.exact import EmpiricalData, ExactModel, GaussianMixture
 from diffmath.models import Model, check_model, predict, predict_pair
 from diffmath.notation import PREDICTIONS, Pair, convert, from_pair, to_pair
@@ -48,13 +48,17 @@ __all__ = [
     "ddpm",
     "from_pair",
     "get_schedule",
+    "guidance",
     "ho_linear",
     "metrics",
     "nets",
+    "ode",
     "predict",
     "predict_pair",
+    "recipes",
     "reference",
     "sample",
+    "sde",
     "su_linear",
     "to_pair",
     "training",
