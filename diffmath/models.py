@@ -104,20 +104,10 @@ def predict(
 def predict_pair(model: Model, x: Tensor, t: Tensor | float, schedule: Schedule, cond: Tensor | None = None) -> Pair:
     r"""Evaluate ``model`` once and return $(\hat x_0, \hat\varepsilon)$ (lesson 0, eqs. 0.5-0.7).
 
-    Same arguments and checks as :func:`predict`; samplers use it to get both halves of the pair from one call.
-
     Parameters
     ----------
-    model : Model
-        Any model with the one interface.
-    x : Tensor, shape (B, ...)
-        Noisy batch $x_t$.
-    t : float or Tensor of shape () or (B,)
-        Time(s) of ``x`` on ``schedule``.
-    schedule : Schedule
-        Gives $a_t, b_t$ (and derivatives) for the conversion.
-    cond : Tensor, optional
-        Condition passed through to the model.
+    model, x, t, schedule, cond
+        As in :func:`predict`.
 
     Returns
     -------
@@ -126,13 +116,8 @@ def predict_pair(model: Model, x: Tensor, t: Tensor | float, schedule: Schedule,
 
     Raises
     ------
-    TypeError
-        If ``model`` does not follow the one interface, ``schedule`` is not a :class:`~diffmath.schedules.Schedule`,
-        ``x`` is not a floating tensor, or ``t`` is not a real number or tensor.
-    ValueError
-        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, ``t`` is not a scalar or of shape (B,) or
-        lies outside the schedule's range, the model returns a tensor of another shape, or NaN/inf (a diverged
-        model is reported, never propagated silently), or the conversion divides by a zero coefficient.
+    TypeError, ValueError
+        As :func:`predict`.
     """
     return _evaluate(model, x, t, schedule, cond, want=None)
 

@@ -221,22 +221,8 @@ def ode_sample(
 
     Parameters
     ----------
-    model : Model
-        Any model with the one interface.
-    x : Tensor, shape (B, ...)
-        State at ``grid[0]``.
-    grid : Tensor, shape (K + 1,)
-        Strictly monotone times.
-    schedule : Schedule
-        Continuous for Euler and Heun.
-    method : {"euler", "heun", "dpm++2m"}
-        The solver.
-    cond : Tensor, optional
-        Condition for the model.
-    progress : bool
-        Show a tqdm bar.
-    variable : {"t", "sigma"}
-        Integration variable of Euler and Heun.
+    model, x, grid, schedule, method, cond, progress, variable
+        As in :func:`solve_ode`.
 
     Returns
     -------
@@ -245,14 +231,8 @@ def ode_sample(
 
     Raises
     ------
-    TypeError
-        If ``model`` does not follow the one interface, ``x`` is not a floating tensor, or ``"euler"``/``"heun"``
-        in ``variable="t"`` get a discrete schedule.
-    ValueError
-        If ``method`` or ``variable`` is unknown, ``x`` has fewer than 2 dimensions or holds NaN or infinity,
-        ``grid`` is not a 1-D strictly monotone tensor inside the schedule's range (decreasing for ``"dpm++2m"``),
-        ``variable="sigma"`` meets $a = 0$, the model's output has the wrong shape or is not finite, or the state
-        becomes NaN or infinite.
+    TypeError, ValueError
+        As :func:`solve_ode`.
     """
     for step in solve_ode(model, x, grid, schedule, method, cond, progress, variable):
         x = step.x

@@ -259,24 +259,8 @@ def sample(
 
     Parameters
     ----------
-    model : Model
-        Any model with the one interface.
-    x : Tensor, shape (B, ...)
-        Start state at ``grid[0]``.
-    grid : Tensor, shape (K + 1,)
-        Strictly decreasing times; the last is where sampling ends (0 = the data).
-    schedule : Schedule
-        The forward process the model was trained on.
-    eta : float
-        0: deterministic DDIM; 1: DDPM ancestral sampling.
-    cond : Tensor, optional
-        Condition for the model.
-    generator : torch.Generator, optional
-        Random generator for the step noise.
-    progress : bool
-        Show a tqdm bar.
-    variance : {"posterior", "upper"}
-        Which $\sigma$ family ``eta`` scales (:func:`ddim_coefficients`).
+    model, x, grid, schedule, eta, cond, generator, progress, variance
+        As in :func:`ddim`.
 
     Returns
     -------
@@ -285,13 +269,8 @@ def sample(
 
     Raises
     ------
-    TypeError
-        If ``model`` does not follow the one interface, ``x`` is not a floating tensor, or ``grid`` is not a
-        tensor.
-    ValueError
-        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, ``grid`` is not 1-D with at least two
-        strictly decreasing times inside the schedule's range, the model's output has the wrong
-        shape or is not finite, ``eta`` is negative, ``variance`` is unknown, or the state becomes NaN or infinite.
+    TypeError, ValueError
+        As :func:`ddim`.
     """
     for step in ddim(model, x, grid, schedule, eta, cond, generator, progress, variance):
         x = step.x
