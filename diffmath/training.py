@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,9 @@ from diffmath._validate import check_batch
 from diffmath.models import check_model
 from diffmath.notation import Pair, from_pair
 from diffmath.schedules import Schedule
+
+LossFn = Callable[[nn.Module, Tensor, "torch.Generator", "Tensor | None"], Tensor]
+"""A training objective ``loss(model, batch, generator, cond) -> scalar``: what :func:`train` minimises."""
 
 
 @dataclass
@@ -109,7 +112,7 @@ def diffusion_loss(
 def train(
     model: nn.Module,
     data: Tensor,
-    schedule: Schedule,
+    schedule: Schedule | None,
     steps: int,
     batch_size: int = 256,
     lr: float = 1e-3,
@@ -120,8 +123,13 @@ def train(
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 500,
     progress: bool = True,
+    loss: LossFn | None = None,
 ) -> Iterator[TrainStep]:
-    r"""Train ``model`` on ``data`` with :func:`diffusion_loss`, yielding every step (lesson 3, eq. 3.14).
+    r"""Train ``model`` on ``data`` with :func:`diffusion_loss` (or any other objective), yielding every step
+    (lesson 3, eq. 3.14).
+
+    The same loop trains every target of the course: diffusion predictions (the default), flow-matching
+    velocities and Poisson fields pass their own ``loss``.
 
     Parameters
     ----------
@@ -129,8 +137,8 @@ def train(
         A model with the one interface; its ``prediction`` fixes the regression target.
     data : Tensor, shape (N, ...)
         The training set; minibatches are drawn with replacement.
-    schedule : Schedule
-        The forward process.
+    schedule : Schedule or None
+        The forward process of :func:`diffusion_loss`; may be ``None`` when ``loss`` is given.
     steps : int
         Total optimiser steps (a resumed run continues up to this number).
     batch_size, lr : int, float
@@ -151,6 +159,10 @@ def train(
         Steps between checkpoints.
     progress : bool
         Show a tqdm bar.
+    loss : callable, optional
+        ``loss(model, batch, generator, cond) -> Tensor`` of shape (): the objective on a minibatch of ``data``
+        rows, drawing its randomness from ``generator``. Default: :func:`diffusion_loss` on ``schedule``. Its
+        ``repr`` enters the checkpoint fingerprint, so give it a stable, informative one.
 
     Yields
     ------
@@ -164,10 +176,23 @@ def train(
     ValueError
         If ``data`` has fewer than 2 dimensions or holds NaN or infinity, ``steps``, ``batch_size`` or
         ``checkpoint_every`` is not a positive integer, ``ema_decay`` lies outside (0, 1), ``label_dropout``
-        outside [0, 1), ``labels`` is not an integer tensor of shape (N,), the checkpoint is unreadable or comes
-        from another model or settings, or the loss becomes NaN or infinite.
+        outside [0, 1), ``labels`` is not an integer tensor of shape (N,), both ``schedule`` and ``loss`` are
+        ``None``, the checkpoint is unreadable or comes from another model or settings, or the loss becomes NaN
+        or infinite.
     """
     check_model(model)
+    if loss is None:
+        if schedule is None:
+            raise ValueError("train needs a schedule (for diffusion_loss) or a loss function")
+
+        def loss(m, x0, g, c):
+            return diffusion_loss(m, x0, schedule, g, c)
+
+        objective = f"diffusion_loss({schedule.name})"
+    else:
+        if not callable(loss):
+            raise TypeError(f"loss must be callable as loss(model, batch, generator, cond), got {type(loss).__name__}")
+        objective = repr(loss)
     data = check_batch(data, "data")
     for name, v in (("steps", steps), ("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -186,7 +211,7 @@ def train(
     ema = copy.deepcopy(model).requires_grad_(False) if ema_decay is not None else None
     params = list(model.parameters())
     ema_params = list(ema.parameters()) if ema is not None else []
-    fingerprint = _fingerprint(model, schedule, batch_size, lr, ema_decay, seed, data, label_dropout)
+    fingerprint = _fingerprint(model, objective, batch_size, lr, ema_decay, seed, data, label_dropout)
     start, losses = 0, []
     if checkpoint is not None and Path(checkpoint).exists():
         start, losses = _load(checkpoint, fingerprint, model, ema, opt, sched, gen)
@@ -203,17 +228,17 @@ def train(
             cond = labels[idx].clone()
             if label_dropout > 0:
                 cond[torch.rand(batch_size, generator=gen) < label_dropout] = -1
-        loss = diffusion_loss(model, data[idx], schedule, gen, cond)
-        if not torch.isfinite(loss):
-            raise ValueError(f"training loss became {loss.item()} at step {k + 1}; lower the learning rate")
+        value = loss(model, data[idx], gen, cond)
+        if not torch.isfinite(value):
+            raise ValueError(f"training loss became {value.item()} at step {k + 1}; lower the learning rate")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         opt.step()
         sched.step()
         if ema is not None:
             with torch.no_grad():
                 torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay)
-        losses.append(loss.item())
+        losses.append(value.item())
         if k % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
         if checkpoint is not None and ((k + 1) % checkpoint_every == 0 or k + 1 == steps):
@@ -224,7 +249,7 @@ def train(
         ema.eval()
 
 
-def fit(model: nn.Module, data: Tensor, schedule: Schedule, steps: int, **kwargs: object) -> TrainStep:
+def fit(model: nn.Module, data: Tensor, schedule: Schedule | None, steps: int, **kwargs: object) -> TrainStep:
     """Run :func:`train` to the end and return its last state (lesson 3, eq. 3.14); the EMA model, if any, is in
     ``.ema``.
 
@@ -234,13 +259,13 @@ def fit(model: nn.Module, data: Tensor, schedule: Schedule, steps: int, **kwargs
         A model with the one interface.
     data : Tensor, shape (N, ...)
         The training set.
-    schedule : Schedule
-        The forward process.
+    schedule : Schedule or None
+        The forward process (``None`` when a ``loss`` is passed).
     steps : int
         Total optimiser steps.
     **kwargs
         Further arguments of :func:`train` (``batch_size``, ``lr``, ``ema_decay``, ``seed``, ``labels``,
-        ``label_dropout``, ``checkpoint``, ``checkpoint_every``, ``progress``).
+        ``label_dropout``, ``checkpoint``, ``checkpoint_every``, ``progress``, ``loss``).
 
     Returns
     -------
@@ -258,12 +283,12 @@ def fit(model: nn.Module, data: Tensor, schedule: Schedule, steps: int, **kwargs
     return last
 
 
-def _fingerprint(model, schedule, batch_size, lr, ema_decay, seed, data, label_dropout) -> dict:
+def _fingerprint(model, objective, batch_size, lr, ema_decay, seed, data, label_dropout) -> dict:
     return {
         "model": type(model).__name__,
         "prediction": model.prediction,
         "params": {k: list(v.shape) for k, v in model.state_dict().items()},
-        "schedule": schedule.name,
+        "objective": objective,
         "batch_size": batch_size,
         "lr": lr,
         "ema_decay": ema_decay,
