@@ -8,6 +8,7 @@ configuration, and loads them on every later call. An interrupted run resumes fr
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 from dataclasses import dataclass
@@ -32,7 +33,14 @@ _BASE = {
     "lr": 3e-3,
     "ema_decay": 0.995,
     "seed": 0,
+    "objective": "diffusion",
+    "objective_kwargs": {},
 }
+OBJECTIVES: dict[str, str] = {
+    "diffusion": "diffmath.training:DiffusionLoss",
+}
+"""Training objectives a recipe can name: ``"module:Factory"``, called as ``Factory(schedule, **objective_kwargs)``
+to give the ``loss`` of :func:`~diffmath.training.train`."""
 TOY_RECIPES: dict[str, dict] = {
     "swiss-roll-ddpm": {**_BASE, "toy": "swiss-roll"},
     "eight-gaussians-ddpm": {**_BASE, "toy": "eight-gaussians"},
@@ -171,6 +179,7 @@ def train_toy(recipe: str | dict, progress: bool = True, folder: str | Path | No
         model.load_state_dict(stored["model"])
         return ToyModel(model.eval(), schedule, data, config, path, stored["losses"])
     ckpt = path.with_suffix(".ckpt")
+    loss = objective(config.get("objective", "diffusion"), schedule, **config.get("objective_kwargs", {}))
     state = fit(
         model,
         data,
@@ -183,8 +192,37 @@ def train_toy(recipe: str | dict, progress: bool = True, folder: str | Path | No
         checkpoint=ckpt,
         checkpoint_every=500,
         progress=progress,
+        loss=loss,
     )
     final = state.ema if state.ema is not None else state.model
     save_atomic({"config": config, "model": final.state_dict(), "losses": state.losses}, path)
     ckpt.unlink(missing_ok=True)
     return ToyModel(final.eval(), schedule, data, config, path, state.losses)
+
+
+def objective(name: str, schedule: Schedule, **kwargs: object):
+    """The training loss named ``name`` in :data:`OBJECTIVES`, built for ``schedule`` (lesson 3, eq. 3.14).
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`OBJECTIVES` (``"diffusion"``, ...).
+    schedule : Schedule
+        The schedule (or path) the model is trained on.
+    **kwargs : object
+        Settings of the objective.
+
+    Returns
+    -------
+    callable
+        ``loss(model, batch, generator, cond) -> Tensor``, for :func:`~diffmath.training.train`.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a key of :data:`OBJECTIVES`.
+    """
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; expected one of {tuple(OBJECTIVES)}")
+    module, factory = OBJECTIVES[name].split(":")
+    return getattr(importlib.import_module(module), factory)(schedule, **kwargs)

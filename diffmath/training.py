@@ -109,6 +109,32 @@ def diffusion_loss(
     return ((pred - target) ** 2).mean()
 
 
+class DiffusionLoss:
+    r"""The default objective of :func:`train`: :func:`diffusion_loss` on a fixed schedule (lesson 3, eq. 3.14).
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The forward process.
+
+    Raises
+    ------
+    TypeError
+        If ``schedule`` is not a :class:`~diffmath.schedules.Schedule`.
+    """
+
+    def __init__(self, schedule: Schedule) -> None:
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a Schedule, got {type(schedule).__name__}")
+        self.schedule = schedule
+
+    def __call__(self, model: nn.Module, x0: Tensor, generator: torch.Generator, cond: Tensor | None = None) -> Tensor:
+        return diffusion_loss(model, x0, self.schedule, generator, cond)
+
+    def __repr__(self) -> str:
+        return f"diffusion_loss({self.schedule.name})"
+
+
 def train(
     model: nn.Module,
     data: Tensor,
@@ -184,15 +210,10 @@ def train(
     if loss is None:
         if schedule is None:
             raise ValueError("train needs a schedule (for diffusion_loss) or a loss function")
-
-        def loss(m, x0, g, c):
-            return diffusion_loss(m, x0, schedule, g, c)
-
-        objective = f"diffusion_loss({schedule.name})"
-    else:
-        if not callable(loss):
-            raise TypeError(f"loss must be callable as loss(model, batch, generator, cond), got {type(loss).__name__}")
-        objective = repr(loss)
+        loss = DiffusionLoss(schedule)
+    if not callable(loss):
+        raise TypeError(f"loss must be callable as loss(model, batch, generator, cond), got {type(loss).__name__}")
+    objective = repr(loss)
     data = check_batch(data, "data")
     for name, v in (("steps", steps), ("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
