@@ -36,8 +36,16 @@ _BASE = {
     "objective": "diffusion",
     "objective_kwargs": {},
 }
+_RF = {  # rectified flow (lesson 17): velocity regression on the straight path
+    **_BASE,
+    "schedule": "rectified-flow",
+    "schedule_kwargs": {},
+    "prediction": "velocity",
+    "objective": "flow-matching",
+}
 OBJECTIVES: dict[str, str] = {
     "diffusion": "diffmath.training:DiffusionLoss",
+    "flow-matching": "diffmath.flows:FlowMatchingLoss",
 }
 """Training objectives a recipe can name: ``"module:Factory"``, called as ``Factory(schedule, **objective_kwargs)``
 to give the ``loss`` of :func:`~diffmath.training.train`."""
@@ -45,6 +53,14 @@ TOY_RECIPES: dict[str, dict] = {
     "swiss-roll-ddpm": {**_BASE, "toy": "swiss-roll"},
     "eight-gaussians-ddpm": {**_BASE, "toy": "eight-gaussians"},
     "moons-ddpm": {**_BASE, "toy": "moons"},
+    "eight-gaussians-rf": {**_RF, "toy": "eight-gaussians"},
+    "moons-rf": {**_RF, "toy": "moons"},
+    "eight-gaussians-otcfm": {
+        **_RF,
+        "toy": "eight-gaussians",
+        "batch_size": 256,
+        "objective_kwargs": {"coupling": "ot"},
+    },
 }
 
 

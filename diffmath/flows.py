@@ -1,0 +1,1365 @@
+r"""Flow matching and rectified flow (lessons 15 and 17).
+
+A **conditional path** moves one data point $x_0$ to a prior sample $x_1$,
+
+$$x_t = \mu_t(x_0) + \sigma_t\,x_1, \qquad \mu_0(x_0) = x_0,\ \sigma_0 = 0 \qquad\text{(lesson 15, eq. 15.4)},$$
+
+with velocity $\dot\mu_t(x_0) + \dot\sigma_t x_1$. With $\mu_t(x_0) = a_t x_0$, $\sigma_t = b_t$ and a Gaussian prior it
+is a diffusion :class:`~diffmath.schedules.Schedule`; :class:`ConditionalPath` adds any prior and any $\mu_t$. The
+marginal velocity is the posterior mean of the conditional one (eq. 15.9); a network learns it by regression (the
+flow-matching loss, eq. 15.10). Rectified flow is the straight path $\mu_t = (1-t)x_0$, $\sigma_t = t$; reflow
+retrains it on its own ODE pairs, which straightens the paths (lesson 17, eq. 17.9) and makes one Euler step a
+good sampler.
+
+Time runs as everywhere in diffmath: $t = 0$ data, $t = 1$ prior. Liu et al. and Lipman et al. put the prior at
+their $t = 0$: their time is our $1 - t$, their velocity minus ours.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+
+from diffmath._validate import as_tensor, check_batch, check_finite
+from diffmath.exact import GaussianMixture
+from diffmath.models import Model, check_model
+from diffmath.ode import ode_sample, solve_ode
+from diffmath.schedules import Coefficients, LinearPath, Schedule, get_schedule
+
+COUPLINGS: tuple[str, ...] = ("independent", "ot")
+"""Couplings of data and prior samples in :class:`FlowMatchingLoss`: independent draws, or minibatch optimal transport."""
+
+
+# ---------------------------------------------------------------------------------------------------------- priors
+class GaussianPrior:
+    r"""The standard normal prior $p_1 = \mathcal N(0, I)$ of a conditional path (lesson 15, eq. 15.5).
+
+    It takes no parameters.
+    """
+
+    name = "gaussian"
+
+    def sample(self, shape: tuple[int, ...], generator: torch.Generator | None = None, dtype=torch.float64) -> Tensor:
+        r"""Draw standard normal samples (lesson 15, eq. 15.5).
+
+        Parameters
+        ----------
+        shape : tuple of int
+            ``(B, ...)``.
+        generator : torch.Generator, optional
+            Source of randomness.
+        dtype : torch.dtype
+            Dtype of the samples.
+
+        Returns
+        -------
+        Tensor
+            Samples of the given shape.
+        """
+        return torch.randn(shape, generator=generator, dtype=dtype)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        r"""$\log p_1(x) = -\tfrac12\|x\|^2 - \tfrac d2\log 2\pi$ (lesson 15, eq. 15.5).
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, ...)
+            Points.
+
+        Returns
+        -------
+        Tensor, shape (B,)
+            The log density.
+        """
+        flat = x.reshape(x.shape[0], -1)
+        return -0.5 * (flat**2).sum(1) - 0.5 * flat.shape[1] * math.log(2 * math.pi)
+
+    def __repr__(self) -> str:
+        return "GaussianPrior()"
+
+
+class UniformPrior:
+    r"""The uniform prior on the box $[\text{low}, \text{high}]^d$ (lesson 15, eq. 15.6).
+
+    Parameters
+    ----------
+    low, high : float
+        Edges of the box, ``low < high``.
+
+    Raises
+    ------
+    ValueError
+        Unless ``low < high`` (both finite).
+    """
+
+    def __init__(self, low: float = -1.0, high: float = 1.0) -> None:
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ValueError(f"need finite low < high, got {low}, {high}")
+        self.low, self.high = float(low), float(high)
+        self.name = f"uniform({low:g},{high:g})"
+
+    def sample(self, shape: tuple[int, ...], generator: torch.Generator | None = None, dtype=torch.float64) -> Tensor:
+        r"""Draw uniform samples on the box (lesson 15, eq. 15.6).
+
+        Parameters
+        ----------
+        shape : tuple of int
+            ``(B, ...)``.
+        generator : torch.Generator, optional
+            Source of randomness.
+        dtype : torch.dtype
+            Dtype of the samples.
+
+        Returns
+        -------
+        Tensor
+            Samples of the given shape.
+        """
+        return self.low + (self.high - self.low) * torch.rand(shape, generator=generator, dtype=dtype)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        r"""$\log p_1(x) = -d\log(\text{high} - \text{low})$ inside the box, $-\infty$ outside (lesson 15, eq. 15.6).
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, ...)
+            Points.
+
+        Returns
+        -------
+        Tensor, shape (B,)
+            The log density.
+        """
+        flat = x.reshape(x.shape[0], -1)
+        inside = ((flat >= self.low) & (flat <= self.high)).all(1)
+        value = -flat.shape[1] * math.log(self.high - self.low)
+        return torch.where(inside, torch.full_like(flat[:, 0], value), torch.full_like(flat[:, 0], -math.inf))
+
+    def __repr__(self) -> str:
+        return f"UniformPrior({self.low:g}, {self.high:g})"
+
+
+class SamplerPrior:
+    r"""Any prior given by a sampling function ``fn(shape, generator, dtype) -> Tensor`` (lesson 15, eq. 15.4).
+
+    Training (:class:`FlowMatchingLoss`) needs only samples; the exact velocity (:class:`EmpiricalFlow`) needs a
+    density, which this prior does not have.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(shape, generator, dtype)`` returning prior samples of the given shape.
+    name : str
+        Label used in ``repr`` (and so in checkpoint fingerprints).
+
+    Raises
+    ------
+    TypeError
+        If ``fn`` is not callable.
+    """
+
+    def __init__(self, fn: Callable[..., Tensor], name: str = "custom") -> None:
+        if not callable(fn):
+            raise TypeError(f"a prior must be 'gaussian', 'uniform', a prior object or a callable, got {fn!r}")
+        self.fn, self.name = fn, name
+
+    def sample(self, shape: tuple[int, ...], generator: torch.Generator | None = None, dtype=torch.float64) -> Tensor:
+        r"""Samples from ``fn`` (lesson 15, eq. 15.4).
+
+        Parameters
+        ----------
+        shape : tuple of int
+            ``(B, ...)``.
+        generator : torch.Generator, optional
+            Source of randomness.
+        dtype : torch.dtype
+            Dtype of the samples.
+
+        Returns
+        -------
+        Tensor
+            Samples of the given shape.
+
+        Raises
+        ------
+        ValueError
+            If ``fn`` returns a tensor of another shape.
+        """
+        out = self.fn(shape, generator, dtype)
+        if not isinstance(out, Tensor) or tuple(out.shape) != tuple(shape):
+            raise ValueError(f"the prior's sampler must return a tensor of shape {tuple(shape)}")
+        return out.to(dtype)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        r"""Not available: a sampler-only prior has no density (lesson 15, eq. 15.8 needs one).
+
+        Parameters
+        ----------
+        x : Tensor
+            Ignored.
+
+        Returns
+        -------
+        Tensor
+            Never returns.
+
+        Raises
+        ------
+        ValueError
+            Always.
+        """
+        raise ValueError(f"prior {self.name!r} is given by samples only: it has no log density")
+
+    def __repr__(self) -> str:
+        return f"SamplerPrior({self.name!r})"
+
+
+def _as_prior(prior: object):
+    if prior is None or prior == "gaussian":
+        return GaussianPrior()
+    if prior == "uniform":
+        return UniformPrior()
+    if isinstance(prior, (GaussianPrior, UniformPrior, SamplerPrior)):
+        return prior
+    if isinstance(prior, str):
+        raise ValueError(f"prior must be 'gaussian', 'uniform', a prior object or a callable, got {prior!r}")
+    return SamplerPrior(prior)
+
+
+# ---------------------------------------------------------------------------------------------------------- paths
+class OTPath(Schedule):
+    r"""Lipman et al.'s optimal-transport path in our time: $a_t = 1 - t$, $b_t = \sigma_{\min} + (1 - \sigma_{\min})t$
+    (lesson 15, eq. 15.12).
+
+    With $\sigma_{\min} = 0$ it is :class:`~diffmath.schedules.LinearPath` (rectified flow); with $\sigma_{\min} > 0$
+    the data end keeps a little noise, as in Lipman's eq. 20 after $t \to 1 - t$.
+
+    Parameters
+    ----------
+    sigma_min : float
+        $b_0$, in $[0, 1)$.
+
+    Raises
+    ------
+    ValueError
+        Unless ``0 <= sigma_min < 1``.
+    """
+
+    def __init__(self, sigma_min: float = 0.0) -> None:
+        if not 0 <= sigma_min < 1:
+            raise ValueError(f"sigma_min must lie in [0, 1), got {sigma_min}")
+        self.sigma_min = float(sigma_min)
+        self.name = f"ot-path(sigma_min={sigma_min:g})"
+
+    def _coefficients(self, t: Tensor) -> Coefficients:
+        s = self.sigma_min
+        return Coefficients(1.0 - t, s + (1.0 - s) * t, -torch.ones_like(t), torch.full_like(t, 1.0 - s))
+
+
+class ConditionalPath(Schedule):
+    r"""A conditional path $x_t = \mu_t(x_0) + \sigma_t x_1$, $x_1 \sim p_1$ (lesson 15, eq. 15.4).
+
+    $\sigma_t$ is the base schedule's $b_t$; $\mu_t(x_0)$ is $a_t x_0$ unless ``mu`` is given. It is itself a
+    :class:`~diffmath.schedules.Schedule` (the base's coefficients), so grids and the ODE solvers of lesson 6 take it
+    as they are; a model predicting ``"velocity"`` is integrated without conversion.
+
+    Parameters
+    ----------
+    schedule : Schedule or str
+        Continuous base schedule (or its name, e.g. ``"rectified-flow"``, ``"vp-cosine"``).
+    prior : {"gaussian", "uniform"}, prior object or callable
+        $p_1$: :class:`GaussianPrior`, :class:`UniformPrior` on $[-1, 1]^d$, a prior object, or a sampler
+        ``fn(shape, generator, dtype)``.
+    mu, dmu : callable, optional
+        $\mu_t(x_0)$ and $\partial_t\mu_t(x_0)$ as ``fn(x0, t)`` with ``t`` of shape (B,); give both or neither.
+
+    Raises
+    ------
+    TypeError
+        If ``schedule`` is not a Schedule or a name, or ``prior`` is not a prior or a callable.
+    ValueError
+        If the schedule is discrete or unknown, the prior name is unknown, or only one of ``mu``, ``dmu`` is given.
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule | str = "rectified-flow",
+        prior: object = "gaussian",
+        mu: Callable[[Tensor, Tensor], Tensor] | None = None,
+        dmu: Callable[[Tensor, Tensor], Tensor] | None = None,
+    ) -> None:
+        base = get_schedule(schedule) if isinstance(schedule, str) else schedule
+        if not isinstance(base, Schedule):
+            raise TypeError(f"schedule must be a Schedule or a schedule name, got {type(schedule).__name__}")
+        if isinstance(base, ConditionalPath):
+            base = base.base
+        if base.discrete:
+            raise ValueError(f"a conditional path needs a continuous schedule (derivatives); got {base.name!r}")
+        if (mu is None) != (dmu is None):
+            raise ValueError("give both mu and dmu (the path's mean and its time derivative), or neither")
+        self.base, self.prior, self._mu, self._dmu = base, _as_prior(prior), mu, dmu
+        self.t_max = base.t_max
+        self.name = f"{base.name}|{self.prior.name}" + ("|custom-mu" if mu is not None else "")
+
+    def _coefficients(self, t: Tensor) -> Coefficients:
+        return self.base._coefficients(t)
+
+    def _view(self, c: Tensor, x: Tensor) -> Tensor:
+        return c.reshape(-1, *([1] * (x.dim() - 1)))
+
+    def _times(self, t: Tensor | float, x: Tensor) -> Tensor:
+        t_ = self.check_t(as_tensor(t, "t", x))
+        if t_.dim() == 0:
+            return t_.expand(x.shape[0])
+        if t_.shape != (x.shape[0],):
+            raise ValueError(f"t must be a scalar or have shape (B,) = ({x.shape[0]},), got {tuple(t_.shape)}")
+        return t_
+
+    def mean(self, x0: Tensor, t: Tensor | float) -> Tensor:
+        r"""$\mu_t(x_0)$ (lesson 15, eq. 15.4): $a_t x_0$ unless the path was given its own ``mu``.
+
+        Parameters
+        ----------
+        x0 : Tensor, shape (B, ...)
+            Data points.
+        t : float or Tensor of shape (B,)
+            Times.
+
+        Returns
+        -------
+        Tensor, shape (B, ...)
+
+        Raises
+        ------
+        TypeError, ValueError
+            If ``x0`` is not a finite floating batch, or ``t`` lies outside the time range or has the wrong shape.
+        """
+        x0 = check_batch(x0, "x0")
+        t_ = self._times(t, x0)
+        if self._mu is not None:
+            return self._mu(x0, t_)
+        return self._view(self.coefficients(t_).a, x0) * x0
+
+    def mean_velocity(self, x0: Tensor, t: Tensor | float) -> Tensor:
+        r"""$\partial_t\mu_t(x_0)$ (lesson 15, eq. 15.7): $\dot a_t x_0$ unless the path was given its own ``dmu``.
+
+        Parameters
+        ----------
+        x0 : Tensor, shape (B, ...)
+            Data points.
+        t : float or Tensor of shape (B,)
+            Times.
+
+        Returns
+        -------
+        Tensor, shape (B, ...)
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`mean`.
+        """
+        x0 = check_batch(x0, "x0")
+        t_ = self._times(t, x0)
+        if self._dmu is not None:
+            return self._dmu(x0, t_)
+        return self._view(self.coefficients(t_).da, x0) * x0
+
+    def sample(self, x0: Tensor, t: Tensor | float, x1: Tensor) -> Tensor:
+        r"""The point $x_t = \mu_t(x_0) + \sigma_t x_1$ of the conditional path (lesson 15, eq. 15.4).
+
+        Parameters
+        ----------
+        x0, x1 : Tensor, shape (B, ...)
+            Data points and prior samples (coupled row by row).
+        t : float or Tensor of shape (B,)
+            Times.
+
+        Returns
+        -------
+        Tensor, shape (B, ...)
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`mean`, or if ``x1`` does not have the shape of ``x0``.
+        """
+        _same(x0, x1)
+        t_ = self._times(t, x0)
+        return self.mean(x0, t_) + self._view(self.coefficients(t_).b, x0) * x1
+
+    def target(self, x0: Tensor, x1: Tensor, t: Tensor | float) -> Tensor:
+        r"""The conditional velocity along the path, $\dot\mu_t(x_0) + \dot\sigma_t x_1$ (lesson 15, eq. 15.7):
+        the regression target of flow matching (eq. 15.10).
+
+        Parameters
+        ----------
+        x0, x1 : Tensor, shape (B, ...)
+            Data points and prior samples (coupled row by row).
+        t : float or Tensor of shape (B,)
+            Times.
+
+        Returns
+        -------
+        Tensor, shape (B, ...)
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`sample`.
+        """
+        _same(x0, x1)
+        t_ = self._times(t, x0)
+        return self.mean_velocity(x0, t_) + self._view(self.coefficients(t_).db, x0) * x1
+
+    def conditional_velocity(self, x: Tensor, x0: Tensor, t: Tensor | float) -> Tensor:
+        r"""The field $f_t(x\mid x_0) = \dot\mu_t(x_0) + \frac{\dot\sigma_t}{\sigma_t}\big(x - \mu_t(x_0)\big)$ whose
+        characteristics are the paths from $x_0$ (lesson 15, eq. 15.7).
+
+        Parameters
+        ----------
+        x, x0 : Tensor, shape (B, ...)
+            Points and the data points they are conditioned on.
+        t : float or Tensor of shape (B,)
+            Times, with $\sigma_t > 0$.
+
+        Returns
+        -------
+        Tensor, shape (B, ...)
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`sample`, or if $\sigma_t = 0$.
+        """
+        _same(x0, x, "x")
+        t_ = self._times(t, x0)
+        c = self.coefficients(t_)
+        if (c.b <= 0).any():
+            raise ValueError("the conditional velocity needs sigma_t > 0 (t > 0 on a path that starts at the data)")
+        return self.mean_velocity(x0, t_) + self._view(c.db / c.b, x0) * (x - self.mean(x0, t_))
+
+    def conditional_log_prob(self, x: Tensor, x0: Tensor, t: Tensor | float) -> Tensor:
+        r"""$\log p_t(x\mid x_0) = \log p_1\big((x - \mu_t(x_0))/\sigma_t\big) - d\log\sigma_t$ (lesson 15, eq. 15.8).
+
+        Parameters
+        ----------
+        x, x0 : Tensor, shape (B, ...)
+            Points and the data points they are conditioned on.
+        t : float or Tensor of shape (B,)
+            Times, with $\sigma_t > 0$.
+
+        Returns
+        -------
+        Tensor, shape (B,)
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`conditional_velocity`, or if the prior has no density.
+        """
+        _same(x0, x, "x")
+        t_ = self._times(t, x0)
+        b = self.coefficients(t_).b
+        if (b <= 0).any():
+            raise ValueError("the conditional density needs sigma_t > 0 (t > 0 on a path that starts at the data)")
+        u = (x - self.mean(x0, t_)) / self._view(b, x0)
+        d = x0[0].numel()
+        return self.prior.log_prob(u) - d * torch.log(b)
+
+    def sample_prior(self, shape: tuple[int, ...], generator: torch.Generator | None = None, dtype=torch.float64):
+        r"""Draw $x_1 \sim p_1$ (lesson 15, eq. 15.4): the starting points of sampling.
+
+        Parameters
+        ----------
+        shape : tuple of int
+            ``(B, ...)``.
+        generator : torch.Generator, optional
+            Source of randomness.
+        dtype : torch.dtype
+            Dtype of the samples.
+
+        Returns
+        -------
+        Tensor
+            Samples of the given shape.
+        """
+        return self.prior.sample(tuple(shape), generator, dtype)
+
+    def __repr__(self) -> str:
+        return f"ConditionalPath({self.name!r})"
+
+
+def as_path(schedule: Schedule | str) -> ConditionalPath:
+    r"""A schedule as a conditional path with the Gaussian prior, $\mu_t = a_t x_0$, $\sigma_t = b_t$ (lesson 15,
+    eq. 15.4); a :class:`ConditionalPath` is returned as it is.
+
+    Parameters
+    ----------
+    schedule : Schedule or str
+        A continuous schedule, its name, or a path.
+
+    Returns
+    -------
+    ConditionalPath
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :class:`ConditionalPath`.
+    """
+    return schedule if isinstance(schedule, ConditionalPath) else ConditionalPath(schedule)
+
+
+def _same(x0: Tensor, x1: Tensor, name: str = "x1") -> None:
+    check_batch(x0, "x0")
+    check_batch(x1, name)
+    if x1.shape != x0.shape:
+        raise ValueError(f"{name} must have the shape of x0 {tuple(x0.shape)}, got {tuple(x1.shape)}")
+
+
+# ---------------------------------------------------------------------------------------------------------- exact fields
+def gmm_velocity(gmm: GaussianMixture, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
+    r"""Closed-form rectified-flow velocity of a Gaussian mixture on the straight path (lesson 17, eq. 17.6).
+
+    For $x_t = (1-t)x_0 + t\varepsilon$, component $k$ gives $x_t \mid k \sim \mathcal N((1-t)\mu_k, C_k)$ with
+    $C_k = (1-t)^2\Sigma_k + t^2 I$ and
+
+    $$v_k(x) = \big(tI - (1-t)\Sigma_k\big)C_k^{-1}x - t\,C_k^{-1}\mu_k, \qquad v = \sum_k r_k(x)\,v_k(x),$$
+
+    $r_k \propto w_k\,\mathcal N(x; (1-t)\mu_k, C_k)$: regular on all of $[0, 1]$ (at $t = 0$, $v = -x$).
+
+    Parameters
+    ----------
+    gmm : GaussianMixture
+        The target (an :class:`~diffmath.exact.EmpiricalData` needs $t > 0$).
+    x : Tensor, shape (B, *event_shape)
+        Points $x_t$.
+    t : float or Tensor of shape (B,)
+        Times in $[0, 1]$.
+    cond : Tensor of int, shape (B,), optional
+        Class labels, as in :meth:`~diffmath.exact.GaussianMixture.score`.
+
+    Returns
+    -------
+    Tensor, shape (B, *event_shape)
+        $v(x, t) = \mathbb E[\varepsilon - x_0 \mid x_t = x]$.
+
+    Raises
+    ------
+    TypeError
+        If ``gmm`` is not a :class:`~diffmath.exact.GaussianMixture` or ``x`` not a floating tensor.
+    ValueError
+        If ``x`` has the wrong shape or is not finite, ``t`` lies outside $[0, 1]$ or has the wrong shape, or
+        $C_k$ is singular (point masses at $t = 0$).
+    """
+    if not isinstance(gmm, GaussianMixture):
+        raise TypeError(f"gmm must be a GaussianMixture, got {type(gmm).__name__}")
+    x = check_batch(x, "x")
+    t_ = LinearPath().check_t(as_tensor(t, "t", x))
+    B = x.shape[0]
+    if t_.dim() == 0:
+        t_ = t_.expand(B)
+    elif t_.shape != (B,):
+        raise ValueError(f"t must be a scalar or have shape (B,) = ({B},), got {tuple(t_.shape)}")
+    resp = gmm.component_posterior(x, 1.0 - t_, t_, cond)  # (B, K)
+    xf = x.reshape(B, -1)
+    conv = {"dtype": x.dtype, "device": x.device}
+    mu, lam = gmm.means.to(**conv), gmm.lam.to(**conv)
+    U = None if gmm.U is None else gmm.U.to(**conv)
+    t3 = t_[:, None, None]
+    var = (1 - t3) ** 2 * lam[None] + t3**2  # eigenvalues of C_k, (B, K, d)
+    if (var <= 0).any():
+        raise ValueError("C_k is singular (a point mass at t = 0): use t > 0")
+    xr = xf[:, None, :] if U is None else torch.einsum("kde,bd->bke", U, xf)
+    mur = mu[None] if U is None else torch.einsum("kde,kd->ke", U, mu)[None]
+    vr = (t3 - (1 - t3) * lam[None]) / var * xr - t3 / var * mur
+    vk = vr if U is None else torch.einsum("kde,bke->bkd", U, vr)
+    return torch.einsum("bk,bkd->bd", resp, vk).reshape(x.shape)
+
+
+class GMMFlow:
+    r"""The exact rectified flow of a Gaussian mixture, :func:`gmm_velocity`, as a model with the one interface
+    (lesson 17, eq. 17.6); its ``prediction`` is ``"velocity"`` on :class:`~diffmath.schedules.LinearPath`.
+
+    Parameters
+    ----------
+    gmm : GaussianMixture
+        The target distribution.
+
+    Raises
+    ------
+    TypeError
+        If ``gmm`` is not a :class:`~diffmath.exact.GaussianMixture`.
+    """
+
+    prediction = "velocity"
+
+    def __init__(self, gmm: GaussianMixture) -> None:
+        if not isinstance(gmm, GaussianMixture):
+            raise TypeError(f"gmm must be a GaussianMixture, got {type(gmm).__name__}")
+        self.gmm = gmm
+
+    def __call__(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
+        return gmm_velocity(self.gmm, x, t, cond)
+
+    def __repr__(self) -> str:
+        return f"GMMFlow({self.gmm!r})"
+
+
+class EmpiricalFlow:
+    r"""The exact marginal velocity of a finite point set under any conditional path and prior (lesson 15, eq. 15.9):
+
+    $$v(x, t) = \sum_i r_i(x, t)\, f_t(x \mid x^{(i)}), \qquad
+    r_i \propto w_i\, p_1\!\Big(\frac{x - \mu_t(x^{(i)})}{\sigma_t}\Big),$$
+
+    a model with the one interface (``prediction = "velocity"``). With a uniform prior the weights $r_i$ are
+    indicators of the boxes $\mu_t(x^{(i)}) + \sigma_t[-1, 1]^d$. Where no $r_i$ is positive (outside the support,
+    which an exact flow never reaches but a coarse Euler step may) the nearest $\mu_t(x^{(i)})$ takes the weight.
+
+    Parameters
+    ----------
+    points : Tensor, shape (N, ...)
+        The data points $x^{(i)}$.
+    path : ConditionalPath or Schedule
+        The conditional path (a schedule means its Gaussian path, :func:`as_path`); its prior needs a density.
+    weights : Tensor, shape (N,), optional
+        Point weights summing to one (default uniform).
+
+    Raises
+    ------
+    TypeError
+        If ``points`` is not a floating tensor or ``path`` not a schedule.
+    ValueError
+        If ``points`` is not a finite batch, or ``weights`` is not of shape (N,), negative, or does not sum to one.
+    """
+
+    prediction = "velocity"
+
+    def __init__(self, points: Tensor, path: ConditionalPath | Schedule, weights: Tensor | None = None) -> None:
+        self.points = check_batch(points, "points")
+        self.path = as_path(path)
+        N = points.shape[0]
+        w = torch.full((N,), 1.0 / N, dtype=torch.float64) if weights is None else as_tensor(weights, "weights")
+        check_finite(w, "weights")
+        if w.shape != (N,) or (w < 0).any() or abs(w.sum().item() - 1) > 1e-6:
+            raise ValueError(f"weights must be non-negative, of shape (N,) = ({N},), and sum to one")
+        self.weights = w.to(torch.float64)
+
+    def responsibilities(self, x: Tensor, t: Tensor | float) -> Tensor:
+        r"""$r_i(x, t) = p(x_0 = x^{(i)} \mid x_t = x)$ (lesson 15, eq. 15.9); shape (B, N).
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, ...)
+            Points $x_t$.
+        t : float or Tensor of shape (B,)
+            Times with $\sigma_t > 0$.
+
+        Returns
+        -------
+        Tensor, shape (B, N)
+            Rows summing to one.
+
+        Raises
+        ------
+        TypeError, ValueError
+            If ``x`` is not a finite floating batch of the points' event shape, ``t`` is invalid or
+            $\sigma_t = 0$, or the prior has no density.
+        """
+        x = check_batch(x, "x")
+        if x.shape[1:] != self.points.shape[1:]:
+            raise ValueError(f"x must have event shape {tuple(self.points.shape[1:])}, got {tuple(x.shape)}")
+        xr, x0r, tr = self._repeat(x, t)
+        B, N = x.shape[0], self.points.shape[0]
+        logp = self.path.conditional_log_prob(xr, x0r, tr).reshape(B, N)
+        logits = torch.log(self.weights.to(x)) + logp
+        none = ~torch.isfinite(logits).any(1)
+        if none.any():  # outside the support: the nearest conditional mean
+            dist = ((xr - self.path.mean(x0r, tr)).reshape(B, N, -1) ** 2).sum(-1)
+            logits = torch.where(none[:, None], -dist, logits)
+        return torch.softmax(logits, dim=1)
+
+    def _repeat(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
+        B, N = x.shape[0], self.points.shape[0]
+        t_ = self.path._times(t, x)
+        xr = x.repeat_interleave(N, 0)
+        x0r = self.points.to(x).repeat(B, *([1] * (x.dim() - 1)))
+        return xr, x0r, t_.repeat_interleave(N)
+
+    def __call__(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
+        r = self.responsibilities(x, t)
+        xr, x0r, tr = self._repeat(x, t)
+        f = self.path.conditional_velocity(xr, x0r, tr).reshape(x.shape[0], self.points.shape[0], -1)
+        return torch.einsum("bn,bnd->bd", r, f).reshape(x.shape)
+
+    def __repr__(self) -> str:
+        return f"EmpiricalFlow(N={self.points.shape[0]}, path={self.path.name!r})"
+
+
+class AffineCouplingFlow:
+    r"""The exact rectified flow of a deterministic affine coupling $x_0 = A x_1 + m$ (lesson 17, eq. 17.14).
+
+    On the straight path $x_t = (1-t)(A x_1 + m) + t x_1$ each $x_t$ has one $x_1 = M_t^{-1}(x_t - (1-t)m)$ with
+    $M_t = (1-t)A + tI$, so the velocity is $v(x, t) = x_1 - (A x_1 + m)$ and one Euler step from $t = 1$ returns
+    $A x_1 + m$ exactly. For a Gaussian target the 1-RF coupling is affine with $A = \Sigma^{1/2}$, so this is its
+    2-RF in closed form. A model with the one interface (``prediction = "velocity"``, on
+    :class:`~diffmath.schedules.LinearPath`); events are flattened, so any shape works.
+
+    Parameters
+    ----------
+    A : Tensor, shape (d, d)
+        The linear part; $M_t$ must stay invertible on $[0, 1]$ (e.g. $A$ symmetric positive definite).
+    m : Tensor, shape (d,)
+        The offset.
+    residual : float
+        RMS residual of the fit when built by :meth:`from_pairs` (0 otherwise).
+
+    Raises
+    ------
+    ValueError
+        If ``A`` is not square or ``m`` does not match it.
+    """
+
+    prediction = "velocity"
+
+    def __init__(self, A: Tensor, m: Tensor, residual: float = 0.0) -> None:
+        A, m = as_tensor(A, "A"), as_tensor(m, "m")
+        if A.dim() != 2 or A.shape[0] != A.shape[1] or m.shape != (A.shape[0],):
+            raise ValueError(f"A must be (d, d) and m (d,), got {tuple(A.shape)} and {tuple(m.shape)}")
+        self.A, self.m, self.residual = A, m, float(residual)
+
+    @classmethod
+    def from_pairs(cls, pairs: Tensor) -> AffineCouplingFlow:
+        r"""Least-squares fit of $x_0 \approx A x_1 + m$ to coupled pairs (lesson 17, eq. 17.14).
+
+        Parameters
+        ----------
+        pairs : Tensor, shape (N, 2, ...)
+            Rows ``(x0, x1)`` as made by :func:`reflow_pairs`.
+
+        Returns
+        -------
+        AffineCouplingFlow
+            With ``residual`` the RMS error of the fit (zero when the coupling is exactly affine).
+
+        Raises
+        ------
+        ValueError
+            If ``pairs`` is not of shape (N, 2, ...) or has too few rows to fit $A$.
+        """
+        x0, x1 = _split_pairs(pairs)
+        X0, X1 = x0.reshape(x0.shape[0], -1).double(), x1.reshape(x1.shape[0], -1).double()
+        if X0.shape[0] <= X0.shape[1] + 1:
+            raise ValueError(f"need more than d + 1 = {X0.shape[1] + 1} pairs to fit an affine map")
+        design = torch.cat([X1, torch.ones(X1.shape[0], 1, dtype=X1.dtype)], 1)
+        coef = torch.linalg.lstsq(design, X0).solution  # (d + 1, d)
+        res = (design @ coef - X0).pow(2).sum(1).mean().sqrt().item()
+        return cls(coef[:-1].T.contiguous(), coef[-1].contiguous(), res)
+
+    def __call__(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
+        x = check_batch(x, "x")
+        B = x.shape[0]
+        t_ = LinearPath().check_t(as_tensor(t, "t", x))
+        t_ = t_.expand(B) if t_.dim() == 0 else t_
+        xf = x.reshape(B, -1)
+        A, m = self.A.to(x), self.m.to(x)
+        eye = torch.eye(A.shape[0], dtype=x.dtype)
+        M = (1 - t_)[:, None, None] * A[None] + t_[:, None, None] * eye[None]
+        x1 = torch.linalg.solve(M, (xf - (1 - t_)[:, None] * m)[..., None])[..., 0]
+        return (x1 - x1 @ A.T - m).reshape(x.shape)
+
+    def __repr__(self) -> str:
+        return f"AffineCouplingFlow(d={self.A.shape[0]}, residual={self.residual:.3g})"
+
+
+# ---------------------------------------------------------------------------------------------------------- training
+def minibatch_ot(x0: Tensor, x1: Tensor) -> Tensor:
+    r"""Reorder ``x1`` so that row $i$ is paired with ``x0[i]`` by the exact optimal transport plan of the minibatch
+    for the cost $\|x_0 - x_1\|^2$ (lesson 17, eq. 17.13), solved with ``scipy.optimize.linear_sum_assignment``.
+
+    Parameters
+    ----------
+    x0, x1 : Tensor, shape (B, ...)
+        Data and prior samples.
+
+    Returns
+    -------
+    Tensor, shape (B, ...)
+        ``x1`` permuted.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``x0``, ``x1`` are not finite floating batches of the same shape.
+    """
+    _same(x0, x1)
+    B = x0.shape[0]
+    cost = torch.cdist(x0.reshape(B, -1).double(), x1.reshape(B, -1).double()) ** 2
+    rows, cols = linear_sum_assignment(cost.numpy())
+    perm = torch.empty(B, dtype=torch.long)
+    perm[torch.from_numpy(rows)] = torch.from_numpy(cols)
+    return x1[perm]
+
+
+def _split_pairs(pairs: Tensor) -> tuple[Tensor, Tensor]:
+    pairs = check_batch(pairs, "pairs", min_dim=3)
+    if pairs.shape[1] != 2:
+        raise ValueError(f"pairs must have shape (N, 2, ...) with rows (x0, x1), got {tuple(pairs.shape)}")
+    return pairs[:, 0], pairs[:, 1]
+
+
+class FlowMatchingLoss:
+    r"""The (conditional) flow-matching loss $\mathbb E_{t, x_0, x_1}\|v_\theta(x_t, t) - \dot\mu_t(x_0) -
+    \dot\sigma_t x_1\|^2 / d$ (lesson 15, eq. 15.10; rectified flow's loss, lesson 17, eq. 17.3), an objective
+    for :func:`~diffmath.training.train`.
+
+    ``t`` is uniform on $(0, t_{\max}]$. Unpaired, each minibatch of data is coupled with fresh prior samples,
+    independently or by :func:`minibatch_ot`; paired (reflow, lesson 17, eq. 17.9), the rows of the training data are
+    ``(x0, x1)`` pairs of shape (2, ...).
+
+    Parameters
+    ----------
+    schedule : Schedule or str
+        The path (a :class:`ConditionalPath`, or a continuous schedule taken with a Gaussian prior).
+    coupling : {"independent", "ot"}
+        How unpaired data meet prior samples.
+    paired : bool
+        Training rows are ``(x0, x1)`` pairs.
+    prior : {"gaussian", "uniform"}, optional
+        Prior for a plain schedule (ignored when ``schedule`` is already a path).
+
+    Raises
+    ------
+    TypeError, ValueError
+        If the schedule is not a continuous schedule, the coupling is unknown, or ``paired`` is combined with
+        ``coupling="ot"``.
+    """
+
+    def __init__(
+        self, schedule: Schedule | str, coupling: str = "independent", paired: bool = False, prior: str | None = None
+    ) -> None:
+        if coupling not in COUPLINGS:
+            raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
+        if paired and coupling != "independent":
+            raise ValueError("paired rows already carry their coupling: use coupling='independent' with paired=True")
+        if isinstance(schedule, ConditionalPath) or prior is None:
+            self.path = as_path(schedule)
+        else:
+            self.path = ConditionalPath(schedule, prior)
+        self.coupling, self.paired = coupling, bool(paired)
+
+    def __call__(self, model: nn.Module, batch: Tensor, generator: torch.Generator, cond: Tensor | None = None):
+        if getattr(model, "prediction", None) != "velocity":
+            raise ValueError(f"flow matching trains a 'velocity' model, got {getattr(model, 'prediction', None)!r}")
+        if self.paired:
+            x0, x1 = _split_pairs(batch)
+        else:
+            x0 = check_batch(batch, "batch")
+            x1 = self.path.sample_prior(x0.shape, generator, x0.dtype)
+            if self.coupling == "ot":
+                x1 = minibatch_ot(x0, x1)
+        B = x0.shape[0]
+        t = self.path.t_max * (1.0 - torch.rand(B, generator=generator, dtype=x0.dtype))
+        pred = model(self.path.sample(x0, t, x1), t, cond)
+        return ((pred - self.path.target(x0, x1, t)) ** 2).mean()
+
+    def __repr__(self) -> str:
+        return f"flow_matching({self.path.name}, coupling={self.coupling}{', paired' if self.paired else ''})"
+
+
+class DistillationLoss:
+    r"""One-step distillation (lesson 17, eq. 17.15): on pairs ``(x0, x1)`` of a teacher flow, fit
+    $v_\theta(x_1, t_{\max})$ to $(x_1 - x_0)/t_{\max}$, so that one Euler step from the prior lands on $x_0$.
+
+    Parameters
+    ----------
+    schedule : Schedule or str
+        The path the student is sampled on (only its $t_{\max}$ matters).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`as_path`.
+    """
+
+    def __init__(self, schedule: Schedule | str = "rectified-flow") -> None:
+        self.path = as_path(schedule)
+
+    def __call__(self, model: nn.Module, batch: Tensor, generator: torch.Generator, cond: Tensor | None = None):
+        if getattr(model, "prediction", None) != "velocity":
+            raise ValueError(f"distillation trains a 'velocity' model, got {getattr(model, 'prediction', None)!r}")
+        x0, x1 = _split_pairs(batch)
+        T = self.path.t_max
+        t = torch.full((x0.shape[0],), T, dtype=x0.dtype)
+        return ((model(x1, t, cond) - (x1 - x0) / T) ** 2).mean()
+
+    def __repr__(self) -> str:
+        return f"distillation({self.path.name})"
+
+
+# ---------------------------------------------------------------------------------------------------------- sampling
+def sample_flow(
+    model: Model,
+    x1: Tensor,
+    schedule: Schedule,
+    num_steps: int = 1,
+    method: str = "euler",
+    spacing: str = "uniform",
+    cond: Tensor | None = None,
+) -> Tensor:
+    r"""Few-step (or one-step) sampling of a flow: integrate $\mathrm dx/\mathrm dt = v(x, t)$ from $t_{\max}$ to 0
+    with the lesson 6 solvers (lesson 17, eq. 17.10); one Euler step is $x_0 = x_1 - t_{\max}\,v(x_1, t_{\max})$.
+
+    Parameters
+    ----------
+    model : Model
+        A velocity model (any model: others are converted through the schedule).
+    x1 : Tensor, shape (B, ...)
+        Prior samples.
+    schedule : Schedule
+        The path (its grid and coefficients).
+    num_steps : int
+        Solver steps; network evaluations are ``nfe(method, num_steps)``.
+    method : {"euler", "heun", "dpm++2m"}
+        The solver of :func:`~diffmath.ode.solve_ode`.
+    spacing : str
+        Grid spacing of :meth:`~diffmath.schedules.Schedule.grid`.
+    cond : Tensor, optional
+        Condition for the model.
+
+    Returns
+    -------
+    Tensor, shape (B, ...)
+        The samples at $t = 0$.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`~diffmath.ode.solve_ode` and :meth:`~diffmath.schedules.Schedule.grid`.
+    """
+    with torch.no_grad():
+        return ode_sample(model, x1, schedule.grid(num_steps, spacing), schedule, method, cond)
+
+
+def reflow_pairs(
+    model: Model,
+    x1: Tensor,
+    schedule: Schedule,
+    num_steps: int = 50,
+    method: str = "heun",
+    cond: Tensor | None = None,
+) -> Tensor:
+    r"""Couple prior samples with their images under the flow, $(Z_0, Z_1) = (\Phi_{1\to0}(x_1), x_1)$: the training
+    data of the next rectified flow (lesson 17, eq. 17.9).
+
+    Parameters
+    ----------
+    model : Model
+        The current flow.
+    x1 : Tensor, shape (N, ...)
+        Prior samples $Z_1$.
+    schedule : Schedule
+        The path.
+    num_steps : int
+        Solver steps for $\Phi_{1\to0}$.
+    method : {"euler", "heun", "dpm++2m"}
+        The solver.
+    cond : Tensor, optional
+        Condition for the model.
+
+    Returns
+    -------
+    Tensor, shape (N, 2, ...)
+        Rows ``(Z0, Z1)``, for :class:`FlowMatchingLoss` with ``paired=True``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`sample_flow`.
+    """
+    z0 = sample_flow(model, x1, schedule, num_steps, method, cond=cond)
+    return torch.stack([z0, x1.to(z0)], 1)
+
+
+class FlowStats(NamedTuple):
+    r"""Straightness and transport cost of a flow along its ODE trajectories (lesson 17, eqs. 17.11-17.12).
+
+    Attributes
+    ----------
+    straightness : float
+        $S = \int_0^1 \mathbb E\|(Z_1 - Z_0) - v(Z_t, t)\|^2\,\mathrm dt$ (0 for straight paths).
+    straightness_se : float
+        Its Monte Carlo standard error over the batch.
+    cost : float
+        $\mathbb E\|Z_1 - Z_0\|^2$.
+    x0 : Tensor, shape (B, ...)
+        The endpoints $Z_0$.
+    per_sample : Tensor, shape (B, 2)
+        Each trajectory's straightness and squared displacement.
+    """
+
+    straightness: float
+    straightness_se: float
+    cost: float
+    x0: Tensor
+    per_sample: Tensor
+
+
+def straightness(
+    model: Model,
+    x1: Tensor,
+    schedule: Schedule,
+    num_steps: int = 100,
+    method: str = "heun",
+    cond: Tensor | None = None,
+) -> FlowStats:
+    r"""Straightness $S(Z) = \int_0^1 \mathbb E\|(Z_1 - Z_0) - v(Z_t, t)\|^2\,\mathrm dt$ of the flow's trajectories from
+    ``x1`` (lesson 17, eq. 17.11), with the transport cost $\mathbb E\|Z_1 - Z_0\|^2$.
+
+    The trajectory comes from :func:`~diffmath.ode.solve_ode` on a uniform grid; the time integral is the left
+    Riemann sum over the grid's steps (towards the data), which needs no evaluation at $t = 0$. For Euler it is exact
+    for the discrete path: $S = 0$ exactly when every step has the same velocity.
+
+    Parameters
+    ----------
+    model : Model
+        A velocity model.
+    x1 : Tensor, shape (B, ...)
+        Prior samples $Z_1$.
+    schedule : Schedule
+        The path.
+    num_steps : int
+        Solver steps.
+    method : {"euler", "heun", "dpm++2m"}
+        The solver.
+    cond : Tensor, optional
+        Condition for the model.
+
+    Returns
+    -------
+    FlowStats
+        Straightness (with its standard error), cost, endpoints and per-trajectory values.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`sample_flow`.
+    """
+    x1 = check_batch(x1, "x1")
+    grid = schedule.grid(num_steps)
+    xs, ts = [x1], [grid[0].item()]
+    with torch.no_grad():
+        for step in solve_ode(model, x1, grid, schedule, method, cond):
+            xs.append(step.x)
+            ts.append(step.t)
+        B = x1.shape[0]
+        disp = (x1 - xs[-1]).reshape(B, -1)
+        s = torch.zeros(B, dtype=torch.float64)
+        for i in range(num_steps):
+            v = model(xs[i], torch.full((B,), ts[i], dtype=x1.dtype), cond).reshape(B, -1)
+            s = s + (ts[i] - ts[i + 1]) * ((disp - v) ** 2).sum(1).double()
+    cost = (disp**2).sum(1).double()
+    return FlowStats(
+        s.mean().item(), (s.std() / math.sqrt(B)).item(), cost.mean().item(), xs[-1], torch.stack([s, cost], 1)
+    )
+
+
+class CostIdentity(NamedTuple):
+    r"""The terms of $\mathbb E\|Z_1 - Z_0\|^2 = \mathbb E\|X_1 - X_0\|^2 - V(X) - S(Z)$ (lesson 17, eq. 17.12).
+
+    Attributes
+    ----------
+    coupling_cost : float
+        $\mathbb E\|X_1 - X_0\|^2$ of the coupling the flow was built from.
+    V : float
+        $V(X) = \int_0^1\mathbb E\|X_1 - X_0 - v(X_t, t)\|^2\,\mathrm dt$, by Monte Carlo in $t$.
+    S : float
+        The flow's straightness $S(Z)$.
+    flow_cost : float
+        $\mathbb E\|Z_1 - Z_0\|^2$.
+    residual : float
+        ``coupling_cost - V - S - flow_cost`` (zero in expectation).
+    residual_se : float
+        Its standard error (the four terms are computed on the same samples).
+    """
+
+    coupling_cost: float
+    V: float
+    S: float
+    flow_cost: float
+    residual: float
+    residual_se: float
+
+
+def cost_identity(
+    model: Model,
+    x0: Tensor,
+    x1: Tensor,
+    schedule: Schedule | None = None,
+    generator: torch.Generator | None = None,
+    num_steps: int = 200,
+    method: str = "heun",
+) -> CostIdentity:
+    r"""Evaluate the cost identity $\mathbb E\|Z_1 - Z_0\|^2 = \mathbb E\|X_1 - X_0\|^2 - V(X) - S(Z)$ of the
+    rectified flow ``model`` of the coupling $(X_0, X_1)$ (lesson 17, eq. 17.12).
+
+    $V$ uses one uniform $t$ per pair; $S$ and $\mathbb E\|Z_1 - Z_0\|^2$ the flow's trajectories from $Z_1 = X_1$
+    (:func:`straightness`). The identity holds for the exact velocity of the coupling; for a trained one, the
+    residual measures how far it is from that velocity.
+
+    Parameters
+    ----------
+    model : Model
+        The velocity $v$ of the coupling (exact or trained).
+    x0, x1 : Tensor, shape (B, ...)
+        Coupled samples $(X_0, X_1)$.
+    schedule : Schedule, optional
+        The straight path (default :class:`~diffmath.schedules.LinearPath`).
+    generator : torch.Generator, optional
+        Source of the times for $V$.
+    num_steps : int
+        Solver steps for the trajectories.
+    method : {"euler", "heun", "dpm++2m"}
+        The solver.
+
+    Returns
+    -------
+    CostIdentity
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``x0``, ``x1`` are not finite floating batches of the same shape, or as :func:`straightness`.
+    """
+    _same(x0, x1)
+    path = as_path(schedule if schedule is not None else LinearPath())
+    B = x0.shape[0]
+    t = 1.0 - torch.rand(B, generator=generator, dtype=x0.dtype)
+    with torch.no_grad():
+        v = model(path.sample(x0, t, x1), t, None)
+    target = path.target(x0, x1, t)
+    V = ((target - v) ** 2).reshape(B, -1).sum(1).double()
+    coupling = ((x1 - x0) ** 2).reshape(B, -1).sum(1).double()
+    stats = straightness(model, x1, path, num_steps, method)
+    S, flow = stats.per_sample[:, 0], stats.per_sample[:, 1]
+    r = coupling - V - S - flow
+    return CostIdentity(
+        coupling.mean().item(),
+        V.mean().item(),
+        S.mean().item(),
+        flow.mean().item(),
+        r.mean().item(),
+        (r.std() / math.sqrt(B)).item(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------- reflow
+def reflow(
+    model: nn.Module,
+    x1: Tensor,
+    schedule: Schedule,
+    rounds: int = 1,
+    steps: int = 2000,
+    num_steps: int = 50,
+    method: str = "heun",
+    **train_kwargs: object,
+) -> list[nn.Module]:
+    r"""Reflow (lesson 17, eq. 17.9): ``rounds`` times, couple ``x1`` with its image under the current flow
+    (:func:`reflow_pairs`) and retrain a copy of the flow on those pairs (:class:`FlowMatchingLoss`, ``paired=True``)
+    with lesson 3's :func:`~diffmath.training.fit`.
+
+    Each round starts from the previous round's weights (Liu et al. do the same), so few steps suffice.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The 1-rectified flow (a trainable velocity model).
+    x1 : Tensor, shape (N, ...)
+        Prior samples to couple (the same ones every round).
+    schedule : Schedule
+        The path.
+    rounds : int
+        Number of reflows $k$; the last model is the $(k+1)$-rectified flow.
+    steps : int
+        Optimiser steps per round.
+    num_steps : int
+        Solver steps for the pairs.
+    method : {"euler", "heun", "dpm++2m"}
+        Solver for the pairs.
+    **train_kwargs
+        Further arguments of :func:`~diffmath.training.fit` (``batch_size``, ``lr``, ``ema_decay``, ``seed``,
+        ``progress``, ...).
+
+    Returns
+    -------
+    list of nn.Module
+        The models of rounds 1..``rounds`` (EMA weights where kept), in eval mode.
+
+    Raises
+    ------
+    ValueError
+        If ``rounds`` is not a positive integer, or as :func:`~diffmath.training.fit`.
+    """
+    from diffmath.training import fit
+
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
+    check_model(model)
+    out, current = [], model
+    for _ in range(rounds):
+        pairs = reflow_pairs(current, x1, schedule, num_steps, method)
+        student = copy.deepcopy(current)
+        state = fit(student, pairs, None, steps, loss=FlowMatchingLoss(schedule, paired=True), **train_kwargs)
+        current = (state.ema if state.ema is not None else state.model).eval()
+        out.append(current)
+    return out
+
+
+def distill(
+    teacher: nn.Module,
+    x1: Tensor,
+    schedule: Schedule,
+    steps: int = 2000,
+    num_steps: int = 50,
+    method: str = "heun",
+    **train_kwargs: object,
+) -> nn.Module:
+    r"""Distil a flow into a one-step sampler (lesson 17, eq. 17.15): pair ``x1`` with the teacher's ODE endpoints and
+    train a copy of the teacher with :class:`DistillationLoss`; sample it with ``sample_flow(student, z, schedule, 1)``.
+
+    Parameters
+    ----------
+    teacher : nn.Module
+        The flow to distil (ideally a reflowed, nearly straight one).
+    x1 : Tensor, shape (N, ...)
+        Prior samples.
+    schedule : Schedule
+        The path.
+    steps : int
+        Optimiser steps.
+    num_steps : int
+        Teacher solver steps for the pairs.
+    method : {"euler", "heun", "dpm++2m"}
+        Teacher solver.
+    **train_kwargs
+        Further arguments of :func:`~diffmath.training.fit`.
+
+    Returns
+    -------
+    nn.Module
+        The student (EMA weights where kept), in eval mode.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`reflow_pairs` and :func:`~diffmath.training.fit`.
+    """
+    from diffmath.training import fit
+
+    pairs = reflow_pairs(teacher, x1, schedule, num_steps, method)
+    state = fit(copy.deepcopy(teacher), pairs, None, steps, loss=DistillationLoss(schedule), **train_kwargs)
+    return (state.ema if state.ema is not None else state.model).eval()
+
+
+def reflow_toy(
+    recipe: str,
+    rounds: int = 1,
+    num_pairs: int = 10000,
+    steps: int = 1500,
+    num_steps: int = 50,
+    method: str = "heun",
+    progress: bool = True,
+    folder: str | Path | None = None,
+) -> list:
+    r"""A toy recipe's rectified flow and its reflows, trained once and cached (lesson 17, eq. 17.9).
+
+    Round 0 is :func:`~diffmath.recipes.train_toy` of ``recipe``; round $k$ couples ``num_pairs`` prior samples
+    (seed = the recipe's seed + $k$) with round $k-1$'s ODE endpoints and retrains from its weights. Each round is
+    cached under the hash of (recipe, round, settings), written atomically, resumed from its checkpoint.
+
+    Parameters
+    ----------
+    recipe : str
+        A flow-matching recipe of :data:`~diffmath.recipes.TOY_RECIPES` (e.g. ``"eight-gaussians-rf"``).
+    rounds : int
+        Reflow rounds $k \ge 0$.
+    num_pairs : int
+        Pairs per round.
+    steps : int
+        Optimiser steps per round (batch size, learning rate and EMA of the recipe).
+    num_steps : int
+        Solver steps for the pairs.
+    method : {"euler", "heun", "dpm++2m"}
+        Solver for the pairs.
+    progress : bool
+        Show tqdm progress while training.
+    folder : path, optional
+        Cache folder (default :func:`~diffmath.recipes.cache_dir`).
+
+    Returns
+    -------
+    list of ToyModel
+        Rounds 0..``rounds``: ``[1-RF, 2-RF, ...]``; ``data`` of round $k \ge 1$ holds its pairs.
+
+    Raises
+    ------
+    ValueError
+        If the recipe is unknown or does not train a velocity model, ``rounds`` is negative, or as
+        :func:`~diffmath.recipes.train_toy`.
+    """
+    from diffmath.nets import MLP
+    from diffmath.recipes import ToyModel, cache_dir, recipe_hash, toy_recipe, train_toy
+    from diffmath.training import fit, read_checkpoint, save_atomic
+
+    if not isinstance(rounds, int) or rounds < 0:
+        raise ValueError(f"rounds must be a non-negative integer, got {rounds!r}")
+    base = train_toy(recipe, progress=progress, folder=folder)
+    if base.config["prediction"] != "velocity":
+        raise ValueError(f"recipe {recipe!r} does not train a velocity model")
+    folder = Path(folder) if folder is not None else cache_dir()
+    out, current = [base], base
+    settings = {"num_pairs": num_pairs, "steps": steps, "num_steps": num_steps, "method": method}
+    for k in range(1, rounds + 1):
+        config = {**toy_recipe(recipe), "reflow_round": k, "reflow": settings}
+        path = folder / f"{recipe}-reflow{k}-{recipe_hash(config)}.pt"
+        g = torch.Generator().manual_seed(config["seed"] + k)
+        z1 = torch.randn(num_pairs, *base.data.shape[1:], generator=g, dtype=base.data.dtype)
+        model = MLP(base.data.shape[1], config["hidden"], config["depth"], "velocity", base.schedule.t_max)
+        if path.exists():
+            stored = read_checkpoint(path)
+            if stored.get("config") != config:
+                raise ValueError(f"cached reflow {path} was made by another recipe; delete it to retrain")
+            model.load_state_dict(stored["model"])
+            out.append(ToyModel(model.eval(), base.schedule, stored["pairs"], config, path, stored["losses"]))
+            current = out[-1]
+            continue
+        pairs = reflow_pairs(current.model, z1, base.schedule, num_steps, method)
+        model.load_state_dict(current.model.state_dict())
+        ckpt = path.with_suffix(".ckpt")
+        state = fit(
+            model,
+            pairs,
+            None,
+            steps,
+            batch_size=config["batch_size"],
+            lr=config["lr"],
+            ema_decay=config["ema_decay"],
+            seed=config["seed"] + k,
+            checkpoint=ckpt,
+            progress=progress,
+            loss=FlowMatchingLoss(base.schedule, paired=True),
+        )
+        final = (state.ema if state.ema is not None else state.model).eval()
+        save_atomic({"config": config, "model": final.state_dict(), "pairs": pairs, "losses": state.losses}, path)
+        ckpt.unlink(missing_ok=True)
+        current = ToyModel(final, base.schedule, pairs, config, path, state.losses)
+        out.append(current)
+    return out
