@@ -55,7 +55,7 @@ class Estimate(NamedTuple):
 def _noised(x0: Tensor, t: Tensor, schedule: Schedule, generator: torch.Generator | None):
     c = schedule.coefficients(t)
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-    return c, eps, c.a * x0 + c.b * eps
+    return c, c.a * x0 + c.b * eps
 
 
 def _mean_se(per: Tensor) -> Estimate:
@@ -163,7 +163,7 @@ def sbar2_estimate(
     data_var = ((x0 - center) ** 2).mean(0) if diagonal else ((x0 - center) ** 2).mean()
     values, ses = [], []
     for tk in flat:
-        c, eps, xt = _noised(x0, tk, schedule, generator)
+        c, xt = _noised(x0, tk, schedule, generator)
         with torch.no_grad():
             if method == "eps-norm":
                 per = (c.b / c.a) ** 2 * (1 - predict(model, xt, tk, schedule, "eps", cond) ** 2)
@@ -226,7 +226,7 @@ def exact_sbar2(
     values, ses = [], []
     for tk in times.reshape(-1):
         x0 = source.sample(n, generator, dtype=torch.float64)
-        c, _, xt = _noised(x0, tk.to(torch.float64), schedule, generator)
+        c, xt = _noised(x0, tk.to(torch.float64), schedule, generator)
         diag = torch.diagonal(source.posterior_cov(xt, c.a, c.b), dim1=-2, dim2=-1)
         per = diag.reshape(xt.shape) if diagonal else diag.mean(-1)
         est = _mean_se(per)
@@ -374,7 +374,7 @@ def neg_elbo(
     total = gaussian_kl(cT.a * x0, cT.b**2, torch.zeros_like(x0), 1.0)
     for k in range(K):
         t, s = grid[k], grid[k + 1]
-        _, _, xt = _noised(x0, t, schedule, generator)
+        _, xt = _noised(x0, t, schedule, generator)
         with torch.no_grad():
             x0_hat = predict(model, xt, t, schedule, "x0", cond)
         v = per_sample(_step_variance(schedule, t, s, variance, sbar2, k, xt).to(x0.dtype), x0, "variance")

@@ -74,9 +74,7 @@ def elbo_table():
     for K in (5, 10, 100):
         grid = SCHED.grid(K)
         sbar2 = exact_sbar2(RING, grid[:-1], SCHED, 2000, torch.Generator().manual_seed(4)).value
-        table[K] = {
-            v: neg_elbo(EXACT, x0, grid, SCHED, v, sbar2, torch.Generator().manual_seed(5)) for v in VARIANCES
-        }
+        table[K] = {v: neg_elbo(EXACT, x0, grid, SCHED, v, sbar2, torch.Generator().manual_seed(5)) for v in VARIANCES}
     return table
 
 
