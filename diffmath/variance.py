@@ -546,6 +546,7 @@ class NPRVariance:
     def __call__(self, x: Tensor, t: Tensor | float) -> Tensor:
         t_ = as_tensor(t, "t", x)
         bound = per_sample(sbar2_bounds(self.schedule, t_, self.data_var).to(x.dtype), x, "t")
+        dtype = next(iter(self.net.parameters())).dtype if isinstance(self.net, nn.Module) else x.dtype
         with torch.no_grad():
-            g = self.net(x, t_.expand(x.shape[0]) if t_.dim() == 0 else t_)
-        return bound * g.clamp(0, 1)
+            g = self.net(x.to(dtype), (t_.expand(x.shape[0]) if t_.dim() == 0 else t_).to(dtype))
+        return bound * g.to(x.dtype).clamp(0, 1)
