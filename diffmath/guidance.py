@@ -15,10 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from diffmath._validate import as_tensor, check_batch, per_sample
 from diffmath.models import Model, check_model, predict
+from diffmath.nets import MLP
 from diffmath.schedules import Schedule
 
 LogProb = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -147,3 +148,150 @@ class ClassifierFree:
             return cond_out
         uncond = self.model(x, t, torch.full_like(cond, self.null))
         return (1 + self.scale) * cond_out - self.scale * uncond
+
+
+class NoisyClassifier(nn.Module):
+    r"""A time-dependent classifier $p_\phi(y\mid x_t, t)$ for classifier guidance (lesson 9, eq. 9.10): an
+    :class:`~diffmath.nets.MLP` body with ``num_classes`` outputs (logits), trained on noised data by
+    :class:`ClassifierLoss`.
+
+    Parameters
+    ----------
+    dim : int
+        Data dimension $d$.
+    num_classes : int
+        Number of classes.
+    hidden, depth : int
+        Width and number of residual blocks of the MLP.
+    t_max : float
+        The schedule's $t_{\max}$, to normalise time.
+
+    Raises
+    ------
+    ValueError
+        If ``num_classes`` < 2, or ``dim``, ``hidden`` or ``depth`` is not a positive integer.
+    """
+
+    def __init__(self, dim: int, num_classes: int, hidden: int = 64, depth: int = 3, t_max: float = 1.0) -> None:
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.body = MLP(dim, hidden, depth, "eps", t_max, out_dim=num_classes)
+
+    def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
+        r"""Logits of $p_\phi(y\mid x_t, t)$, shape (B, num_classes) (lesson 9, eq. 9.10).
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, d)
+            Noisy inputs.
+        t : float or Tensor
+            Time(s).
+        cond : None
+            Ignored (the training loop passes the labels here; :class:`ClassifierLoss` uses them).
+
+        Returns
+        -------
+        Tensor, shape (B, num_classes)
+        """
+        return self.body(x, as_tensor(t, "t", x))
+
+    def log_prob(self, x: Tensor, t: Tensor | float, y: Tensor) -> Tensor:
+        r"""$\log p_\phi(y\mid x_t, t)$, shape (B,): the ``log_prob`` that :class:`ClassifierGuided` differentiates
+        (lesson 9, eq. 9.8).
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, d)
+            Noisy inputs.
+        t : float or Tensor
+            Time(s).
+        y : Tensor of int, shape (B,)
+            Labels.
+
+        Returns
+        -------
+        Tensor, shape (B,)
+        """
+        logp = torch.log_softmax(self(x, t), dim=-1)
+        return logp.gather(1, y.long().reshape(-1, 1))[:, 0]
+
+
+class ClassifierLoss:
+    r"""Cross-entropy of a noisy classifier on noised labelled data,
+    $\mathbb E_{t, x_0, y, \varepsilon}[-\log p_\phi(y\mid a_t x_0 + b_t\varepsilon, t)]$ (lesson 9, eq. 9.10).
+
+    Use with :func:`~diffmath.training.train` and ``labels=``: ``train(clf, x, None, steps, labels=y,
+    loss=ClassifierLoss(schedule))``. Times are drawn as in :func:`~diffmath.training.diffusion_loss`.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The forward process the guided model uses.
+
+    Raises
+    ------
+    TypeError
+        If ``schedule`` is not a Schedule.
+    """
+
+    def __init__(self, schedule: Schedule) -> None:
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a Schedule, got {type(schedule).__name__}")
+        self.schedule = schedule
+
+    def __call__(self, model: nn.Module, x0: Tensor, generator: torch.Generator, cond: Tensor | None = None) -> Tensor:
+        if cond is None or (cond < 0).any():
+            raise ValueError("ClassifierLoss needs the labels (train with labels=... and label_dropout=0)")
+        B = x0.shape[0]
+        if self.schedule.discrete:
+            t = torch.randint(1, int(self.schedule.t_max) + 1, (B,), generator=generator).to(x0.dtype)
+        else:
+            t = self.schedule.t_max * (1.0 - torch.rand(B, generator=generator, dtype=x0.dtype))
+        c = self.schedule.coefficients(t)
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+        xt = per_sample(c.a, x0, "a") * x0 + per_sample(c.b, x0, "b") * eps
+        return torch.nn.functional.cross_entropy(model(xt, t), cond.long())
+
+    def __repr__(self) -> str:
+        return f"ClassifierLoss({self.schedule.name})"
+
+
+class Similarity:
+    r"""Similarity guidance (lesson 9, eq. 9.9): $\log p_t(y\mid x_t) := \cos\big(E(x_t, t), r_y\big)/\tau$, the
+    cosine between an encoding of $x_t$ and a reference embedding $r_y$, used as the ``log_prob`` of
+    :class:`ClassifierGuided`.
+
+    With ``encoder = lambda x, t: predict(model, x, t, schedule, "x0")`` the encoding is the model's own denoised
+    guess, so no noisy encoder has to be trained (as with CLIP guidance on $\hat x_0$).
+
+    Parameters
+    ----------
+    encoder : callable
+        ``encoder(x, t) -> Tensor`` of shape (B, ...), differentiable in ``x``.
+    references : Tensor, shape (R, ...)
+        Reference embeddings; the label ``y`` picks row ``y``.
+    temperature : float
+        $\tau > 0$; smaller is sharper.
+
+    Raises
+    ------
+    TypeError
+        If ``encoder`` is not callable or ``references`` is not a floating tensor.
+    ValueError
+        If ``temperature`` is not positive or ``references`` has fewer than 2 dimensions.
+    """
+
+    def __init__(self, encoder: Callable[[Tensor, Tensor], Tensor], references: Tensor, temperature: float = 1.0):
+        if not callable(encoder):
+            raise TypeError("encoder must be callable as encoder(x, t)")
+        self.encoder, self.references = encoder, check_batch(references, "references")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature = float(temperature)
+
+    def __call__(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        e = self.encoder(x, t).reshape(x.shape[0], -1)
+        r = self.references.to(e.dtype)[y.long()].reshape(x.shape[0], -1)
+        return torch.nn.functional.cosine_similarity(e, r, dim=1) / self.temperature

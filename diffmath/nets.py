@@ -74,6 +74,8 @@ class MLP(nn.Module):
         condition used by classifier-free guidance.
     time_dim : int
         Size of the sinusoidal time features.
+    out_dim : int, optional
+        Size of the output (default ``dim``); e.g. the number of classes for a noisy classifier (lesson 9, eq. 9.10).
 
     Raises
     ------
@@ -93,6 +95,7 @@ class MLP(nn.Module):
         t_max: float = 1.0,
         num_classes: int = 0,
         time_dim: int = 32,
+        out_dim: int | None = None,
     ) -> None:
         super().__init__()
         for name, v in (("dim", dim), ("hidden", hidden), ("depth", depth)):
@@ -107,7 +110,7 @@ class MLP(nn.Module):
             nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
             for _ in range(depth)
         )
-        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, dim))
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, dim if out_dim is None else out_dim))
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         r"""The prediction $f_\theta(x_t, t, y)$ of kind ``self.prediction`` (lesson 3, eq. 3.15).
@@ -123,7 +126,7 @@ class MLP(nn.Module):
 
         Returns
         -------
-        Tensor, shape (B, d)
+        Tensor, shape (B, d), or (B, out_dim)
 
         Raises
         ------

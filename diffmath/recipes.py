@@ -53,6 +53,8 @@ TOY_RECIPES: dict[str, dict] = {
     "swiss-roll-ddpm": {**_BASE, "toy": "swiss-roll"},
     "eight-gaussians-ddpm": {**_BASE, "toy": "eight-gaussians"},
     "moons-ddpm": {**_BASE, "toy": "moons"},
+    # class-conditional (the toy's labels; 15% of them dropped to the null label for classifier-free guidance)
+    "eight-gaussians-cfg": {**_BASE, "toy": "eight-gaussians", "num_classes": 8, "label_dropout": 0.15},
     "eight-gaussians-rf": {**_RF, "toy": "eight-gaussians"},
     "moons-rf": {**_RF, "toy": "moons"},
     "eight-gaussians-otcfm": {
@@ -84,6 +86,8 @@ class ToyModel:
         The cached weights.
     losses : list of float
         The training loss of every step.
+    labels : torch.Tensor or None
+        The training labels, for class-conditional recipes.
     """
 
     model: MLP
@@ -92,6 +96,7 @@ class ToyModel:
     config: dict
     path: Path
     losses: list[float]
+    labels: torch.Tensor | None = None
 
 
 def cache_dir() -> Path:
@@ -185,15 +190,21 @@ def train_toy(recipe: str | dict, progress: bool = True, folder: str | Path | No
     folder = Path(folder) if folder is not None else cache_dir()
     path = folder / f"{config['name']}-{recipe_hash(config)}.pt"
     schedule = get_schedule(config["schedule"], **config["schedule_kwargs"])
-    data = sample(config["toy"], config["n_data"], torch.Generator().manual_seed(config["data_seed"]))
+    num_classes = config.get("num_classes", 0)
+    data_gen = torch.Generator().manual_seed(config["data_seed"])
+    labels = None
+    if num_classes:
+        data, labels = sample(config["toy"], config["n_data"], data_gen, labels=True)
+    else:
+        data = sample(config["toy"], config["n_data"], data_gen)
     torch.manual_seed(config["seed"])
-    model = MLP(2, config["hidden"], config["depth"], config["prediction"], schedule.t_max)
+    model = MLP(2, config["hidden"], config["depth"], config["prediction"], schedule.t_max, num_classes=num_classes)
     if path.exists():
         stored = read_checkpoint(path)
         if stored.get("config") != config:
             raise ValueError(f"cached model {path} was made by another recipe; delete it to retrain")
         model.load_state_dict(stored["model"])
-        return ToyModel(model.eval(), schedule, data, config, path, stored["losses"])
+        return ToyModel(model.eval(), schedule, data, config, path, stored["losses"], labels)
     ckpt = path.with_suffix(".ckpt")
     loss = objective(config.get("objective", "diffusion"), schedule, **config.get("objective_kwargs", {}))
     state = fit(
@@ -209,11 +220,13 @@ def train_toy(recipe: str | dict, progress: bool = True, folder: str | Path | No
         checkpoint_every=500,
         progress=progress,
         loss=loss,
+        labels=labels,
+        label_dropout=config.get("label_dropout", 0.0),
     )
     final = state.ema if state.ema is not None else state.model
     save_atomic({"config": config, "model": final.state_dict(), "losses": state.losses}, path)
     ckpt.unlink(missing_ok=True)
-    return ToyModel(final.eval(), schedule, data, config, path, state.losses)
+    return ToyModel(final.eval(), schedule, data, config, path, state.losses, labels)
 
 
 def objective(name: str, schedule: Schedule, **kwargs: object):

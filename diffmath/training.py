@@ -160,7 +160,8 @@ def train(
     Parameters
     ----------
     model : nn.Module
-        A model with the one interface; its ``prediction`` fixes the regression target.
+        A model with the one interface; its ``prediction`` fixes the regression target. With a custom ``loss``,
+        any module (e.g. a noisy classifier).
     data : Tensor, shape (N, ...)
         The training set; minibatches are drawn with replacement.
     schedule : Schedule or None
@@ -198,7 +199,8 @@ def train(
     Raises
     ------
     TypeError
-        If ``model`` does not follow the one interface, or ``data`` is not a floating tensor.
+        If ``model`` does not follow the one interface (without ``loss``) or is not a module, or ``data`` is not a
+        floating tensor.
     ValueError
         If ``data`` has fewer than 2 dimensions or holds NaN or infinity, ``steps``, ``batch_size`` or
         ``checkpoint_every`` is not a positive integer, ``ema_decay`` lies outside (0, 1), ``label_dropout``
@@ -206,11 +208,13 @@ def train(
         ``None``, the checkpoint is unreadable or comes from another model or settings, or the loss becomes NaN
         or infinite.
     """
-    check_model(model)
     if loss is None:
+        check_model(model)
         if schedule is None:
             raise ValueError("train needs a schedule (for diffusion_loss) or a loss function")
         loss = DiffusionLoss(schedule)
+    elif not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(loss):
         raise TypeError(f"loss must be callable as loss(model, batch, generator, cond), got {type(loss).__name__}")
     objective = repr(loss)
@@ -307,7 +311,7 @@ def fit(model: nn.Module, data: Tensor, schedule: Schedule | None, steps: int, *
 def _fingerprint(model, objective, batch_size, lr, ema_decay, seed, data, label_dropout) -> dict:
     return {
         "model": type(model).__name__,
-        "prediction": model.prediction,
+        "prediction": getattr(model, "prediction", None),
         "params": {k: list(v.shape) for k, v in model.state_dict().items()},
         "objective": objective,
         "batch_size": batch_size,

@@ -1,6 +1,7 @@
 """toydata: data for diffmath, generated on the spot (2-D toys and exact mixtures); nothing is downloaded."""
 
 from toydata.toys import (
+    LABELLED,
     TOYS,
     checkerboard,
     eight_gaussians,
@@ -14,6 +15,7 @@ from toydata.toys import (
 )
 
 __all__ = [
+    "LABELLED",
     "TOYS",
     "checkerboard",
     "eight_gaussians",

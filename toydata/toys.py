@@ -116,8 +116,13 @@ def random_mixture(
 
 
 def eight_gaussians(
-    n: int, generator: Generator = None, radius: float = 2.0, std: float = 0.15, dtype: torch.dtype | None = None
-) -> Tensor:
+    n: int,
+    generator: Generator = None,
+    radius: float = 2.0,
+    std: float = 0.15,
+    dtype: torch.dtype | None = None,
+    labels: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """``n`` samples of the 8-Gaussian ring (radius 2, std 0.15 by default; lesson 0, sec. 0.6).
 
     Parameters
@@ -130,19 +135,23 @@ def eight_gaussians(
         Radius of the ring and standard deviation of each mode.
     dtype : torch.dtype, optional
         Dtype of the result.
+    labels : bool
+        Also return each point's mode, 0..7 (counter-clockwise from the positive x axis).
 
     Returns
     -------
-    Tensor, shape (n, 2)
-        In ``dtype`` (default: torch's default dtype).
+    Tensor, shape (n, 2), or (Tensor, Tensor of int64 of shape (n,))
+        In ``dtype`` (default: torch's default dtype); with ``labels``, also the modes.
 
     Raises
     ------
     ValueError
         If ``n`` is not a positive integer, or ``radius`` or ``std`` is not positive.
     """
-    x = eight_gaussians_mixture(radius, std).sample(_check_n(n), generator, dtype=torch.float64)
-    return _out(x, dtype)
+    x, k = eight_gaussians_mixture(radius, std).sample(
+        _check_n(n), generator, dtype=torch.float64, return_components=True
+    )
+    return (_out(x, dtype), k) if labels else _out(x, dtype)
 
 
 def swiss_roll(n: int, generator: Generator = None, noise: float = 0.25, dtype: torch.dtype | None = None) -> Tensor:
@@ -174,7 +183,9 @@ def swiss_roll(n: int, generator: Generator = None, noise: float = 0.25, dtype: 
     return _out(x / 5.0, dtype)
 
 
-def moons(n: int, generator: Generator = None, noise: float = 0.05, dtype: torch.dtype | None = None) -> Tensor:
+def moons(
+    n: int, generator: Generator = None, noise: float = 0.05, dtype: torch.dtype | None = None, labels: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
     """Two interleaving half circles (centred, unit radius), plus Gaussian noise of sd ``noise`` (lesson 0, sec. 0.6).
 
     Parameters
@@ -187,11 +198,13 @@ def moons(n: int, generator: Generator = None, noise: float = 0.05, dtype: torch
         Standard deviation of the noise.
     dtype : torch.dtype, optional
         Dtype of the result.
+    labels : bool
+        Also return which moon each point is on (0 upper, 1 lower).
 
     Returns
     -------
-    Tensor, shape (n, 2)
-        In ``dtype`` (default: torch's default dtype).
+    Tensor, shape (n, 2), or (Tensor, Tensor of int64 of shape (n,))
+        In ``dtype`` (default: torch's default dtype); with ``labels``, also the moons.
 
     Raises
     ------
@@ -204,7 +217,8 @@ def moons(n: int, generator: Generator = None, noise: float = 0.05, dtype: torch
     x_up = torch.cat([torch.cos(ang), torch.sin(ang)], 1)
     x_lo = torch.cat([1 - torch.cos(ang), 0.5 - torch.sin(ang)], 1)
     x = torch.where(upper, x_up, x_lo) - torch.tensor([0.5, 0.25], dtype=torch.float64)
-    return _out(x + noise * _normal(n, generator, 2), dtype)
+    x = _out(x + noise * _normal(n, generator, 2), dtype)
+    return (x, (~upper[:, 0]).long()) if labels else x
 
 
 def rings(
@@ -321,7 +335,13 @@ TOYS: dict[str, Callable[..., Tensor]] = {
 }
 
 
-def sample(name: str, n: int, generator: Generator = None, dtype: torch.dtype | None = None) -> Tensor:
+LABELLED: dict[str, int] = {"eight-gaussians": 8, "moons": 2}
+"""Toys with natural class labels, and their number of classes: the modes of the ring, the two moons."""
+
+
+def sample(
+    name: str, n: int, generator: Generator = None, dtype: torch.dtype | None = None, labels: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
     """Draw ``n`` points of the named toy (one of :data:`TOYS`), shape (n, 2) (lesson 0, sec. 0.6).
 
     Parameters
@@ -334,18 +354,24 @@ def sample(name: str, n: int, generator: Generator = None, dtype: torch.dtype | 
         Source of randomness.
     dtype : torch.dtype, optional
         Dtype of the result.
+    labels : bool
+        Also return class labels (only for the toys in :data:`LABELLED`).
 
     Returns
     -------
-    Tensor, shape (n, 2)
-        In ``dtype`` (default: torch's default dtype).
+    Tensor, shape (n, 2), or (Tensor, Tensor of int64 of shape (n,))
+        In ``dtype`` (default: torch's default dtype); with ``labels``, also the labels.
 
     Raises
     ------
     ValueError
-        If ``n`` is not a positive integer
-        If ``name`` is not a key of :data:`TOYS`, or ``n`` is not a positive integer.
+        If ``name`` is not a key of :data:`TOYS`, ``n`` is not a positive integer, or ``labels`` is asked of a toy
+        without labels.
     """
     if not isinstance(name, str) or name not in TOYS:
         raise ValueError(f"unknown toy {name!r}; expected one of {tuple(TOYS)}")
+    if labels:
+        if name not in LABELLED:
+            raise ValueError(f"toy {name!r} has no labels; labelled toys: {tuple(LABELLED)}")
+        return TOYS[name](n, generator=generator, dtype=dtype, labels=True)
     return TOYS[name](n, generator=generator, dtype=dtype)
