@@ -142,6 +142,22 @@ class UniformPrior:
         value = -flat.shape[1] * math.log(self.high - self.low)
         return torch.where(inside, torch.full_like(flat[:, 0], value), torch.full_like(flat[:, 0], -math.inf))
 
+    def distance(self, x: Tensor) -> Tensor:
+        r"""Euclidean distance from each point to the box, 0 inside (lesson 15, eq. 15.6).
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, ...)
+            Points.
+
+        Returns
+        -------
+        Tensor, shape (B,)
+            The distances.
+        """
+        flat = x.reshape(x.shape[0], -1)
+        return (flat - flat.clamp(self.low, self.high)).norm(dim=1)
+
     def __repr__(self) -> str:
         return f"UniformPrior({self.low:g}, {self.high:g})"
 
@@ -622,7 +638,8 @@ class EmpiricalFlow:
 
     a model with the one interface (``prediction = "velocity"``). With a uniform prior the weights $r_i$ are
     indicators of the boxes $\mu_t(x^{(i)}) + \sigma_t[-1, 1]^d$. Where no $r_i$ is positive (outside the support,
-    which an exact flow never reaches but a coarse Euler step may) the nearest $\mu_t(x^{(i)})$ takes the weight.
+    which a discrete step may leave) the nearest support $\mu_t(x^{(i)}) + \sigma_t\,\mathrm{supp}\,p_1$ takes all the weight (the nearest $\mu_t(x^{(i)})$ for a prior without a
+    ``distance`` method).
 
     Parameters
     ----------
@@ -683,8 +700,14 @@ class EmpiricalFlow:
         logits = torch.log(self.weights.to(x)) + logp
         none = ~torch.isfinite(logits).any(1)
         if none.any():  # outside the support: the nearest conditional mean
-            dist = ((xr - self.path.mean(x0r, tr)).reshape(B, N, -1) ** 2).sum(-1)
-            logits = torch.where(none[:, None], -dist, logits)
+            gap = getattr(self.path.prior, "distance", None)
+            if gap is not None:  # the nearest box of the prior's support
+                sigma = self.path.coefficients(tr).b.reshape(-1, *([1] * (x.dim() - 1)))
+                dist = (sigma.reshape(-1) * gap((xr - self.path.mean(x0r, tr)) / sigma)).reshape(B, N)
+            else:
+                dist = ((xr - self.path.mean(x0r, tr)).reshape(B, N, -1) ** 2).sum(-1)
+            nearest = torch.where(dist == dist.min(1, keepdim=True).values, 0.0, -math.inf).to(logits)
+            logits = torch.where(none[:, None], nearest, logits)
         return torch.softmax(logits, dim=1)
 
     def _repeat(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
@@ -1107,11 +1130,12 @@ def cost_identity(
     generator: torch.Generator | None = None,
     num_steps: int = 200,
     method: str = "heun",
+    num_times: int = 4,
 ) -> CostIdentity:
     r"""Evaluate the cost identity $\mathbb E\|Z_1 - Z_0\|^2 = \mathbb E\|X_1 - X_0\|^2 - V(X) - S(Z)$ of the
     rectified flow ``model`` of the coupling $(X_0, X_1)$ (lesson 17, eq. 17.12).
 
-    $V$ uses one uniform $t$ per pair; $S$ and $\mathbb E\|Z_1 - Z_0\|^2$ the flow's trajectories from $Z_1 = X_1$
+    $V$ averages ``num_times`` uniform times per pair; $S$ and $\mathbb E\|Z_1 - Z_0\|^2$ the flow's trajectories from $Z_1 = X_1$
     (:func:`straightness`). The identity holds for the exact velocity of the coupling; for a trained one, the
     residual measures how far it is from that velocity.
 
@@ -1129,6 +1153,8 @@ def cost_identity(
         Solver steps for the trajectories.
     method : {"euler", "heun", "dpm++2m"}
         The solver.
+    num_times : int
+        Times per pair in the Monte Carlo estimate of $V$.
 
     Returns
     -------
@@ -1142,11 +1168,14 @@ def cost_identity(
     _same(x0, x1)
     path = as_path(schedule if schedule is not None else LinearPath())
     B = x0.shape[0]
-    t = 1.0 - torch.rand(B, generator=generator, dtype=x0.dtype)
-    with torch.no_grad():
-        v = model(path.sample(x0, t, x1), t, None)
-    target = path.target(x0, x1, t)
-    V = ((target - v) ** 2).reshape(B, -1).sum(1).double()
+    if not isinstance(num_times, int) or num_times < 1:
+        raise ValueError(f"num_times must be a positive integer, got {num_times!r}")
+    V = torch.zeros(B, dtype=torch.float64)
+    for _ in range(num_times):
+        t = 1.0 - torch.rand(B, generator=generator, dtype=x0.dtype)
+        with torch.no_grad():
+            v = model(path.sample(x0, t, x1), t, None)
+        V = V + ((path.target(x0, x1, t) - v) ** 2).reshape(B, -1).sum(1).double() / num_times
     coupling = ((x1 - x0) ** 2).reshape(B, -1).sum(1).double()
     stats = straightness(model, x1, path, num_steps, method)
     S, flow = stats.per_sample[:, 0], stats.per_sample[:, 1]
@@ -1216,7 +1245,7 @@ def reflow(
     out, current = [], model
     for _ in range(rounds):
         pairs = reflow_pairs(current, x1, schedule, num_steps, method)
-        student = copy.deepcopy(current)
+        student = copy.deepcopy(current).requires_grad_(True)  # an EMA copy comes frozen
         state = fit(student, pairs, None, steps, loss=FlowMatchingLoss(schedule, paired=True), **train_kwargs)
         current = (state.ema if state.ema is not None else state.model).eval()
         out.append(current)
@@ -1230,6 +1259,7 @@ def distill(
     steps: int = 2000,
     num_steps: int = 50,
     method: str = "heun",
+    student: nn.Module | None = None,
     **train_kwargs: object,
 ) -> nn.Module:
     r"""Distil a flow into a one-step sampler (lesson 17, eq. 17.15): pair ``x1`` with the teacher's ODE endpoints and
@@ -1249,6 +1279,8 @@ def distill(
         Teacher solver steps for the pairs.
     method : {"euler", "heun", "dpm++2m"}
         Teacher solver.
+    student : nn.Module, optional
+        The network to train (default: a copy of the teacher, which must then be trainable).
     **train_kwargs
         Further arguments of :func:`~diffmath.training.fit`.
 
@@ -1265,7 +1297,8 @@ def distill(
     from diffmath.training import fit
 
     pairs = reflow_pairs(teacher, x1, schedule, num_steps, method)
-    state = fit(copy.deepcopy(teacher), pairs, None, steps, loss=DistillationLoss(schedule), **train_kwargs)
+    student = copy.deepcopy(teacher).requires_grad_(True) if student is None else student
+    state = fit(student, pairs, None, steps, loss=DistillationLoss(schedule), **train_kwargs)
     return (state.ema if state.ema is not None else state.model).eval()
 
 
