@@ -1,4 +1,5 @@
-"""The main job (``make demo`` / ``diffmath tour``): a toy noised and denoised with its exact model."""
+"""The main job (``make demo`` / ``diffmath tour``): a toy noised and denoised with its exact model and trained
+networks, then guided to a class (one figure, one table)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from diffmath._io import atomic_write
 from diffmath.exact import GaussianMixture
+from diffmath.guidance import ClassifierFree
 from diffmath.metrics import mmd_rbf, mode_weights, sliced_w1
 from diffmath.samplers import ddim, sample
 from diffmath.schedules import su_linear
@@ -34,12 +36,15 @@ def save_figure(fig, path: str | Path) -> Path:
 
 
 def run(out: str | Path = "tour.png", n: int = 2000, seed: int = 0, progress: bool = True) -> list[dict]:
-    """Noise the 8-Gaussian ring with Su's schedule, denoise it with the exact model and with a trained MLP (lessons 0-4).
+    """Noise the 8-Gaussian ring with Su's schedule, denoise it with the exact model and trained networks, guide it to
+    a class (lessons 0-9).
 
     The exact model is sampled with DDIM (10 and 50 steps) and DDPM (1000 steps); the MLP of the recipe
-    ``eight-gaussians-ddpm`` (trained on first use, then cached) with DDIM and DDPM at a few step counts. Returns
-    the table rows (also printed): model, sampler, steps, seconds, sliced W1 and MMD to fresh data, and the largest
-    deviation of a mode's weight from 1/8.
+    ``eight-gaussians-ddpm`` (trained on first use, then cached) with DDIM and DDPM at a few step counts; the
+    class-conditional MLP of ``eight-gaussians-cfg`` (the class is the mode) with classifier-free guidance
+    (lesson 9, eq. 9.12) at w = 0 and 1. Returns the table rows (also printed): model, sampler, steps, seconds,
+    sliced W1 and MMD to fresh data (of the requested classes, for guided rows), the largest deviation of a mode's
+    weight from 1/8 (unconditional rows) or the share of samples outside their class's mode (guided rows).
 
     Parameters
     ----------
@@ -56,7 +61,7 @@ def run(out: str | Path = "tour.png", n: int = 2000, seed: int = 0, progress: bo
     -------
     list of dict
         One row per (model, sampler, steps), with keys ``model``, ``sampler``, ``steps``, ``seconds``,
-        ``sliced_w1``, ``mmd`` and ``max_mode_dev``.
+        ``sliced_w1``, ``mmd`` and ``max_mode_dev`` (for guided rows: the share outside the requested mode).
 
     Raises
     ------
@@ -81,7 +86,7 @@ def run(out: str | Path = "tour.png", n: int = 2000, seed: int = 0, progress: bo
     fresh = gmm.sample(n, gen, dtype=torch.float64)
     show = [0, 100, 300, 600, 1000]
 
-    fig, axes = plt.subplots(3, len(show), figsize=(3 * len(show), 9.3))
+    fig, axes = plt.subplots(4, len(show), figsize=(3 * len(show), 12.4))
     eps = torch.randn(n, 2, generator=gen, dtype=torch.float64)
     for ax, t in zip(axes[0], show, strict=True):
         c = sched.coefficients(float(t))
@@ -119,16 +124,49 @@ def run(out: str | Path = "tour.png", n: int = 2000, seed: int = 0, progress: bo
         rows.append(_row("MLP", _label(eta), steps, time.perf_counter() - t0, x0.double(), fresh, gmm))
         ax.scatter(*x0.T, s=1, alpha=0.4, color="tab:green")
         ax.set_title(f"trained MLP, {_label(eta)} {steps} steps", fontsize=9)
-    for ax in list(axes[:2].flat) + list(axes[2, 1:]):
-        ax.set_xlim(-4, 4)
-        ax.set_ylim(-4, 4)
-        ax.set_aspect("equal")
-    fig.suptitle("8 Gaussians: noised by Su's schedule (top), denoised by the exact model (middle) and a trained MLP")
+    rows += _guided_section(axes[3], gmm, sched, x_T32, gen, progress)
+    for ax in list(axes[:2].flat) + list(axes[2, 1:]) + list(axes[3].flat):
+        if ax.axison:
+            ax.set_xlim(-4, 4)
+            ax.set_ylim(-4, 4)
+            ax.set_aspect("equal")
+    fig.suptitle(
+        "8 Gaussians: noised by Su's schedule (row 1), denoised by the exact model (2) and a trained MLP (3), "
+        "guided to a class (4)"
+    )
     fig.tight_layout()
     save_figure(fig, out)
     plt.close(fig)
     _print_table(rows)
     print(f"figure written to {out}")
+    return rows
+
+
+def _guided_section(axes, gmm: GaussianMixture, sched, x_T: torch.Tensor, gen, progress: bool) -> list[dict]:
+    """Classifier-free guidance of the class-conditional MLP (lesson 9, eq. 9.12): each point asks for one mode."""
+    from diffmath.recipes import train_toy
+
+    t0 = time.perf_counter()
+    cond = train_toy("eight-gaussians-cfg", progress=progress)
+    print(f"conditional MLP of recipe 'eight-gaussians-cfg': trained or loaded in {time.perf_counter() - t0:.1f} s")
+    n = x_T.shape[0]
+    y = torch.arange(n) % gmm.K
+    target = gmm.means[y] + gmm.lam.sqrt().reshape(gmm.K, -1)[y] * torch.randn(
+        n, 2, generator=gen, dtype=gmm.means.dtype
+    )
+    rows = []
+    for ax, w in zip(axes[:2], (0.0, 1.0), strict=True):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            x0 = sample(ClassifierFree(cond.model, w), x_T, sched.grid(100), sched, cond=y, progress=progress)
+        seconds = time.perf_counter() - t0
+        row = _row("CFG MLP", f"DDIM, CFG w={w:g}", 100, seconds, x0.double(), target, gmm)
+        row["max_mode_dev"] = (torch.cdist(x0.double(), gmm.means).argmin(1) != y).double().mean().item()
+        rows.append(row)
+        ax.scatter(*x0.T, s=1, alpha=0.4, c=y, cmap="tab10", vmin=0, vmax=9)
+        ax.set_title(f"conditional MLP, CFG w={w:g} (colour: class)", fontsize=9)
+    for ax in axes[2:]:
+        ax.axis("off")
     return rows
 
 
@@ -153,11 +191,14 @@ def _row(
 
 
 def _print_table(rows: list[dict]) -> None:
-    head = f"{'model':<7}{'sampler':<21}{'steps':>6}{'seconds':>9}{'sliced W1':>11}{'MMD^2':>10}{'|w-1/8| max':>13}"
+    head = (
+        f"{'model':<9}{'sampler':<21}{'steps':>6}{'seconds':>9}{'sliced W1':>11}{'MMD^2':>10}"
+        f"{'|w-1/8| max or off-class':>26}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r['model']:<7}{r['sampler']:<21}{r['steps']:>6}{r['seconds']:>9.2f}{r['sliced_w1']:>11.4f}"
-            f"{r['mmd']:>10.5f}{r['max_mode_dev']:>13.4f}"
+            f"{r['model']:<9}{r['sampler']:<21}{r['steps']:>6}{r['seconds']:>9.2f}{r['sliced_w1']:>11.4f}"
+            f"{r['mmd']:>10.5f}{r['max_mode_dev']:>26.4f}"
         )

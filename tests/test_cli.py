@@ -20,6 +20,11 @@ def test_tour_runs_and_denoises(tmp_path, capsys):
         ddpm = by[(model, "DDPM (eta=1)", 1000)]
         assert ddpm["max_mode_dev"] < 0.04, model
         assert ddpm["sliced_w1"] < 2.5 * floor + 0.02, model
+    # classifier-free guidance: w = 0 samples the requested class (under 5% outside its mode, close to the class
+    # conditional); w = 1 leaves fewer outside
+    cfg0, cfg1 = by[("CFG MLP", "DDIM, CFG w=0", 100)], by[("CFG MLP", "DDIM, CFG w=1", 100)]
+    assert cfg0["max_mode_dev"] < 0.05 and cfg0["sliced_w1"] < 2.5 * floor + 0.02
+    assert cfg1["max_mode_dev"] <= cfg0["max_mode_dev"]
 
 
 def test_cli_entry_points(tmp_path):
