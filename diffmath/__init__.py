@@ -1,6 +1,6 @@
 """diffmath: diffusion generative models derived, implemented and tested, from 2-D toys to images."""
 
-from diffmath import ddpm, guidance, metrics, nets, ode, recipes, reference, sde, training
+from diffmath import ddpm, guidance, metrics, nets, ode, recipes, reference, sde, training, variance
 from diffmath.exact import EmpiricalData, ExactModel, GaussianMixture
 from diffmath.models import Model, check_model, predict, predict_pair
 from diffmath.notation import PREDICTIONS, Pair, convert, from_pair, to_pair
@@ -62,4 +62,5 @@ __all__ = [
     "su_linear",
     "to_pair",
     "training",
+    "variance",
 ]
