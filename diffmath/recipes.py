@@ -43,8 +43,17 @@ _RF = {  # rectified flow (lesson 17): velocity regression on the straight path
     "prediction": "velocity",
     "objective": "flow-matching",
 }
+_PFGM = {  # lesson 13: Poisson flow as the path a x0 + b c (c Cauchy, clipped) on the cosine schedule, v-prediction
+    **_BASE,
+    "schedule": "vp-cosine",
+    "schedule_kwargs": {},
+    "prediction": "v",
+    "objective": "pfgm",
+    "objective_kwargs": {"max_radius": 20.0},
+}
 OBJECTIVES: dict[str, str] = {
     "diffusion": "diffmath.training:DiffusionLoss",
+    "pfgm": "diffmath.pfgm:PoissonLoss",
     "flow-matching": "diffmath.flows:FlowMatchingLoss",
 }
 """Training objectives a recipe can name: ``"module:Factory"``, called as ``Factory(schedule, **objective_kwargs)``
@@ -53,6 +62,8 @@ TOY_RECIPES: dict[str, dict] = {
     "swiss-roll-ddpm": {**_BASE, "toy": "swiss-roll"},
     "eight-gaussians-ddpm": {**_BASE, "toy": "eight-gaussians"},
     "moons-ddpm": {**_BASE, "toy": "moons"},
+    "eight-gaussians-pfgm": {**_PFGM, "toy": "eight-gaussians"},
+    "swiss-roll-pfgm": {**_PFGM, "toy": "swiss-roll"},
     # class-conditional (the toy's labels; 15% of them dropped to the null label for classifier-free guidance)
     "eight-gaussians-cfg": {**_BASE, "toy": "eight-gaussians", "num_classes": 8, "label_dropout": 0.15},
     "eight-gaussians-rf": {**_RF, "toy": "eight-gaussians"},

@@ -1,0 +1,972 @@
+r"""Poisson flow (PFGM, lesson 13): the electric field of a data set placed on the plane $z = 0$ of $\mathbb R^{d+1}$,
+its field lines as a generative map, the prior on a far plane, and training a network on the unbiased target.
+
+Charges $w_i$ at $(x_i, 0)$ make the field (lesson 13, eq. 13.3)
+
+$$E(x, z) = \frac{1}{S_{d+1}}\sum_i w_i\,\frac{(x - x_i,\ z)}{R_i^{d+1}}, \qquad R_i^2 = \|x - x_i\|^2 + z^2 .$$
+
+It is divergence-free for $z > 0$, $E_z > 0$, and its flux density through the plane at height $z$ is the kernel
+mixture $2E_z = \sum_i w_i P_z(x - x_i)$ with the Poisson kernel $P_z$ (eq. 13.6). Field lines obey
+$\mathrm dx/\mathrm dz = E_x/E_z = (x - \mathbb E[x_0\mid x, z])/z$ (eq. 13.8): the probability-flow ODE of the path
+$x_z = x_0 + z\,c$ with $c$ multivariate Cauchy (eq. 13.10). So a :class:`PoissonField` is an exact model with the
+interface of :class:`~diffmath.exact.GaussianMixture`, and the lesson-6 solvers integrate it on any schedule with
+$a = 1$ (:class:`~diffmath.heat.LinearVE`: $t = z$; :class:`~diffmath.schedules.VE`: $t \propto \ln z$).
+Everything here works on batches of any shape (B, ...).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from diffmath._validate import as_tensor, check_batch, check_finite, per_sample
+from diffmath.notation import Pair, check_prediction, from_pair, to_pair
+from diffmath.schedules import Schedule
+
+_CHUNK = 1 << 22  # elements of a (B, N, d) difference computed directly (more accurate than the matmul expansion)
+
+
+def sphere_area(n: int) -> float:
+    r"""Area $S_n = 2\pi^{n/2}/\Gamma(n/2)$ of the unit sphere in $\mathbb R^n$ (lesson 13, eq. 13.2).
+
+    Parameters
+    ----------
+    n : int
+        Dimension of the space, >= 1.
+
+    Returns
+    -------
+    float
+        $S_n$ ($S_2 = 2\pi$, $S_3 = 4\pi$).
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is not a positive integer.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    return math.exp(math.log(2.0) + 0.5 * n * math.log(math.pi) - math.lgamma(0.5 * n))
+
+
+def poisson_log_kernel(x: Tensor, z: Tensor | float) -> Tensor:
+    r"""$\log P_z(x)$, the Poisson kernel of the half space $P_z(x) = C_d\,z/(\|x\|^2 + z^2)^{(d+1)/2}$,
+    $C_d = \Gamma(\tfrac{d+1}2)/\pi^{(d+1)/2}$ (lesson 13, eq. 13.6); $d$ = the number of entries of one sample.
+
+    $P_z$ is the density of $z\,c$ with $c$ multivariate Cauchy (eq. 13.10); $\int P_z = 1$ for every $z > 0$.
+
+    Parameters
+    ----------
+    x : Tensor, shape (B, ...)
+        Points.
+    z : float or Tensor of shape (B,)
+        Heights, > 0.
+
+    Returns
+    -------
+    Tensor, shape (B,)
+        $\log P_z(x)$.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a floating tensor or ``z`` not a real number or tensor.
+    ValueError
+        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, or ``z`` is not positive or of a wrong shape.
+    """
+    x = check_batch(x, "x")
+    zz = _coef(z, x, "z").reshape(-1)
+    if (zz <= 0).any():
+        raise ValueError("the Poisson kernel needs z > 0")
+    d = x[0].numel()
+    sq = (x.reshape(x.shape[0], -1) ** 2).sum(1)
+    return _log_c(d) + torch.log(zz) - 0.5 * (d + 1) * torch.log(sq + zz**2)
+
+
+def _log_c(d: int) -> float:
+    return math.lgamma(0.5 * (d + 1)) - 0.5 * (d + 1) * math.log(math.pi)
+
+
+def _coef(c: Tensor | float, x: Tensor, name: str) -> Tensor:
+    """A scalar or per-sample coefficient as a (B, 1) tensor in x's dtype (lesson 13 helpers)."""
+    c = as_tensor(c, name, x)
+    check_finite(c, name)
+    if c.dim() > 1 or (c.dim() == 1 and c.shape[0] not in (1, x.shape[0])):
+        raise ValueError(f"{name} must be a scalar or have shape (B,) = ({x.shape[0]},), got {tuple(c.shape)}")
+    return c.reshape(-1, 1).expand(x.shape[0], 1)
+
+
+class PoissonField:
+    r"""The empirical Poisson field of a weighted point set in any dimension, an exact model (lesson 13, eqs.
+    13.3-13.8).
+
+    The methods with ``(x, a, b)`` mirror :class:`~diffmath.exact.GaussianMixture`: they describe
+    $x_t = a x_0 + b\,c$ with $x_0 \sim \sum_i w_i\delta_{x_i}$ and $c$ multivariate Cauchy, whose density
+    is the kernel mixture $\sum_i w_i b^{-d} P_1\big((x - a x_i)/b\big)$; at $a = 1, b = z$ it is the flux density
+    $2E_z$ of the field (eq. 13.6). All computations run in ``x``'s dtype (float64 for identities to 1e-9).
+
+    Parameters
+    ----------
+    points : Tensor, shape (N, *event_shape)
+        The charges $x_i$ (the data).
+    weights : Tensor, shape (N,), optional
+        Non-negative charges summing to one; default uniform.
+
+    Raises
+    ------
+    TypeError
+        If ``points`` is not a floating tensor or ``weights`` not a real tensor.
+    ValueError
+        If ``points`` has fewer than 2 dimensions or holds NaN or infinity, or the weights are not of shape (N,),
+        negative, or do not sum to one.
+    """
+
+    def __init__(self, points: Tensor, weights: Tensor | None = None) -> None:
+        points = check_batch(points, "points")
+        N = points.shape[0]
+        w = torch.full((N,), 1.0 / N, dtype=torch.float64) if weights is None else as_tensor(weights, "weights")
+        w = w.to(torch.float64)
+        check_finite(w, "weights")
+        if w.shape != (N,):
+            raise ValueError(f"weights must have shape (N,) = ({N},), got {tuple(w.shape)}")
+        if (w < 0).any() or abs(w.sum().item() - 1.0) > 1e-6:
+            raise ValueError(f"weights must be non-negative and sum to 1, got sum {w.sum().item():.6g}")
+        self.event_shape = tuple(points.shape[1:])
+        self.N, self.d = N, math.prod(self.event_shape)
+        self.points = points.detach().reshape(N, self.d).to(torch.float64)
+        self.weights = w
+        self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _params(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        key = (like.dtype, like.device)
+        if key not in self._cache:
+            self._cache[key] = (
+                torch.log(self.weights).to(like.dtype).to(like.device),
+                self.points.to(like.dtype).to(like.device),
+            )
+        return self._cache[key]
+
+    def _flat(self, x: Tensor) -> Tensor:
+        x = check_batch(x, "x")
+        if tuple(x.shape[1:]) != self.event_shape:
+            raise ValueError(f"x must have shape (B, {', '.join(map(str, self.event_shape))}), got {tuple(x.shape)}")
+        return x.reshape(x.shape[0], self.d)
+
+    def _sq(self, xf: Tensor, a: Tensor) -> Tensor:
+        """Squared distances |x - a x_i|^2, shape (B, N)."""
+        _, mu = self._params(xf)
+        if xf.shape[0] * self.N * self.d <= _CHUNK:
+            return ((xf[:, None, :] - a[:, :, None] * mu[None]) ** 2).sum(-1)
+        sq = (xf * xf).sum(1, keepdim=True) - 2 * a * (xf @ mu.T) + a**2 * (mu * mu).sum(1)[None]
+        return torch.clamp(sq, min=0.0)
+
+    def _joint(self, x: Tensor, a: Tensor | float, b: Tensor | float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Flat x, a, b and log(w_i P_b(x - a x_i)), shape (B, N)."""
+        xf = self._flat(x)
+        a_, b_ = _coef(a, xf, "a"), _coef(b, xf, "b")
+        if (b_ <= 0).any():
+            raise ValueError("the Poisson kernel mixture needs b = z > 0")
+        log_w, _ = self._params(xf)
+        joint = log_w[None] + _log_c(self.d) + torch.log(b_) - 0.5 * (self.d + 1) * torch.log(self._sq(xf, a_) + b_**2)
+        return xf, a_, b_, joint
+
+    # ------------------------------------------------------------------ the exact-model interface
+    def noised_log_prob(self, x: Tensor, a: Tensor | float, b: Tensor | float) -> Tensor:
+        r"""$\log p(x_t)$ for $x_t = a x_0 + b\,c$: the log of the kernel mixture $\sum_i w_i P_b(x - a x_i)$, with
+        $P$ the Poisson kernel (lesson 13, eq. 13.6; at $a = 1, b = z$ the log flux density $\log 2E_z$).
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, *event_shape)
+            Points.
+        a, b : float or Tensor of shape (B,)
+            Coefficients; ``b`` > 0.
+
+        Returns
+        -------
+        Tensor, shape (B,)
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
+        ValueError
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, or ``a``, ``b`` are not finite,
+            of shape () or (B,), or ``b`` is not positive.
+        """
+        return torch.logsumexp(self._joint(x, a, b)[3], dim=1)
+
+    def component_posterior(self, x: Tensor, a: Tensor | float, b: Tensor | float) -> Tensor:
+        r"""$p(i \mid x_t) \propto w_i P_b(x - a x_i)$, shape (B, N) (lesson 13, eq. 13.8).
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, *event_shape)
+            Points.
+        a, b : float or Tensor of shape (B,)
+            Coefficients; ``b`` > 0.
+
+        Returns
+        -------
+        Tensor, shape (B, N)
+            Rows sum to one.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
+        ValueError
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, or ``a``, ``b`` are not finite,
+            of shape () or (B,), or ``b`` is not positive.
+        """
+        return torch.softmax(self._joint(x, a, b)[3], dim=1)
+
+    def posterior_mean(self, x: Tensor, a: Tensor | float, b: Tensor | float) -> Tensor:
+        r"""$\mathbb E[x_0 \mid x_t] = \sum_i p(i\mid x_t)\,x_i$ under the Poisson kernel (lesson 13, eq. 13.8).
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, *event_shape)
+            Points.
+        a, b : float or Tensor of shape (B,)
+            Coefficients; ``b`` > 0.
+
+        Returns
+        -------
+        Tensor, shape (B, *event_shape)
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
+        ValueError
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, or ``a``, ``b`` are not finite,
+            of shape () or (B,), or ``b`` is not positive.
+        """
+        resp = self.component_posterior(x, a, b)
+        return (resp @ self._params(resp)[1]).reshape(x.shape)
+
+    def eps_mean(self, x: Tensor, a: Tensor | float, b: Tensor | float) -> Tensor:
+        r"""$\mathbb E[c \mid x_t] = (x_t - a\,\mathbb E[x_0\mid x_t])/b$, the noise of the path $x_t = a x_0 + b c$
+        (lesson 13, eq. 13.8): at $a = 1, b = z$ it is the field direction $E_x/E_z$.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, *event_shape)
+            Points.
+        a, b : float or Tensor of shape (B,)
+            Coefficients; ``b`` > 0.
+
+        Returns
+        -------
+        Tensor, shape (B, *event_shape)
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
+        ValueError
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, or ``a``, ``b`` are not finite,
+            of shape () or (B,), or ``b`` is not positive.
+        """
+        x0 = self.posterior_mean(x, a, b)
+        a_, b_ = (per_sample(as_tensor(c, n, x).reshape(-1), x, n) for c, n in ((a, "a"), (b, "b")))
+        return (x - a_ * x0) / b_
+
+    def score(self, x: Tensor, a: Tensor | float, b: Tensor | float) -> Tensor:
+        r"""$\nabla_x\log p(x_t) = -(d+1)\sum_i p(i\mid x_t)\,(x - a x_i)/(\|x - a x_i\|^2 + b^2)$ (lesson 13, eq. 13.6
+        differentiated). Not $-\mathbb E[c\mid x]/b$: that relation holds for Gaussian noise only.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, *event_shape)
+            Points.
+        a, b : float or Tensor of shape (B,)
+            Coefficients; ``b`` > 0.
+
+        Returns
+        -------
+        Tensor, shape (B, *event_shape)
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
+        ValueError
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, or ``a``, ``b`` are not finite,
+            of shape () or (B,), or ``b`` is not positive.
+        """
+        xf, a_, b_, joint = self._joint(x, a, b)
+        resp = torch.softmax(joint, dim=1)
+        _, mu = self._params(xf)
+        q = resp / (self._sq(xf, a_) + b_**2)  # (B, N)
+        return (-(self.d + 1) * (q.sum(1, keepdim=True) * xf - a_ * (q @ mu))).reshape(x.shape)
+
+    def velocity(
+        self, x: Tensor, a: Tensor | float, b: Tensor | float, da: Tensor | float, db: Tensor | float
+    ) -> Tensor:
+        r"""Exact velocity $\mathbb E[\dot a x_0 + \dot b c \mid x_t]$ of the path $x_t = a x_0 + b c$ (lesson 13, eq.
+        13.8); at $a = 1, b = z$ it is $\mathrm dx/\mathrm dz = E_x/E_z$.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, *event_shape)
+            Points.
+        a, b : float or Tensor of shape (B,)
+            Coefficients; ``b`` > 0.
+        da, db : float or Tensor of shape (B,)
+            Their time derivatives.
+
+        Returns
+        -------
+        Tensor, shape (B, *event_shape)
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
+        ValueError
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, or ``a``, ``b`` are not finite,
+            of shape () or (B,), or ``b`` is not positive.
+        """
+        x0 = self.posterior_mean(x, a, b)
+        a_, b_, da_, db_ = (
+            per_sample(as_tensor(c, n, x).reshape(-1), x, n) for c, n in ((a, "a"), (b, "b"), (da, "da"), (db, "db"))
+        )
+        return da_ * x0 + db_ * (x - a_ * x0) / b_
+
+    def model(self, schedule: Schedule, prediction: str = "x0") -> PoissonModel:
+        r"""The field as a model with the one interface on ``schedule`` (lesson 13, eq. 13.8).
+
+        Parameters
+        ----------
+        schedule : Schedule
+            A schedule whose $b_t$ plays $z$ (usually $a_t = 1$: :class:`~diffmath.heat.LinearVE` or
+            :class:`~diffmath.schedules.VE`).
+        prediction : {"x0", "eps", "v", "velocity"}
+            What the model returns.
+
+        Returns
+        -------
+        PoissonModel
+
+        Raises
+        ------
+        TypeError
+            If ``schedule`` is not a schedule or ``prediction`` not a string.
+        ValueError
+            If ``prediction`` is unknown or ``"score"``.
+        """
+        return PoissonModel(self, schedule, prediction)
+
+    # ------------------------------------------------------------------ the field in R^{d+1}
+    def field(self, x: Tensor, z: Tensor | float) -> tuple[Tensor, Tensor]:
+        r"""The field $E = (E_x, E_z)$ at $(x, z)$ (lesson 13, eq. 13.3), computed in log space then rescaled.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, *event_shape)
+            Positions on the data axes.
+        z : float or Tensor of shape (B,)
+            Heights, >= 0 (at $z = 0$, away from the charges, $E_z = 0$).
+
+        Returns
+        -------
+        (E_x, E_z) : (Tensor of shape (B, *event_shape), Tensor of shape (B,))
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating tensor or ``z`` not a real number or tensor.
+        ValueError
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, or ``z`` is negative, not finite
+            or of a wrong shape.
+        """
+        xf = self._flat(x)
+        z_ = _coef(z, xf, "z")
+        if (z_ < 0).any():
+            raise ValueError("z must be >= 0")
+        log_w, mu = self._params(xf)
+        ell = log_w[None] - 0.5 * (self.d + 1) * torch.log(self._sq(xf, torch.ones_like(z_)) + z_**2)
+        m = ell.max(dim=1, keepdim=True).values
+        s = torch.exp(ell - m)
+        scale = torch.exp(m) / sphere_area(self.d + 1)
+        ex = scale * (s.sum(1, keepdim=True) * xf - s @ mu)
+        ez = scale * z_ * s.sum(1, keepdim=True)
+        return ex.reshape(x.shape), ez.reshape(-1)
+
+    def flux_density(self, x: Tensor, z: Tensor | float) -> Tensor:
+        r"""Density $2E_z(x, z) = \sum_i w_i P_z(x - x_i)$ of field-line crossings through the plane at height $z$
+        (lesson 13, eq. 13.6); it integrates to one over $x$.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, *event_shape)
+            Points.
+        z : float or Tensor of shape (B,)
+            Heights, > 0.
+
+        Returns
+        -------
+        Tensor, shape (B,)
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating tensor or ``z`` not a real number or tensor.
+        ValueError
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, or ``z`` is not positive.
+        """
+        return torch.exp(self.noised_log_prob(x, 1.0, z))
+
+    # ------------------------------------------------------------------ sampling
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        return_components: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        r"""Draw ``n`` charges $x_i$ with probabilities $w_i$ (lesson 13, eq. 13.3: the data on $z = 0$).
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+        generator : torch.Generator, optional
+            Source of randomness.
+        dtype : torch.dtype, optional
+            Dtype (default: torch's default dtype).
+        return_components : bool
+            Also return the index of each.
+
+        Returns
+        -------
+        Tensor, shape (n, *event_shape), or (Tensor, Tensor of int of shape (n,))
+
+        Raises
+        ------
+        ValueError
+            If ``n`` is not a positive integer.
+        """
+        _check_n(n)
+        i = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        x = self.points[i].to(dtype or torch.get_default_dtype()).reshape(n, *self.event_shape)
+        return (x, i) if return_components else x
+
+    def sample_noised(
+        self,
+        n: int,
+        z: float,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        max_radius: float | None = None,
+        return_components: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        r"""Exact samples of the flux density at height ``z``: $x_z = x_i + z\,c$, $i \sim w$, $c$ multivariate Cauchy
+        (lesson 13, eqs. 13.6 and 13.10).
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+        z : float
+            Height, > 0.
+        generator : torch.Generator, optional
+            Source of randomness.
+        dtype : torch.dtype, optional
+            Dtype (default: torch's default dtype).
+        max_radius : float, optional
+            Clip $\|c\|$ to this radius (no clipping by default: exact samples).
+        return_components : bool
+            Also return the charge each sample comes from.
+
+        Returns
+        -------
+        Tensor, shape (n, *event_shape), or (Tensor, Tensor of int of shape (n,))
+
+        Raises
+        ------
+        ValueError
+            If ``n`` is not a positive integer, ``z`` is not positive or ``max_radius`` is not positive.
+        """
+        if not z > 0:
+            raise ValueError(f"z must be positive, got {z}")
+        x0, i = self.sample(n, generator, torch.float64, return_components=True)
+        c = multivariate_cauchy(n, self.event_shape, generator, torch.float64, max_radius)
+        x = (x0 + z * c).to(dtype or torch.get_default_dtype())
+        return (x, i) if return_components else x
+
+    def __repr__(self) -> str:
+        return f"PoissonField(N={self.N}, event_shape={self.event_shape})"
+
+
+class PoissonModel:
+    r"""A :class:`PoissonField` seen through a schedule: a model with the one interface (lesson 13, eq. 13.8).
+
+    ``model(x, t)`` returns the exact prediction of kind ``prediction`` built from $\hat x_0 = \mathbb E[x_0\mid x_t]$
+    and $\hat c = \mathbb E[c\mid x_t]$ for $x_t = a_t x_0 + b_t c$. The lesson-6 solvers integrate its velocity;
+    ``"score"`` is refused, because $-\hat c/b$ is the score only for Gaussian noise (use :meth:`PoissonField.score`).
+
+    Parameters
+    ----------
+    field : PoissonField
+        The charges.
+    schedule : Schedule
+        Gives $a_t, b_t$ (and derivatives) at the model's times.
+    prediction : {"x0", "eps", "v", "velocity"}
+        What a call returns (``"eps"`` is $\hat c$).
+
+    Raises
+    ------
+    TypeError
+        If ``field`` is not a :class:`PoissonField`, ``schedule`` not a schedule, or ``prediction`` not a string.
+    ValueError
+        If ``prediction`` is unknown or ``"score"``.
+    """
+
+    def __init__(self, field: PoissonField, schedule: Schedule, prediction: str = "x0") -> None:
+        if not isinstance(field, PoissonField):
+            raise TypeError(f"field must be a PoissonField, got {type(field).__name__}")
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a diffmath Schedule, got {type(schedule).__name__}")
+        self.prediction = _check_poisson_prediction(prediction)
+        self.field, self.schedule = field, schedule
+
+    def __call__(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
+        x = check_batch(x, "x")
+        t_ = as_tensor(t, "t", x)
+        if t_.dim() > 1 or (t_.dim() == 1 and t_.shape[0] not in (1, x.shape[0])):
+            raise ValueError(f"t must be a scalar or have shape (B,) = ({x.shape[0]},), got {tuple(t_.shape)}")
+        c = self.schedule.coefficients(t_)
+        x0 = self.field.posterior_mean(x, c.a, c.b)
+        if self.prediction == "x0":
+            return x0
+        a, b = (per_sample(v.reshape(-1), x, n) for v, n in ((c.a, "a"), (c.b, "b")))
+        return from_pair(Pair(x0, (x - a * x0) / b), self.prediction, c.a, c.b, c.da, c.db)
+
+    def __repr__(self) -> str:
+        return f"PoissonModel({self.field!r}, {self.schedule!r}, prediction={self.prediction!r})"
+
+
+def _check_poisson_prediction(prediction: object) -> str:
+    kind = check_prediction(prediction)
+    if kind == "score":
+        raise ValueError("a Poisson model cannot predict 'score' (-E[c|x]/b is the score for Gaussian noise only)")
+    return kind
+
+
+def _check_n(n: object) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    return n
+
+
+def _shape(event_shape: int | tuple[int, ...]) -> tuple[int, ...]:
+    shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+    if not shape or any(not isinstance(s, int) or s < 1 for s in shape):
+        raise ValueError(f"event_shape must be a positive int or a tuple of positive ints, got {event_shape!r}")
+    return shape
+
+
+def _clip(c: Tensor, max_radius: float | None) -> Tensor:
+    if max_radius is None:
+        return c
+    if not max_radius > 0:
+        raise ValueError(f"max_radius must be positive, got {max_radius}")
+    r = c.reshape(c.shape[0], -1).norm(dim=1).reshape(-1, *([1] * (c.dim() - 1)))
+    return c * torch.clamp(max_radius / r.clamp_min(1e-300), max=1.0)
+
+
+def multivariate_cauchy(
+    n: int,
+    event_shape: int | tuple[int, ...],
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
+    max_radius: float | None = None,
+) -> Tensor:
+    r"""Multivariate Cauchy draws $c = \varepsilon_x/|\varepsilon_z|$, $(\varepsilon_x, \varepsilon_z) \sim
+    \mathcal N(0, I_{d+1})$, of density $P_1(c) = C_d/(1 + \|c\|^2)^{(d+1)/2}$ (lesson 13, eq. 13.10).
+
+    Parameters
+    ----------
+    n : int
+        Number of draws.
+    event_shape : int or tuple of int
+        Shape of one draw ($d$ = its number of entries).
+    generator : torch.Generator, optional
+        Source of randomness.
+    dtype : torch.dtype, optional
+        Dtype (default: torch's default dtype).
+    max_radius : float, optional
+        Clip $\|c\|$ to this radius (the tail: $P(\|c\| > r) \approx$ const$/r$).
+
+    Returns
+    -------
+    Tensor, shape (n, *event_shape)
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is not a positive integer, ``event_shape`` is invalid or ``max_radius`` is not positive.
+    """
+    shape = _shape(event_shape)
+    eps = torch.randn(_check_n(n), math.prod(shape) + 1, generator=generator, dtype=torch.float64)
+    c = (eps[:, :-1] / eps[:, -1:].abs()).reshape(n, *shape)
+    return _clip(c, max_radius).to(dtype or torch.get_default_dtype())
+
+
+def beta_prime_radius(
+    n: int,
+    d: int,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
+    max_radius: float | None = None,
+) -> Tensor:
+    r"""Radii $r = \sqrt{B/(1-B)}$, $B \sim \mathrm{Beta}(d/2, 1/2)$, of multivariate Cauchy draws: density
+    $\propto r^{d-1}/(1 + r^2)^{(d+1)/2}$ (lesson 13, eq. 13.11; $r^2$ is beta-prime distributed).
+
+    Parameters
+    ----------
+    n : int
+        Number of radii.
+    d : int
+        Dimension of the Cauchy vector.
+    generator : torch.Generator, optional
+        Seeds numpy's beta sampler.
+    dtype : torch.dtype, optional
+        Dtype (default: torch's default dtype).
+    max_radius : float, optional
+        Clip the radii to this value.
+
+    Returns
+    -------
+    Tensor, shape (n,)
+
+    Raises
+    ------
+    ValueError
+        If ``n`` or ``d`` is not a positive integer, or ``max_radius`` is not positive.
+    """
+    _check_n(n)
+    if not isinstance(d, int) or isinstance(d, bool) or d < 1:
+        raise ValueError(f"d must be a positive integer, got {d!r}")
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    beta = np.random.default_rng(seed).beta(0.5 * d, 0.5, size=n)
+    r = torch.from_numpy(np.sqrt(beta / np.maximum(1.0 - beta, 1e-300)))
+    if max_radius is not None:
+        if not max_radius > 0:
+            raise ValueError(f"max_radius must be positive, got {max_radius}")
+        r = r.clamp(max=max_radius)
+    return r.to(dtype or torch.get_default_dtype())
+
+
+def sample_prior(
+    n: int,
+    event_shape: int | tuple[int, ...],
+    z_max: float,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
+    max_radius: float | None = None,
+) -> Tensor:
+    r"""Draws of the far-field prior on the plane $z = z_{\max}$: $p(x) = P_{z_{\max}}(x)$, the flux density of one
+    charge at the origin; radius $z_{\max}\sqrt{B/(1-B)}$, direction uniform (lesson 13, eq. 13.11).
+
+    Parameters
+    ----------
+    n : int
+        Number of draws.
+    event_shape : int or tuple of int
+        Shape of one sample, e.g. ``2`` or ``(3, 16, 16)``.
+    z_max : float
+        Height of the plane.
+    generator : torch.Generator, optional
+        Source of randomness.
+    dtype : torch.dtype, optional
+        Dtype (default: torch's default dtype).
+    max_radius : float, optional
+        Clip the dimensionless radius $\|x\|/z_{\max}$ to this value (the Cauchy tail).
+
+    Returns
+    -------
+    Tensor, shape (n, *event_shape)
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is not a positive integer, ``event_shape`` is invalid, or ``z_max`` or ``max_radius`` is not
+        positive.
+    """
+    shape = _shape(event_shape)
+    if not z_max > 0:
+        raise ValueError(f"z_max must be positive, got {z_max}")
+    d = math.prod(shape)
+    r = beta_prime_radius(n, d, generator, torch.float64, max_radius)
+    u = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    u = u / u.norm(dim=1, keepdim=True)
+    return (z_max * r[:, None] * u).reshape(n, *shape).to(dtype or torch.get_default_dtype())
+
+
+def uniform_hemisphere(
+    n: int, d: int, radius: float, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    r"""Uniform points on the upper hemisphere $\{\|(x, z)\| = R,\ z > 0\}$ of $\mathbb R^{d+1}$ (lesson 13, eq. 13.12).
+
+    Parameters
+    ----------
+    n : int
+        Number of points.
+    d : int
+        Dimension of the data axes.
+    radius : float
+        $R$.
+    generator : torch.Generator, optional
+        Source of randomness.
+
+    Returns
+    -------
+    (x, z) : (Tensor of shape (n, d), Tensor of shape (n,)), float64
+
+    Raises
+    ------
+    ValueError
+        If ``n`` or ``d`` is not a positive integer or ``radius`` is not positive.
+    """
+    _check_n(n)
+    if not isinstance(d, int) or d < 1 or not radius > 0:
+        raise ValueError(f"need a positive integer d and radius > 0, got d={d!r}, radius={radius}")
+    y = torch.randn(n, d + 1, generator=generator, dtype=torch.float64)
+    y = radius * y / y.norm(dim=1, keepdim=True)
+    return y[:, :-1], y[:, -1].abs()
+
+
+def hemisphere_tv(
+    field: PoissonField, radius: float, n: int = 100_000, generator: torch.Generator | None = None
+) -> tuple[float, float]:
+    r"""Total variation between where the field lines cross the hemisphere of radius $R$ and the uniform law on it,
+    $\tfrac12\mathbb E_U\big|S_{d+1}R^d\,E\cdot\hat n - 1\big|$ by Monte Carlo over uniform points (lesson 13,
+    eq. 13.12). The flux density through the hemisphere is $2E\cdot\hat n$; the uniform density $2/(S_{d+1}R^d)$.
+
+    Parameters
+    ----------
+    field : PoissonField
+        The charges (centre them near the origin).
+    radius : float
+        $R$.
+    n : int
+        Monte Carlo points.
+    generator : torch.Generator, optional
+        Source of randomness.
+
+    Returns
+    -------
+    (tv, standard_error) : (float, float)
+
+    Raises
+    ------
+    TypeError
+        If ``field`` is not a :class:`PoissonField`.
+    ValueError
+        If ``n`` is not a positive integer or ``radius`` is not positive.
+    """
+    if not isinstance(field, PoissonField):
+        raise TypeError(f"field must be a PoissonField, got {type(field).__name__}")
+    x, z = uniform_hemisphere(n, field.d, radius, generator)
+    ex, ez = field.field(x.reshape(n, *field.event_shape), z)
+    flux = ((ex.reshape(n, -1) * x).sum(1) + ez * z) / radius
+    dev = 0.5 * (sphere_area(field.d + 1) * radius**field.d * flux - 1.0).abs()
+    return dev.mean().item(), (dev.std() / math.sqrt(n)).item()
+
+
+def prior_tv(
+    field: PoissonField, z: float, n: int = 100_000, generator: torch.Generator | None = None
+) -> tuple[float, float]:
+    r"""Total variation between the flux density $2E_z$ at height $z$ and the prior $P_z$ of one charge at the
+    origin, $\tfrac12\mathbb E_{x\sim P_z}|2E_z(x)/P_z(x) - 1|$ by Monte Carlo (lesson 13, eq. 13.11).
+
+    Parameters
+    ----------
+    field : PoissonField
+        The charges.
+    z : float
+        Height of the plane.
+    n : int
+        Monte Carlo points (exact, unclipped draws of $P_z$).
+    generator : torch.Generator, optional
+        Source of randomness.
+
+    Returns
+    -------
+    (tv, standard_error) : (float, float)
+
+    Raises
+    ------
+    TypeError
+        If ``field`` is not a :class:`PoissonField`.
+    ValueError
+        If ``n`` is not a positive integer or ``z`` is not positive.
+    """
+    if not isinstance(field, PoissonField):
+        raise TypeError(f"field must be a PoissonField, got {type(field).__name__}")
+    x = sample_prior(n, field.event_shape, z, generator, torch.float64)
+    dev = 0.5 * (torch.exp(field.noised_log_prob(x, 1.0, z) - poisson_log_kernel(x, z)) - 1.0).abs()
+    return dev.mean().item(), (dev.std() / math.sqrt(n)).item()
+
+
+class PoissonLoss:
+    r"""PFGM's training objective for :func:`~diffmath.training.train` (lesson 13, eqs. 13.14-13.15).
+
+    Draw $t$ uniform on $(0, t_{\max}]$ (on :class:`~diffmath.schedules.VE` that is $z = b_t$ log-uniform), perturb
+    $x = a_t x_0 + b_t c$ with $c$ multivariate Cauchy (radius clipped at ``max_radius``) and regress the model onto
+    its own ``prediction`` kind of the target pair:
+
+    - ``target="unbiased"``: $(x_0, c)$ itself. The minimiser is $\mathbb E[x_0\mid x_t]$, i.e. the velocity
+      $E_x/E_z$ (eq. 13.14); the loss is bounded for an ``"x0"`` model, heavy-tailed for ``"eps"``/``"velocity"``.
+    - ``target="batch"``: the self-normalised field of the whole minibatch as charges,
+      $(\hat x_0, (x - a\hat x_0)/b)$ with $\hat x_0$ the batch's :meth:`PoissonField.posterior_mean`: the paper's
+      large-batch target in our parameterisation (eq. 13.15; biased for small batches).
+
+    Parameters
+    ----------
+    schedule : Schedule
+        A continuous schedule; $b_t$ plays $z$.
+    target : {"unbiased", "batch"}
+        Which target.
+    max_radius : float, optional
+        Clip $\|c\|$ (default 100: about 1% of draws in 2-D); sample with the same clip in :func:`pfgm_sample`.
+    sigma_data : float, optional
+        If given, measure the error on $x_0$ (the model's output converted by :func:`~diffmath.notation.to_pair`)
+        weighted by $1 + \sigma_{\rm data}^2/b_t^2$ (eq. 13.16), so that small $z$, where the samples are decided,
+        counts as much as large $z$. With ``prediction="v"`` and $a = 1$, $\hat x_0 = (x - z\hat v)/(1 + z^2)$
+        carries a skip connection. Default: plain squared error of the model's own prediction kind.
+
+    Raises
+    ------
+    TypeError
+        If ``schedule`` is not a continuous schedule.
+    ValueError
+        If ``target`` is unknown or ``max_radius`` is not positive.
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        target: str = "unbiased",
+        max_radius: float | None = 100.0,
+        sigma_data: float | None = None,
+    ) -> None:
+        if not isinstance(schedule, Schedule) or schedule.discrete:
+            raise TypeError(f"schedule must be a continuous diffmath Schedule, got {schedule!r}")
+        if target not in ("unbiased", "batch"):
+            raise ValueError(f"target must be 'unbiased' or 'batch', got {target!r}")
+        if max_radius is not None and not max_radius > 0:
+            raise ValueError(f"max_radius must be positive or None, got {max_radius}")
+        if sigma_data is not None and not sigma_data > 0:
+            raise ValueError(f"sigma_data must be positive or None, got {sigma_data}")
+        self.schedule, self.target, self.max_radius, self.sigma_data = schedule, target, max_radius, sigma_data
+
+    def __call__(self, model: nn.Module, x0: Tensor, generator: torch.Generator, cond: Tensor | None = None) -> Tensor:
+        x0 = check_batch(x0, "x0")
+        kind = _check_poisson_prediction(model.prediction)
+        B = x0.shape[0]
+        t = self.schedule.t_max * (1.0 - torch.rand(B, generator=generator, dtype=x0.dtype))
+        c_t = self.schedule.coefficients(t)
+        a, b = (per_sample(v, x0, n) for v, n in ((c_t.a, "a"), (c_t.b, "b")))
+        c = multivariate_cauchy(B, tuple(x0.shape[1:]), generator, x0.dtype, self.max_radius)
+        x = a * x0 + b * c
+        if self.target == "batch":
+            with torch.no_grad():
+                x0_hat = PoissonField(x0).posterior_mean(x, c_t.a, c_t.b)
+            pair = Pair(x0_hat, (x - a * x0_hat) / b)
+        else:
+            pair = Pair(x0, c)
+        out = model(x, t, cond)
+        if self.sigma_data is None:
+            return ((out - from_pair(pair, kind, c_t.a, c_t.b, c_t.da, c_t.db)) ** 2).mean()
+        x0_hat = to_pair(out, kind, x, c_t.a, c_t.b, c_t.da, c_t.db).x0
+        weight = 1.0 + (self.sigma_data / b) ** 2  # eq. 13.16: the x0 error in units of the noise (Karras et al.)
+        return (weight * (x0_hat - pair.x0) ** 2).mean()
+
+    def __repr__(self) -> str:
+        return (
+            f"poisson_loss({self.schedule.name}, target={self.target}, max_radius={self.max_radius}, "
+            f"sigma_data={self.sigma_data})"
+        )
+
+
+def pfgm_sample(
+    model: object,
+    n: int,
+    event_shape: int | tuple[int, ...],
+    schedule: Schedule,
+    num_steps: int = 20,
+    method: str = "dpm++2m",
+    z_max: float | None = None,
+    spacing: str = "log-snr",
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
+    max_radius: float | None = 100.0,
+) -> Tensor:
+    r"""Generate with Poisson flow: prior draws on the plane $z = z_{\max}$ (eq. 13.11), then the backward ODE
+    $\mathrm dy/\mathrm dz = E_y/E_z$ (lesson 13, eq. 13.8) with :func:`~diffmath.ode.ode_sample`.
+
+    On any schedule the path $x_t = a_t x_0 + b_t c$ is PFGM in the coordinates $y = x/a_t$, $z = b_t/a_t$
+    (eq. 13.17; as DDIM is VE in $x/a$, lesson 4): we start at the time where $b/a = z_{\max}$ with
+    $x = a\,y$, $y$ drawn from the prior, and integrate on ``schedule.grid(num_steps, spacing, t_start)``. A
+    ``"log-snr"`` grid is log-uniform in $z$; Euler and Heun run in ``variable="sigma"``, i.e. in $(y, z)$ exactly.
+
+    Parameters
+    ----------
+    model : Model
+        Any model with the one interface on ``schedule`` (a :class:`PoissonModel` or a trained network).
+    n : int
+        Number of samples.
+    event_shape : int or tuple of int
+        Shape of one sample.
+    schedule : Schedule
+        A continuous schedule.
+    num_steps : int
+        Steps of the grid.
+    method : {"euler", "heun", "dpm++2m"}
+        The solver (DPM-Solver++ integrates the linear part exactly in $\ln z$).
+    z_max : float, optional
+        Height of the prior plane; default $b/a$ at $t_{\max}$ (which must be finite).
+    spacing : str
+        Grid spacing of :meth:`~diffmath.schedules.Schedule.grid`.
+    generator : torch.Generator, optional
+        Source of the prior draws.
+    dtype : torch.dtype, optional
+        Dtype (default: torch's default dtype).
+    max_radius : float, optional
+        Clip of the prior's dimensionless radius (use the training clip).
+
+    Returns
+    -------
+    Tensor, shape (n, *event_shape)
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`sample_prior` and :func:`~diffmath.ode.solve_ode`; ``ValueError`` also if $b/a$ is infinite at
+        $t_{\max}$ and no ``z_max`` is given.
+    """
+    from diffmath.ode import ode_sample
+
+    t_start = float(schedule.t_max)
+    if z_max is None:
+        z_max = schedule._sigma(torch.tensor(t_start, dtype=torch.float64)).item()
+        if not math.isfinite(z_max):
+            raise ValueError(f"b/a is infinite at t_max on {schedule.name!r}: pass z_max")
+    else:
+        t_start = schedule._t_of_sigma(torch.tensor([float(z_max)], dtype=torch.float64), 0.0, t_start).item()
+    a = schedule.coefficients(t_start).a.item()
+    x = a * sample_prior(n, event_shape, z_max, generator, torch.float64, max_radius)
+    x = x.to(dtype or torch.get_default_dtype())
+    with torch.no_grad():
+        return ode_sample(
+            model, x, schedule.grid(num_steps, spacing, t_start=t_start), schedule, method, variable="sigma"
+        )
