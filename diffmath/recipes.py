@@ -266,3 +266,269 @@ def objective(name: str, schedule: Schedule, **kwargs: object):
         raise ValueError(f"unknown objective {name!r}; expected one of {tuple(OBJECTIVES)}")
     module, factory = OBJECTIVES[name].split(":")
     return getattr(importlib.import_module(module), factory)(schedule, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------- images
+_IMAGE = {  # lesson 20, sec. 20.3: a v-predicting UNet on the cosine VP schedule, shapes at 16 px
+    "dataset": "shapes",
+    "size": 16,
+    "n_data": 6000,
+    "data_seed": 0,
+    "dataset_kwargs": {},
+    "condition_on": None,
+    "label_dropout": 0.0,
+    "schedule": "vp-cosine",
+    "schedule_kwargs": {},
+    "prediction": "v",
+    "channels": [16, 32, 64],
+    "num_res_blocks": 1,
+    "attention": [False, False, True],
+    "steps": 800,
+    "batch_size": 32,
+    "lr": 2e-3,
+    "ema_decay": 0.995,
+    "seed": 0,
+    "checkpoint_every": 100,
+    "objective": "diffusion",
+    "objective_kwargs": {},
+}
+_DIGITS = {  # 8 px digits (the 1438 training images): three levels, attention at 2 px
+    **_IMAGE,
+    "dataset": "digits",
+    "size": 8,
+    "n_data": None,
+    "dataset_kwargs": {"split": "train"},
+    "steps": 1200,
+    "batch_size": 64,
+}
+IMAGE_RECIPES: dict[str, dict] = {
+    # class-conditional on the shape, 10% of labels dropped to the null label for classifier-free guidance
+    "shapes-ddpm": {**_IMAGE, "condition_on": "shape", "label_dropout": 0.1},
+    "shapes-rf": {**_IMAGE, "schedule": "rectified-flow", "prediction": "velocity", "objective": "flow-matching"},
+    "digits-ddpm": {**_DIGITS, "prediction": "eps"},
+    "digits-rf": {**_DIGITS, "schedule": "rectified-flow", "prediction": "velocity", "objective": "flow-matching"},
+}
+"""Named image recipes (lesson 20, sec. 20.3): data set, network, schedule, objective and optimiser settings."""
+
+COMMITTED = Path(__file__).parent / "checkpoints"
+"""Folder of the small trained image models shipped with the package, looked up before the cache (lesson 20)."""
+
+
+@dataclass
+class ImageModel:
+    """A trained image model: the EMA UNet, its schedule, its training images and labels, the recipe, the loss curve.
+
+    Returned by :func:`train_image` (lesson 20, sec. 20.3).
+
+    Attributes
+    ----------
+    model : UNet
+        The trained EMA network in eval mode (a model with the one interface).
+    schedule : Schedule
+        The schedule (or path) it was trained on.
+    data : torch.Tensor, shape (N, C, H, W)
+        Its training images, in [-1, 1].
+    labels : dict of str to torch.Tensor
+        The training images' attributes (int64, shape (N,)).
+    config : dict
+        The recipe's configuration.
+    path : Path
+        The stored weights (committed or cached).
+    losses : list of float
+        The training loss of every step.
+    """
+
+    model: torch.nn.Module
+    schedule: Schedule
+    data: torch.Tensor
+    labels: dict[str, torch.Tensor]
+    config: dict
+    path: Path
+    losses: list[float]
+
+    @property
+    def cond(self) -> torch.Tensor | None:
+        """The labels the network is conditioned on (``labels[config["condition_on"]]``), or ``None``."""
+        key = self.config.get("condition_on")
+        return None if key is None else self.labels[key]
+
+
+def image_recipe(name: str, **overrides: object) -> dict:
+    """The configuration of a named image recipe (one of :data:`IMAGE_RECIPES`; lesson 20, sec. 20.3), with overrides.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`IMAGE_RECIPES`.
+    **overrides : object
+        Settings to change (each must be a key of the recipe, e.g. ``steps=40``).
+
+    Returns
+    -------
+    dict
+        The configuration, with ``"name"`` added.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is unknown or an override is not a setting of the recipe.
+    """
+    if name not in IMAGE_RECIPES:
+        raise ValueError(f"unknown image recipe {name!r}; expected one of {tuple(IMAGE_RECIPES)}")
+    unknown = set(overrides) - set(IMAGE_RECIPES[name])
+    if unknown:
+        raise ValueError(f"unknown recipe settings {sorted(unknown)}; expected some of {sorted(IMAGE_RECIPES[name])}")
+    return {**IMAGE_RECIPES[name], **overrides, "name": name}
+
+
+def image_setup(config: dict) -> tuple[torch.nn.Module, Schedule, torch.Tensor, dict[str, torch.Tensor]]:
+    """The untrained network, schedule, images and labels of an image recipe (lesson 20, sec. 20.3).
+
+    Parameters
+    ----------
+    config : dict
+        A configuration from :func:`image_recipe`.
+
+    Returns
+    -------
+    (UNet, Schedule, Tensor, dict)
+        The network initialised from ``config["seed"]``, the schedule, the images (N, C, H, W) and their labels.
+
+    Raises
+    ------
+    ValueError
+        If the configuration names an unknown data set, schedule or conditioning attribute.
+    """
+    from diffmath.unet import UNet
+    from toydata.images import image_dataset
+
+    data_gen = torch.Generator().manual_seed(config["data_seed"])
+    batch = image_dataset(config["dataset"], config["n_data"], config["size"], data_gen, **config["dataset_kwargs"])
+    schedule = get_schedule(config["schedule"], **config["schedule_kwargs"])
+    key = config.get("condition_on")
+    if key is not None and key not in batch.labels:
+        raise ValueError(f"condition_on must be one of {tuple(batch.labels)}, got {key!r}")
+    torch.manual_seed(config["seed"])
+    model = UNet(
+        batch.images.shape[1],
+        tuple(config["channels"]),
+        config["num_res_blocks"],
+        tuple(config["attention"]),
+        config["prediction"],
+        schedule.t_max,
+        num_classes=int(batch.labels[key].max()) + 1 if key is not None else 0,
+    )
+    return model, schedule, batch.images, batch.labels
+
+
+def train_image(recipe: str | dict, progress: bool = True, folder: str | Path | None = None) -> ImageModel:
+    r"""Train (or load) a UNet by image recipe (lesson 20, sec. 20.3; the loop of lesson 3, eq. 3.14).
+
+    The weights are looked up first in :data:`COMMITTED` (small models shipped with the package), then in
+    ``folder``, both under ``<name>-<hash>.pt``; otherwise the recipe is trained with checkpoints every
+    ``checkpoint_every`` steps (an interrupted run resumes from the last one) and the EMA weights are stored in
+    ``folder``, rounded to float16 (half the file; the loss of a sample changes in the 4th digit).
+
+    Parameters
+    ----------
+    recipe : str or dict
+        A name in :data:`IMAGE_RECIPES`, or a configuration from :func:`image_recipe`.
+    progress : bool
+        Show tqdm progress while training.
+    folder : path, optional
+        Cache folder (default :func:`cache_dir`).
+
+    Returns
+    -------
+    ImageModel
+        ``model`` is the EMA network in eval mode.
+
+    Raises
+    ------
+    ValueError
+        If ``recipe`` names no image recipe or lacks ``'name'`` and ``'dataset'``, a stored file was made by another
+        recipe or is unreadable, or training fails (e.g. the loss diverges).
+    """
+    config = image_recipe(recipe) if isinstance(recipe, str) else dict(recipe)
+    if "name" not in config or "dataset" not in config:
+        raise ValueError("an image recipe must come from image_recipe(...) (it needs 'name' and 'dataset')")
+    folder = Path(folder) if folder is not None else cache_dir()
+    filename = f"{config['name']}-{recipe_hash(config)}.pt"
+    model, schedule, data, labels = image_setup(config)
+    for path in (COMMITTED / filename, folder / filename):
+        if path.exists():
+            stored = read_checkpoint(path)
+            if stored.get("config") != config:
+                raise ValueError(f"stored model {path} was made by another recipe; delete it to retrain")
+            model.load_state_dict({k: v.float() for k, v in stored["model"].items()})
+            return ImageModel(model.eval(), schedule, data, labels, config, path, stored["losses"])
+    path = folder / filename
+    ckpt = path.with_suffix(".ckpt")
+    key = config.get("condition_on")
+    state = fit(
+        model,
+        data,
+        schedule,
+        config["steps"],
+        batch_size=config["batch_size"],
+        lr=config["lr"],
+        ema_decay=config["ema_decay"],
+        seed=config["seed"],
+        checkpoint=ckpt,
+        checkpoint_every=config["checkpoint_every"],
+        progress=progress,
+        loss=objective(config["objective"], schedule, **config["objective_kwargs"]),
+        labels=None if key is None else labels[key],
+        label_dropout=config["label_dropout"],
+    )
+    final = state.ema if state.ema is not None else state.model
+    weights = {k: v.half() if v.is_floating_point() else v for k, v in final.state_dict().items()}
+    save_atomic({"config": config, "model": weights, "losses": state.losses}, path)
+    ckpt.unlink(missing_ok=True)
+    final.load_state_dict({k: v.float() for k, v in weights.items()})
+    return ImageModel(final.eval(), schedule, data, labels, config, path, state.losses)
+
+
+def loss_curve_figure(losses: list[float], path: str | Path, title: str = "") -> Path:
+    """Plot a training loss curve (raw and a 50-step running mean, log scale) to a PNG file (lesson 20, sec. 20.3).
+
+    Parameters
+    ----------
+    losses : list of float
+        Loss of every step.
+    path : str or Path
+        Where to write the PNG (atomically).
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If ``losses`` is empty.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffmath._io import atomic_write
+
+    if not len(losses):
+        raise ValueError("losses must hold at least one value")
+    x = torch.tensor(losses, dtype=torch.float64)
+    k = min(50, len(x))
+    smooth = torch.nn.functional.avg_pool1d(x[None, None], k, 1)[0, 0]
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=80)
+    ax.plot(range(1, len(x) + 1), x, lw=0.5, alpha=0.4, label="step")
+    ax.plot(range(k, len(x) + 1), smooth, lw=1.5, label=f"mean of {k}")
+    ax.set(xlabel="step", ylabel="loss", yscale="log", title=title)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return Path(path)
