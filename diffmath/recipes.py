@@ -71,7 +71,8 @@ TOY_RECIPES: dict[str, dict] = {
     "eight-gaussians-otcfm": {
         **_RF,
         "toy": "eight-gaussians",
-        "batch_size": 256,
+        "batch_size": 128,
+        "steps": 1500,
         "objective_kwargs": {"coupling": "ot"},
     },
 }
