@@ -76,7 +76,9 @@ def log_grid(t_start: float, t_min: float, num_steps: int) -> Tensor:
     if not t_start > t_min > 0:
         raise ValueError(f"need t_start > t_min > 0, got t_start={t_start}, t_min={t_min}")
     logs = torch.linspace(math.log(t_start), math.log(t_min), num_steps, dtype=torch.float64)
-    return torch.cat([torch.exp(logs), torch.zeros(1, dtype=torch.float64)])
+    grid = torch.cat([torch.exp(logs), torch.zeros(1, dtype=torch.float64)])
+    grid[0], grid[-2] = t_start, t_min  # exact end points (exp(log(t)) may round above t_max)
+    return grid
 
 
 def _check_a_is_one(schedule: Schedule, t: float) -> Coefficients:

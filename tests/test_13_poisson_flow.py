@@ -1,0 +1,186 @@
+"""Lesson 13: Poisson flow (PFGM): the field of the data on z = 0, its field lines, the prior, training."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from scipy.stats import chi2
+
+import diffmath as dm
+import toydata as td
+from diffmath.heat import LinearVE, continuity_residual, log_grid
+from diffmath.metrics import mode_weights, sliced_w1
+from diffmath.ode import divergence, nfe, ode_sample
+from diffmath.pfgm import (
+    PoissonField,
+    PoissonLoss,
+    hemisphere_tv,
+    pfgm_sample,
+    poisson_log_kernel,
+    prior_tv,
+    sample_prior,
+)
+from diffmath.recipes import train_toy
+
+f64 = torch.float64
+ANG = 2 * math.pi * torch.arange(8, dtype=f64) / 8
+CHARGES = 2 * torch.stack([ANG.cos(), ANG.sin()], 1)  # the 8-ring, radius 2
+W = torch.arange(1, 9, dtype=f64) / 36  # weights ~ k: sharper frequency tests
+FIELD = PoissonField(CHARGES, W)
+
+
+def _points(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return 3 * torch.randn(n, 2, generator=g, dtype=f64), 0.5 + 2.5 * torch.rand(n, generator=g, dtype=f64)
+
+
+def _e(y):
+    ex, ez = FIELD.field(y[:, :2], y[:, 2])
+    return torch.cat([ex, ez[:, None]], 1)
+
+
+def test_field_is_divergence_free_above_the_plane():
+    """div E = 0 for z > 0 (eq. 13.4), at 200 points with z in [1, 3] (away from the charges): autograd below
+    1e-10 |E|, central differences (h = 2e-4) below 1e-6 |E| (notes: 1.3e-8 at |E| ~ 0.03)."""
+    x, z = _points(200, 0)
+    z = 1.0 + (z - 0.5) * 0.8
+    y = torch.cat([x, z[:, None]], 1)
+    mag = _e(y).norm(dim=1)
+    auto = divergence(_e, y).abs() / mag
+    eye = torch.eye(3, dtype=f64) * 2e-4
+    fd = sum((_e(y + eye[i]) - _e(y - eye[i]))[:, i] / 4e-4 for i in range(3)).abs() / mag
+    print(f"autograd {auto.max().item():.1e}, finite differences {fd.max().item():.1e} (relative to |E|)")
+    assert auto.max().item() < 1e-10 and fd.max().item() < 1e-6
+
+
+def test_flux_density_is_the_poisson_kernel_mixture_and_field_lines_follow_the_posterior():
+    """E_z > 0; 2 E_z = sum_i w_i P_z(x - x_i) (eq. 13.6); E_x / E_z = (x - E[x0|x, z]) / z (eq. 13.8), to 1e-13."""
+    x, z = _points(300, 1)
+    ex, ez = FIELD.field(x, z)
+    assert (ez > 0).all()
+    mix = torch.stack([poisson_log_kernel(x - c, z) for c in CHARGES], 1).exp() @ W
+    assert torch.allclose(2 * ez, mix, rtol=1e-13, atol=0)
+    v = FIELD.model(LinearVE(4.0), "velocity")(x, z)
+    assert (v - ex / ez[:, None]).abs().max().item() < 1e-13
+
+
+def test_continuity_equation_in_z():
+    """The flux density p_z = 2 E_z is carried by dx/dz = E_x/E_z: d_z p + div(p v) = 0 (eq. 13.9), below 1e-6."""
+    x, _ = _points(100, 2)
+    for z in (0.3, 1.0, 3.0):
+        res = continuity_residual(
+            lambda y, s: FIELD.noised_log_prob(y, 1.0, s), lambda y, s: FIELD.velocity(y, 1.0, s, 0.0, 1.0), x, z
+        )
+        assert res.abs().max().item() < 1e-6, z
+
+
+@pytest.mark.parametrize("z_start", [1.0, 10.0])
+def test_ode_from_the_exact_kernel_mixture_lands_on_the_charges_with_their_weights(z_start):
+    """x = x_i + z c, i ~ w (eq. 13.10) integrated down to z_min = 1e-5 (DPM-Solver++, 60 steps log-uniform in z)
+    lands on the charges with frequencies w: chi^2 (df 7, N = 2e4) below chi2.ppf(0.999) = 24.3 (notes: 6.3/7.8,
+    assert < 18.5); fewer than 0.5% end farther than 1e-3 from a charge (notes: 0.1%)."""
+    sch = LinearVE(z_start)
+    x = FIELD.sample_noised(20000, z_start, torch.Generator().manual_seed(3), f64)
+    out = ode_sample(FIELD.model(sch, "x0"), x, log_grid(z_start, 1e-5, 60), sch, "dpm++2m")
+    dist = torch.cdist(out, CHARGES)
+    counts = torch.bincount(dist.argmin(1), minlength=8).double()
+    stat = ((counts - 20000 * W) ** 2 / (20000 * W)).sum().item()
+    far = (dist.min(1).values > 1e-3).double().mean().item()
+    print(f"z = {z_start}: chi^2 = {stat:.2f}, unconverged {far:.4f}")
+    assert stat < min(18.5, chi2.ppf(0.999, 7)) and far < 5e-3
+
+
+def test_far_field_and_hemisphere_priors_improve_with_distance():
+    """TV(flux density at z, one charge at the origin) falls with z_max (eq. 13.11); TV(flux through the hemisphere
+    of radius R, uniform) falls with R and is below 0.03 at R = 20 = 10x the data radius (eq. 13.12). Exact
+    importance-sampling estimates, 4 standard errors apart."""
+    g = torch.Generator().manual_seed(4)
+    tv_z = [prior_tv(FIELD, z, 50_000, g) for z in (2.0, 10.0, 50.0)]
+    tv_r = [hemisphere_tv(FIELD, r, 50_000, g) for r in (5.0, 20.0, 100.0)]
+    print("prior TV", [round(v, 4) for v, _ in tv_z], "hemisphere TV", [round(v, 4) for v, _ in tv_r])
+    for tvs in (tv_z, tv_r):
+        for (hi, se_hi), (lo, se_lo) in itertools.pairwise(tvs):
+            assert hi - lo > 4 * math.hypot(se_hi, se_lo)
+    assert tv_r[1][0] < 0.03
+
+
+def test_prior_radius_law_and_clipping():
+    """sample_prior draws P_z: the radius CDF is 1 - 1/sqrt(1 + (r/z)^2) in 2-D (eq. 13.11), within 4 SE at 5
+    radii; with max_radius every |x| <= z max_radius; works for image shapes."""
+    x = sample_prior(40000, 2, 10.0, torch.Generator().manual_seed(5), f64)
+    r = x.norm(dim=1)
+    for q in (2.0, 5.0, 10.0, 30.0, 100.0):
+        p = 1 - 1 / math.sqrt(1 + (q / 10.0) ** 2)
+        assert abs((r < q).double().mean().item() - p) < 4 * math.sqrt(p * (1 - p) / 40000)
+    clipped = sample_prior(1000, (3, 4, 4), 10.0, torch.Generator().manual_seed(6), max_radius=5.0)
+    assert clipped.shape == (1000, 3, 4, 4) and clipped.flatten(1).norm(dim=1).max().item() <= 50.0 + 1e-4
+
+
+def test_printed_single_charge_target_is_biased_and_the_unbiased_one_is_not():
+    """Regressing onto the field of the single charge x0 that (x, z) was perturbed from (the printed eq. 13.8) has
+    the minimiser sum_i q_i G_i / sum_i q_i, q_i = w_i P_z(x - x_i): its direction differs from the field's by O(1).
+    The unbiased target x0 (eq. 13.14) has the minimiser E[x0 | x, z], whose velocity is E_x/E_z exactly."""
+    x, z = _points(200, 7)
+    ex, ez = FIELD.field(x, z)
+    resp = FIELD.component_posterior(x, 1.0, z)  # q_i / sum q
+    diff = x[:, None, :] - CHARGES[None]
+    r_pow = ((diff**2).sum(-1) + z[:, None] ** 2) ** -1.5
+    printed_x = (resp[:, :, None] * diff * r_pow[:, :, None]).sum(1)
+    printed_z = (resp * z[:, None] * r_pow).sum(1)
+    ang = lambda u, v: torch.acos(((u * v).sum(1) / (u.norm(dim=1) * v.norm(dim=1))).clamp(-1, 1))  # noqa: E731
+    field_dir = torch.cat([ex, ez[:, None]], 1)
+    printed = torch.cat([printed_x, printed_z[:, None]], 1)
+    unbiased = torch.cat([(x - FIELD.posterior_mean(x, 1.0, z)) / z[:, None], torch.ones(200, 1, dtype=f64)], 1)
+    assert ang(printed, field_dir).max().item() > 0.1
+    assert ang(unbiased, field_dir).max().item() < 1e-7
+
+
+def test_exact_field_runs_on_image_shapes():
+    """The same field, loss and sampler take (B, C, H, W): the ODE from the exact kernel mixture returns the charges."""
+    imgs = torch.rand(5, 3, 4, 4, generator=torch.Generator().manual_seed(8), dtype=f64)
+    field = PoissonField(imgs)
+    sch = LinearVE(5.0)
+    x = field.sample_noised(64, 5.0, torch.Generator().manual_seed(9), f64, max_radius=3.0)
+    out = ode_sample(field.model(sch, "x0"), x, log_grid(5.0, 1e-4, 40), sch, "dpm++2m")
+    err = torch.cdist(out.flatten(1), imgs.flatten(1)).min(1).values
+    assert out.shape == x.shape and err.max().item() < 1e-3
+    net_like = field.model(dm.VPCosine(), "v")
+    loss = PoissonLoss(dm.VPCosine(), max_radius=10.0)(net_like, imgs, torch.Generator().manual_seed(0))
+    assert loss.dim() == 0 and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize(("recipe", "sw_bound"), [("eight-gaussians-pfgm", 0.15), ("swiss-roll-pfgm", 0.15)])
+def test_trained_pfgm_reaches_its_quality_bounds(recipe, sw_bound):
+    """A PFGM MLP (recipe; Cauchy path on the cosine schedule, v-prediction, clip 20) sampled from the prior at
+    z_max = 40 with DPM-Solver++ on a log-z grid, 20 steps = 20 NFE: sliced W1 to fresh data below the bound
+    (data vs data: 0.047); on the ring every mode weight within 0.03 of 1/8."""
+    tm = train_toy(recipe, progress=False)
+    toy = tm.config["toy"]
+    x = pfgm_sample(
+        tm.model, 4000, 2, tm.schedule, 20, "dpm++2m", 40.0, generator=torch.Generator().manual_seed(3), max_radius=20.0
+    )
+    fresh = td.sample(toy, 4000, torch.Generator().manual_seed(9))
+    sw = sliced_w1(x, fresh, generator=torch.Generator().manual_seed(0))
+    print(f"{recipe}: sliced W1 {sw:.4f} at NFE {nfe('dpm++2m', 20)}")
+    assert sw < sw_bound
+    if toy == "eight-gaussians":
+        weights = mode_weights(td.eight_gaussians_mixture(), x)
+        print("mode weights", [round(v, 3) for v in weights.tolist()])
+        assert (weights - 0.125).abs().max().item() < 0.03
+
+
+def test_pfgm_bad_input():
+    """Bad input is refused with what was expected."""
+    with pytest.raises(ValueError, match="sum to 1"):
+        PoissonField(CHARGES, torch.ones(8, dtype=f64))
+    with pytest.raises(ValueError, match="score"):
+        FIELD.model(LinearVE(1.0), "score")
+    with pytest.raises(ValueError, match="z > 0"):
+        FIELD.noised_log_prob(CHARGES, 1.0, 0.0)
+    with pytest.raises(ValueError, match="target"):
+        PoissonLoss(LinearVE(1.0), target="normalised")
+    with pytest.raises(ValueError, match="shape"):
+        FIELD.field(torch.zeros(3, 3, dtype=f64), 1.0)
+    with pytest.raises(ValueError, match="z_max"):
+        pfgm_sample(FIELD.model(dm.VPCosine()), 4, 2, dm.VPCosine())
