@@ -21,6 +21,7 @@ from diffmath._validate import as_tensor, check_batch, per_sample
 from diffmath.models import Model, check_model, predict
 from diffmath.nets import MLP
 from diffmath.schedules import Schedule
+from diffmath.training import noise_batch
 
 LogProb = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -244,14 +245,7 @@ class ClassifierLoss:
     def __call__(self, model: nn.Module, x0: Tensor, generator: torch.Generator, cond: Tensor | None = None) -> Tensor:
         if cond is None or (cond < 0).any():
             raise ValueError("ClassifierLoss needs the labels (train with labels=... and label_dropout=0)")
-        B = x0.shape[0]
-        if self.schedule.discrete:
-            t = torch.randint(1, int(self.schedule.t_max) + 1, (B,), generator=generator).to(x0.dtype)
-        else:
-            t = self.schedule.t_max * (1.0 - torch.rand(B, generator=generator, dtype=x0.dtype))
-        c = self.schedule.coefficients(t)
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-        xt = per_sample(c.a, x0, "a") * x0 + per_sample(c.b, x0, "b") * eps
+        t, _, xt = noise_batch(x0, self.schedule, generator)
         return torch.nn.functional.cross_entropy(model(xt, t), cond.long())
 
     def __repr__(self) -> str:

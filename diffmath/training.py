@@ -94,7 +94,34 @@ def diffusion_loss(
         If ``x0`` has fewer than 2 dimensions or holds NaN or infinity, or ``model.prediction`` is unknown (or
         ``"velocity"`` on a discrete schedule).
     """
-    x0 = check_batch(x0, "x0")
+    t, eps, xt = noise_batch(check_batch(x0, "x0"), schedule, generator)
+    c = schedule.coefficients(t)
+    target = from_pair(Pair(x0, eps), model.prediction, c.a, c.b, c.da, c.db)
+    return ((model(xt, t, cond) - target) ** 2).mean()
+
+
+def noise_batch(
+    x0: Tensor, schedule: Schedule, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Draw a training time per sample and noise it: $x_t = a_t x_0 + b_t\varepsilon$ (lesson 3, eq. 3.14).
+
+    $t$ is uniform on $1..T$ (discrete schedules) or on $(0, t_{\max}]$ (continuous ones); every objective that
+    trains on noised data (diffusion, NPR variance, noisy classifiers) draws its batch here.
+
+    Parameters
+    ----------
+    x0 : Tensor, shape (B, ...)
+        A minibatch of data.
+    schedule : Schedule
+        The forward process.
+    generator : torch.Generator, optional
+        Source of the times and the noise.
+
+    Returns
+    -------
+    tuple of Tensor
+        ``(t, eps, x_t)``: times of shape (B,), the noise and the noised batch (shape of ``x0``).
+    """
     B = x0.shape[0]
     if schedule.discrete:
         t = torch.randint(1, int(schedule.t_max) + 1, (B,), generator=generator).to(x0.dtype)
@@ -103,10 +130,7 @@ def diffusion_loss(
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
     c = schedule.coefficients(t)
     view = (B,) + (1,) * (x0.dim() - 1)
-    a, b = c.a.reshape(view), c.b.reshape(view)
-    target = from_pair(Pair(x0, eps), model.prediction, c.a, c.b, c.da, c.db)
-    pred = model(a * x0 + b * eps, t, cond)
-    return ((pred - target) ** 2).mean()
+    return t, eps, c.a.reshape(view) * x0 + c.b.reshape(view) * eps
 
 
 class DiffusionLoss:

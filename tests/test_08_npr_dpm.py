@@ -61,7 +61,7 @@ def npr():
 def test_npr_learns_the_diagonal_posterior_covariance(npr):
     """Eqs. 8.5-8.6 with the exact mean: the learned sbar^2(x_t) vs the exact diag Cov[x0|x_t] over x_t ~ p_t at ten
     times: its average within 10% at every t, and the pointwise L1 error below 10% of the exact value overall
-    (measured: averages within 7%, worst at t = 150-250 where posteriors are bimodal; pointwise 2.4%)."""
+    (measured: averages within 5%, worst at t = 150-250 where posteriors are bimodal; pointwise about 3%)."""
     g = torch.Generator().manual_seed(3)
     num = den = 0.0
     for t in torch.linspace(50, 950, 10, dtype=torch.float64):
