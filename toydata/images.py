@@ -61,7 +61,7 @@ ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
 :func:`glyphs` called with other ``chars``, the ``"char"`` label indexes those ``chars`` instead."""
 
 DIGITS_TEST_START = 1438
-"""Digits ``[0, 1438)`` form the training split and ``[1438, 1797)`` the test split (the last fifth, later writers)."""
+"""Split of :func:`digits`: after a fixed shuffle (seed 0), images ``[0, 1438)`` train and ``[1438, 1797)`` test."""
 
 
 def _check_int(value: object, name: str, low: int) -> int:
@@ -193,13 +193,15 @@ def shapes(
 
 
 @functools.cache
-def _digits_all() -> tuple[Tensor, Tensor]:
+def _digits_all() -> tuple[Tensor, Tensor, Tensor]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:  # pragma: no cover - a dependency of the package
         raise ImportError("digits() needs scikit-learn (pip install scikit-learn)") from err
     d = load_digits()
-    return torch.as_tensor(d.images, dtype=torch.float64) / 16.0, torch.as_tensor(d.target, dtype=torch.int64)
+    images, target = torch.as_tensor(d.images, dtype=torch.float64) / 16.0, torch.as_tensor(d.target)
+    order = torch.randperm(target.shape[0], generator=torch.Generator().manual_seed(0))
+    return images, target.long(), order
 
 
 def digits(
@@ -212,8 +214,8 @@ def digits(
     """scikit-learn's bundled 8x8 handwritten digits as images in [-1, 1] (lesson 20, sec. 20.1).
 
     The 1797 images (grey levels 0..16, mapped linearly to [-1, 1], ink bright) come from the copy installed with
-    scikit-learn; nothing is downloaded. ``split`` keeps a fixed held-out part for judging classifiers: the last
-    fifth (indices from :data:`DIGITS_TEST_START` on, later writers).
+    scikit-learn; nothing is downloaded. ``split`` keeps a fixed held-out fifth for judging classifiers (a shuffle
+    with seed 0, cut at :data:`DIGITS_TEST_START`).
 
     Parameters
     ----------
@@ -227,7 +229,7 @@ def digits(
     dtype : torch.dtype, optional
         Dtype of the images (default: torch's default dtype).
     split : {"all", "train", "test"}
-        All 1797 images, the first 1438 or the last 359.
+        All 1797 images (stored order), or the 1438 training or 359 test images of the fixed shuffle.
 
     Returns
     -------
@@ -246,7 +248,9 @@ def digits(
     splits = {"all": slice(None), "train": slice(0, DIGITS_TEST_START), "test": slice(DIGITS_TEST_START, None)}
     if split not in splits:
         raise ValueError(f"split must be one of {tuple(splits)}, got {split!r}")
-    images, target = (t[splits[split]] for t in _digits_all())
+    images, target, order = _digits_all()
+    if split != "all":
+        images, target = images[order[splits[split]]], target[order[splits[split]]]
     if n is not None:
         _check_int(n, "n", 1)
         if n > images.shape[0]:
