@@ -338,6 +338,16 @@ class ConditionalPath(Schedule):
             raise ValueError(f"t must be a scalar or have shape (B,) = ({x.shape[0]},), got {tuple(t_.shape)}")
         return t_
 
+    def _point_and_target(self, x0: Tensor, x1: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """x_t and its target for checked inputs and t of shape (B,): one coefficient evaluation, no validation."""
+        c = self.base._coefficients(t)
+        b, db = self._view(c.b, x0), self._view(c.db, x0)
+        if self._mu is None:
+            mu, dmu = self._view(c.a, x0) * x0, self._view(c.da, x0) * x0
+        else:
+            mu, dmu = self._mu(x0, t), self._dmu(x0, t)
+        return mu + b * x1, dmu + db * x1
+
     def mean(self, x0: Tensor, t: Tensor | float) -> Tensor:
         r"""$\mu_t(x_0)$ (lesson 15, eq. 15.4): $a_t x_0$ unless the path was given its own ``mu``.
 
@@ -820,10 +830,11 @@ def minibatch_ot(x0: Tensor, x1: Tensor) -> Tensor:
 
     Raises
     ------
-    TypeError, ValueError
-        If ``x0``, ``x1`` are not finite floating batches of the same shape.
+    ValueError
+        If ``x0``, ``x1`` are not tensors of the same shape (B, ...).
     """
-    _same(x0, x1)
+    if not isinstance(x0, Tensor) or not isinstance(x1, Tensor) or x0.shape != x1.shape or x0.dim() < 2:
+        raise ValueError("x0 and x1 must be tensors of the same shape (B, ...)")
     B = x0.shape[0]
     cost = torch.cdist(x0.reshape(B, -1).double(), x1.reshape(B, -1).double()) ** 2
     rows, cols = linear_sum_assignment(cost.numpy())
@@ -832,10 +843,12 @@ def minibatch_ot(x0: Tensor, x1: Tensor) -> Tensor:
     return x1[perm]
 
 
-def _split_pairs(pairs: Tensor) -> tuple[Tensor, Tensor]:
-    pairs = check_batch(pairs, "pairs", min_dim=3)
-    if pairs.shape[1] != 2:
-        raise ValueError(f"pairs must have shape (N, 2, ...) with rows (x0, x1), got {tuple(pairs.shape)}")
+def _split_pairs(pairs: Tensor, check: bool = True) -> tuple[Tensor, Tensor]:
+    if check:
+        pairs = check_batch(pairs, "pairs", min_dim=3)
+    if not isinstance(pairs, Tensor) or pairs.dim() < 3 or pairs.shape[1] != 2:
+        got = tuple(pairs.shape) if isinstance(pairs, Tensor) else type(pairs).__name__
+        raise ValueError(f"pairs must have shape (N, 2, ...) with rows (x0, x1), got {got}")
     return pairs[:, 0], pairs[:, 1]
 
 
@@ -882,17 +895,19 @@ class FlowMatchingLoss:
     def __call__(self, model: nn.Module, batch: Tensor, generator: torch.Generator, cond: Tensor | None = None):
         if getattr(model, "prediction", None) != "velocity":
             raise ValueError(f"flow matching trains a 'velocity' model, got {getattr(model, 'prediction', None)!r}")
-        if self.paired:
-            x0, x1 = _split_pairs(batch)
+        if self.paired:  # the rows were checked by train(): shapes only here, no per-step finiteness scan
+            x0, x1 = _split_pairs(batch, check=False)
         else:
-            x0 = check_batch(batch, "batch")
+            if not isinstance(batch, Tensor) or batch.dim() < 2:
+                raise ValueError("batch must be a tensor of shape (B, ...)")
+            x0 = batch
             x1 = self.path.sample_prior(x0.shape, generator, x0.dtype)
             if self.coupling == "ot":
                 x1 = minibatch_ot(x0, x1)
         B = x0.shape[0]
         t = self.path.t_max * (1.0 - torch.rand(B, generator=generator, dtype=x0.dtype))
-        pred = model(self.path.sample(x0, t, x1), t, cond)
-        return ((pred - self.path.target(x0, x1, t)) ** 2).mean()
+        xt, target = self.path._point_and_target(x0, x1, t)
+        return ((model(xt, t, cond) - target) ** 2).mean()
 
     def __repr__(self) -> str:
         return f"flow_matching({self.path.name}, coupling={self.coupling}{', paired' if self.paired else ''})"
@@ -919,7 +934,7 @@ class DistillationLoss:
     def __call__(self, model: nn.Module, batch: Tensor, generator: torch.Generator, cond: Tensor | None = None):
         if getattr(model, "prediction", None) != "velocity":
             raise ValueError(f"distillation trains a 'velocity' model, got {getattr(model, 'prediction', None)!r}")
-        x0, x1 = _split_pairs(batch)
+        x0, x1 = _split_pairs(batch, check=False)
         T = self.path.t_max
         t = torch.full((x0.shape[0],), T, dtype=x0.dtype)
         return ((model(x1, t, cond) - (x1 - x0) / T) ** 2).mean()

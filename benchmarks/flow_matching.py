@@ -1,0 +1,209 @@
+"""Flow-matching benchmark: diffmath's rectified flow, OT-CFM and reflow against torchcfm and smalldiffusion, in one process.
+
+The task is smalldiffusion's swiss-roll example, as in ``benchmarks/toy_training.py``: its 100-point training set,
+the whole set as the batch of every step. Every model is an MLP of width 64 trained with Adam for the same number of
+steps. Each is scored by the sliced W1 distance of 5000 samples to a dense copy of the curve, at 1, 2, 4 and 20
+network evaluations (NFE), with its training seconds. Train seconds are the process's CPU time
+(``time.process_time``, one thread): the same as wall time on an idle machine, and far steadier on a shared one.
+
+- torchcfm ``ConditionalFlowMatcher`` (sigma = 0: rectified flow) and ``ExactOptimalTransportConditionalFlowMatcher``
+  (POT's exact minibatch OT) on torchcfm's own ``MLP(w=64)``. They are trained with the README's loop and sampled by
+  Euler from their noise at s = 0 to data at s = 1 (their time is our 1 - t).
+- smalldiffusion: DDPM (``ScheduleLogLinear``, eps-prediction) on its ``TimeInputMLP`` with width-64 layers, sampled
+  by its example's accelerated sampler (gam = 2) on ``sample_sigmas(n)``.
+- diffmath: 1-RF (``FlowMatchingLoss``), OT-CFM (``coupling="ot"``, scipy's ``linear_sum_assignment``), and 2-RF,
+  one reflow of the OT-CFM model on its own ODE pairs (its train time includes the OT-CFM time and the pairs). All
+  use ``MLP(2, 64, depth=2, "velocity")`` in lesson 3's loop (fused Adam, cosine decay, EMA) and Euler sampling
+  (``sample_flow``).
+
+Each peer runs at the better of learning rates 1e-3 (its examples' value) and 3e-3 (diffmath's), chosen by its
+20-NFE sliced W1. The table then gives the ratios of diffmath's best to the best peer at each NFE.
+
+torchcfm and smalldiffusion are installed without touching torch:
+``PIP_CONSTRAINT=.venv/constraints.txt pip install --no-deps torchcfm pot smalldiffusion accelerate einops``. A stub
+stands in for torchvision, which smalldiffusion imports for image transforms only.
+
+Run: ``python benchmarks/flow_matching.py [--steps 3000] [--seed 0]``. Not a test: it prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import sys
+import time
+import types
+
+import torch
+
+import diffmath as dm
+from diffmath.flows import FlowMatchingLoss, reflow_pairs, sample_flow
+from diffmath.metrics import sliced_w1
+from diffmath.nets import MLP
+from diffmath.training import fit
+
+NFES = (1, 2, 4, 20)
+
+
+def swissroll_curve(n: int) -> torch.Tensor:
+    """smalldiffusion's ``Swissroll(pi/2, 5 pi, n)``: n points along the curve t (cos t, sin t) / (5 pi)."""
+    tmin, tmax = math.pi / 2, 5 * math.pi
+    t = tmin + torch.linspace(0, 1, n) * tmax
+    return torch.stack([t * torch.cos(t) / tmax, t * torch.sin(t) / tmax], 1)
+
+
+def run_torchcfm(data, steps, lr, seed, exact_ot, noise):
+    from torchcfm.conditional_flow_matching import (
+        ConditionalFlowMatcher,
+        ExactOptimalTransportConditionalFlowMatcher,
+    )
+    from torchcfm.models.models import MLP as CFMMLP
+
+    torch.manual_seed(seed)
+    matcher = ExactOptimalTransportConditionalFlowMatcher(sigma=0.0) if exact_ot else ConditionalFlowMatcher(sigma=0.0)
+    model = CFMMLP(dim=2, w=64, time_varying=True)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    t0 = time.process_time()
+    for _ in range(steps):
+        opt.zero_grad()
+        x0 = torch.randn_like(data)  # torchcfm's source: noise at its s = 0
+        s, xs, us = matcher.sample_location_and_conditional_flow(x0, data)
+        loss = ((model(torch.cat([xs, s[:, None]], 1)) - us) ** 2).mean()
+        loss.backward()
+        opt.step()
+    train_s = time.process_time() - t0
+    out = {}
+    with torch.no_grad():
+        for n in NFES:
+            x = noise.clone()
+            for k in range(n):  # Euler from s = 0 (noise) to s = 1 (data)
+                s = torch.full((x.shape[0], 1), k / n)
+                x = x + model(torch.cat([x, s], 1)) / n
+            out[n] = x
+    return train_s, out
+
+
+def run_smalldiffusion(data, steps, lr, seed, noise):
+    stub = types.SimpleNamespace(
+        **{k: (lambda *a, **kw: None) for k in ("Compose", "RandomHorizontalFlip", "ToTensor", "Lambda")}
+    )
+    sys.modules.setdefault("torchvision", types.SimpleNamespace(transforms=stub))  # only used for image transforms
+    os.environ["TQDM_DISABLE"] = "1"  # its training loop draws a progress bar
+    import smalldiffusion as sd
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(seed)
+    loader = DataLoader(data, batch_size=2048)  # the example's loader: the whole 100-point set per step
+    model = sd.TimeInputMLP(hidden_dims=(16, 64, 64, 64, 64, 16))
+    schedule = sd.ScheduleLogLinear(N=200, sigma_min=0.005, sigma_max=10)
+    t0 = time.process_time()
+    for _ in sd.training_loop(loader, model, schedule, epochs=steps, lr=lr):
+        pass
+    train_s = time.process_time() - t0
+    out = {}
+    for n in NFES:
+        sigmas = schedule.sample_sigmas(n)
+        *_, x = sd.samples(model, sigmas, gam=2, batchsize=noise.shape[0], xt=noise * sigmas[0])
+        out[n] = x.detach()
+    return train_s, out
+
+
+def run_diffmath(data, steps, seed, noise, reflow_steps, num_pairs):
+    path = dm.LinearPath()
+    rows = {}
+    models = {}
+    for name, coupling in (("diffmath 1-RF", "independent"), ("diffmath OT-CFM", "ot")):
+        torch.manual_seed(seed)
+        model = MLP(2, hidden=64, depth=2, prediction="velocity")
+        t0 = time.process_time()
+        state = fit(
+            model,
+            data,
+            None,
+            steps,
+            batch_size=data.shape[0],
+            lr=3e-3,
+            ema_decay=0.995,
+            seed=seed,
+            progress=False,
+            loss=FlowMatchingLoss(path, coupling),
+        )
+        rows[name] = (time.process_time() - t0, {n: sample_flow(state.ema, noise, path, n) for n in NFES})
+        models[name] = state.ema
+    base = "diffmath OT-CFM"
+    t0 = time.process_time()
+    z1 = torch.randn(num_pairs, 2, generator=torch.Generator().manual_seed(seed + 1))
+    pairs = reflow_pairs(models[base], z1, path, num_steps=50, method="heun")
+    student = copy.deepcopy(models[base]).requires_grad_(True)
+    state = fit(
+        student,
+        pairs,
+        None,
+        reflow_steps,
+        batch_size=data.shape[0],
+        lr=1e-3,
+        ema_decay=0.995,
+        seed=seed + 1,
+        progress=False,
+        loss=FlowMatchingLoss(path, paired=True),
+    )
+    extra = time.process_time() - t0
+    rows["diffmath 2-RF"] = (rows[base][0] + extra, {n: sample_flow(state.ema, noise, path, n) for n in NFES})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3000, help="optimiser steps for every model")
+    parser.add_argument("--reflow-steps", type=int, default=1000, help="extra steps of the 2-RF")
+    parser.add_argument("--pairs", type=int, default=5000, help="ODE pairs for the reflow")
+    parser.add_argument("--samples", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    data = swissroll_curve(100)
+    fresh = swissroll_curve(args.samples)
+    noise = torch.randn(args.samples, 2, generator=torch.Generator().manual_seed(args.seed + 7))
+    rows = {}
+    for label, runner in (
+        ("torchcfm CFM", lambda lr: run_torchcfm(data, args.steps, lr, args.seed, False, noise)),
+        ("torchcfm exact OT-CFM", lambda lr: run_torchcfm(data, args.steps, lr, args.seed, True, noise)),
+        ("smalldiffusion DDPM", lambda lr: run_smalldiffusion(data, args.steps, lr, args.seed, noise)),
+    ):
+        tries = {lr: runner(lr) for lr in (1e-3, 3e-3)}
+        sw20 = {
+            lr: sliced_w1(out[20], fresh, 512, torch.Generator().manual_seed(123)) for lr, (_, out) in tries.items()
+        }
+        best = min(sw20, key=sw20.get)
+        rows[f"{label} (lr {best:g})"] = tries[best]
+    rows.update(run_diffmath(data, args.steps, args.seed, noise, args.reflow_steps, args.pairs))
+    sw = {
+        k: {n: sliced_w1(x, fresh, 512, torch.Generator().manual_seed(123)) for n, x in out.items()}
+        for k, (_, out) in rows.items()
+    }
+    floor = sliced_w1(data, fresh, 512, torch.Generator().manual_seed(123))
+    print(
+        f"swiss roll (smalldiffusion's 100 points), {args.steps} steps of batch 100, MLP width 64, one thread; "
+        f"train CPU seconds; sliced W1 to the curve (training set itself: {floor:.4f})"
+    )
+    head = "".join(f"{'NFE ' + str(n):>10}" for n in NFES)
+    print(f"{'model':<32}{'train s':>9}{head}")
+    for k, (tt, _) in rows.items():
+        print(f"{k:<32}{tt:>9.2f}" + "".join(f"{sw[k][n]:>10.4f}" for n in NFES))
+    peers = [k for k in rows if not k.startswith("diffmath")]
+    ours = [k for k in rows if k.startswith("diffmath")]
+    line = f"{'best diffmath / best peer':<32}{'':>9}"
+    for n in NFES:
+        line += f"{min(sw[k][n] for k in ours) / min(sw[k][n] for k in peers):>10.2f}"
+    print(line + "   (target <= 1 at every NFE)")
+    one = min(sw[k][1] for k in peers)
+    print(f"2-RF one step / best peer one step: {sw['diffmath 2-RF'][1] / one:.3f} (target < 1)")
+    for k in ours:
+        faster = [p for p in peers if rows[k][0] <= rows[p][0] and all(sw[k][n] <= sw[p][n] for n in NFES)]
+        print(f"{k}: at least as good at every NFE in no more time than: {', '.join(faster) or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
