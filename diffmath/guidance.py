@@ -12,6 +12,7 @@ agree when $\gamma = 1 + w$ and the scores are exact.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -60,9 +61,7 @@ class ClassifierGuided:
         self.model = check_model(model)
         if not callable(log_prob):
             raise TypeError("log_prob must be callable as log_prob(x, t, y)")
-        if not isinstance(scale, (int, float)) or not scale >= 0:
-            raise ValueError(f"the guidance scale must be >= 0, got {scale!r}")
-        self.log_prob, self.schedule, self.scale = log_prob, schedule, float(scale)
+        self.log_prob, self.schedule, self.scale = log_prob, schedule, _scale(scale)
 
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         if cond is None:
@@ -73,6 +72,16 @@ class ClassifierGuided:
         grad = classifier_gradient(self.log_prob, x, t, cond)
         b = per_sample(self.schedule.coefficients(as_tensor(t, "t", x)).b, x, "t")
         return eps - self.scale * b * grad
+
+
+def _scale(scale: object) -> float:
+    try:
+        value = float(scale)  # numbers, numpy scalars, one-element tensors
+    except (TypeError, ValueError):
+        value = math.nan
+    if not value >= 0 or isinstance(scale, bool):
+        raise ValueError(f"the guidance scale must be a number >= 0, got {scale!r}")
+    return value
 
 
 def classifier_gradient(log_prob: LogProb, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
@@ -137,9 +146,7 @@ class ClassifierFree:
 
     def __init__(self, model: Model, scale: float, null: int = -1) -> None:
         self.model = check_model(model)
-        if not isinstance(scale, (int, float)) or not scale >= 0:
-            raise ValueError(f"the guidance scale must be >= 0, got {scale!r}")
-        self.prediction, self.scale, self.null = model.prediction, float(scale), null
+        self.prediction, self.scale, self.null = model.prediction, _scale(scale), null
 
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         if cond is None:

@@ -78,6 +78,7 @@ def _monotone_grid(grid: object, schedule: Schedule, method: str) -> Tensor:
     return g
 
 
+@torch.no_grad()
 def solve_ode(
     model: Model,
     x: Tensor,

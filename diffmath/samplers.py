@@ -7,6 +7,9 @@ $$x_s = a_s\hat x_0 + \sqrt{\max(b_s^2 - \sigma^2, 0)}\;\hat\varepsilon + \sigma
 
 where $\eta = 1$ is DDPM's ancestral step and $\eta = 0$ the deterministic DDIM step. Any subsequence of a discrete
 schedule, and any continuous schedule, is just a different ``grid``.
+
+Samplers (here and in :mod:`diffmath.ode`, :mod:`diffmath.sde`) run without autograd, so a trained network's graph is
+not kept across steps; guidance that needs a gradient (lesson 9) turns it back on for its own evaluation.
 """
 
 from __future__ import annotations
@@ -126,6 +129,7 @@ def ddim_coefficients(
     return cs.a, torch.sqrt(torch.clamp(cs.b**2 - sigma**2, min=0.0)), sigma
 
 
+@torch.no_grad()
 def ddim_step(
     model: Model,
     x: Tensor,
@@ -188,6 +192,7 @@ def ddim_step(
     return x_s, pair
 
 
+@torch.no_grad()
 def ddim(
     model: Model,
     x: Tensor,

@@ -108,6 +108,7 @@ def forward_sde(
         yield SamplerStep(i, g[i + 1].item(), x, x0)
 
 
+@torch.no_grad()
 def reverse_sde(
     model: Model,
     x: Tensor,
@@ -187,6 +188,7 @@ def reverse_sde(
         yield SamplerStep(i, s, x, pair.x0)
 
 
+@torch.no_grad()
 def langevin_correct(
     model: Model,
     x: Tensor,
@@ -244,6 +246,7 @@ def langevin_correct(
     return x
 
 
+@torch.no_grad()
 def predictor_corrector(
     model: Model,
     x: Tensor,

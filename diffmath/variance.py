@@ -390,6 +390,7 @@ def neg_elbo(
     return _mean_se(total / d)
 
 
+@torch.no_grad()
 def analytic_ddpm(
     model: Model,
     x: Tensor,

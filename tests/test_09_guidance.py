@@ -150,17 +150,19 @@ def test_similarity_guidance_pulls_towards_the_reference():
 
 def test_cfg_on_a_trained_conditional_mlp():
     """A conditional MLP trained with 15% label dropout (recipe eight-gaussians-cfg, eq. 9.11) samples its class
-    with w = 0 (over 90% in the requested mode), sharper with w = 2 (more in the mode, smaller spread around it),
-    and the null label gives the whole ring (mode weights within 0.03 of 1/8)."""
+    with w = 0 (over 90% in the requested mode); w = 2 keeps at least as many there and shrinks the spread of the
+    in-mode samples about their class mean (measured 0.038 -> 0.008 at w = 1 in notebook 09; data 0.045); the null
+    label gives the whole ring (mode weights within 0.03 of 1/8). Guidance scales may be numpy or 0-d tensors."""
     toy = train_toy("eight-gaussians-cfg", progress=False)
     y = torch.arange(8).repeat(150)
     x_T = torch.randn(1200, 2, generator=torch.Generator().manual_seed(4))
     stats = []
-    for w in (0.0, 2.0):
-        x = dm.sample(ClassifierFree(toy.model, w), x_T, SU.grid(100), SU, cond=y)
-        spread = (x.double() - RING.means[y]).pow(2).sum(1).mean().item()
-        stats.append((_in_mode(x, y), spread))
-    assert stats[0][0] > 0.9 and stats[1][0] >= stats[0][0] and stats[1][1] < stats[0][1], stats
+    for w in (0.0, torch.tensor(2.0)):
+        x = dm.sample(ClassifierFree(toy.model, w), x_T, SU.grid(100), SU, cond=y).double()
+        inside = torch.cdist(x, RING.means).argmin(1) == y
+        centred = torch.cat([x[inside & (y == k)] - x[inside & (y == k)].mean(0) for k in range(8)])
+        stats.append((inside.double().mean().item(), centred.pow(2).sum(1).mean().item()))
+    assert stats[0][0] > 0.9 and stats[1][0] >= stats[0][0] and stats[1][1] < 0.5 * stats[0][1], stats
     x = dm.sample(toy.model, x_T, SU.grid(100), SU, cond=torch.full((1200,), -1))
     assert (dm.metrics.mode_weights(RING, x) - 1 / 8).abs().max() < 0.03
 
@@ -168,6 +170,8 @@ def test_cfg_on_a_trained_conditional_mlp():
 def test_guidance_bad_input():
     with pytest.raises(ValueError, match="scale"):
         ClassifierFree(TWO.model(VP), -1.0)
+    with pytest.raises(ValueError, match="scale"):
+        ClassifierFree(TWO.model(VP), "strong")
     with pytest.raises(TypeError, match="log_prob"):
         ClassifierGuided(TWO.model(VP), "classifier", VP)
     with pytest.raises(ValueError, match="cond"):
