@@ -1,6 +1,6 @@
 """diffmath: diffusion generative models derived, implemented and tested, from 2-D toys to images."""
 
-from diffmath import ddpm, guidance, metrics, nets, ode, recipes, reference, sde, training, variance
+from diffmath import ddpm, greens, guidance, heat, metrics, nets, ode, pfgm, recipes, reference, sde, training, variance
 from diffmath.exact import EmpiricalData, ExactModel, GaussianMixture
 from diffmath.models import Model, check_model, predict, predict_pair
 from diffmath.notation import PREDICTIONS, Pair, convert, from_pair, to_pair
@@ -48,11 +48,14 @@ __all__ = [
     "ddpm",
     "from_pair",
     "get_schedule",
+    "greens",
     "guidance",
+    "heat",
     "ho_linear",
     "metrics",
     "nets",
     "ode",
+    "pfgm",
     "predict",
     "predict_pair",
     "recipes",
