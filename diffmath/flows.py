@@ -279,6 +279,41 @@ class OTPath(Schedule):
         return Coefficients(1.0 - t, s + (1.0 - s) * t, -torch.ones_like(t), torch.full_like(t, 1.0 - s))
 
 
+class FunctionSchedule(Schedule):
+    r"""A continuous schedule from four functions of $t$: $a_t, b_t, \dot a_t, \dot b_t$ (lesson 15, eq. 15.4), e.g. any
+    $\sigma_t$ of a conditional path.
+
+    Parameters
+    ----------
+    a, b, da, db : callable
+        Functions of a float64 tensor of times returning tensors of its shape; ``da``, ``db`` are the derivatives of
+        ``a``, ``b``.
+    name : str
+        Label used in messages, ``repr`` and checkpoint fingerprints.
+
+    Raises
+    ------
+    TypeError
+        If one of the four is not callable.
+    """
+
+    def __init__(
+        self,
+        a: Callable[[Tensor], Tensor],
+        b: Callable[[Tensor], Tensor],
+        da: Callable[[Tensor], Tensor],
+        db: Callable[[Tensor], Tensor],
+        name: str = "custom",
+    ) -> None:
+        for key, fn in (("a", a), ("b", b), ("da", da), ("db", db)):
+            if not callable(fn):
+                raise TypeError(f"{key} must be a function of t, got {type(fn).__name__}")
+        self._fns, self.name = (a, b, da, db), name
+
+    def _coefficients(self, t: Tensor) -> Coefficients:
+        return Coefficients(*(torch.as_tensor(fn(t), dtype=t.dtype).expand(t.shape) for fn in self._fns))
+
+
 class ConditionalPath(Schedule):
     r"""A conditional path $x_t = \mu_t(x_0) + \sigma_t x_1$, $x_1 \sim p_1$ (lesson 15, eq. 15.4).
 

@@ -12,6 +12,7 @@ from diffmath.flows import (
     ConditionalPath,
     EmpiricalFlow,
     FlowMatchingLoss,
+    FunctionSchedule,
     OTPath,
     UniformPrior,
     minibatch_ot,
@@ -43,11 +44,15 @@ def test_gaussian_path_is_the_schedule():
     assert OTPath(0.0).coefficients(t).b.sub(t).abs().max() == 0  # sigma_min = 0 is rectified flow
 
 
+SQ = FunctionSchedule(lambda t: 1 - t, lambda t: t**2, lambda t: -torch.ones_like(t), lambda t: 2 * t, "sigma=t^2")
+
+
 @pytest.mark.parametrize("prior", ["gaussian", "uniform"])
-def test_paths_are_characteristics_of_the_conditional_field(prior):
+@pytest.mark.parametrize("sched", [dm.VPCosine(), SQ], ids=["vp-cosine", "sigma=t^2"])
+def test_paths_are_characteristics_of_the_conditional_field(prior, sched):
     """x_t = mu_t(x0) + sigma_t x1 solves dx/dt = f_t(x | x0) = mu' + (sigma'/sigma)(x - mu) (eq. 15.7) for a curved
-    mu: the field at x_t equals the target, and both equal a central difference of the path (1e-7)."""
-    path = ConditionalPath(dm.VPCosine(), prior, mu=MU, dmu=DMU)
+    mu and two sigma_t: the field at x_t equals the target, and both equal a central difference of the path (1e-7)."""
+    path = ConditionalPath(sched, prior, mu=MU, dmu=DMU)
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(40, 2, generator=g, dtype=f64)
     x1 = path.sample_prior((40, 2), g)
