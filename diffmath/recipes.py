@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 
 from diffmath.nets import MLP
 from diffmath.schedules import Schedule, get_schedule
-from diffmath.training import fit, read_checkpoint, save_atomic
+from diffmath.training import TrainStep, fit, read_checkpoint, save_atomic, train
 
 _BASE = {
     "n_data": 20000,
@@ -308,6 +309,8 @@ IMAGE_RECIPES: dict[str, dict] = {
     "shapes-rf": {**_IMAGE, "schedule": "rectified-flow", "prediction": "velocity", "objective": "flow-matching"},
     "digits-ddpm": {**_DIGITS, "prediction": "eps"},
     "digits-rf": {**_DIGITS, "schedule": "rectified-flow", "prediction": "velocity", "objective": "flow-matching"},
+    # Poisson flow (lesson 13) as the path a x0 + b c, c Cauchy-like with its radius clipped at 20, v-prediction
+    "digits-pfgm": {**_DIGITS, "objective": "pfgm", "objective_kwargs": {"max_radius": 20.0}},
 }
 """Named image recipes (lesson 20, sec. 20.3): data set, network, schedule, objective and optimiser settings."""
 
@@ -465,8 +468,50 @@ def train_image(recipe: str | dict, progress: bool = True, folder: str | Path | 
             return ImageModel(model.eval(), schedule, data, labels, config, path, stored["losses"])
     path = folder / filename
     ckpt = path.with_suffix(".ckpt")
+    *_, state = image_training(config, model, schedule, data, labels, ckpt, progress)
+    final = state.ema if state.ema is not None else state.model
+    weights = {k: v.half() if v.is_floating_point() else v for k, v in final.state_dict().items()}
+    save_atomic({"config": config, "model": weights, "losses": state.losses}, path)
+    ckpt.unlink(missing_ok=True)
+    final.load_state_dict({k: v.float() for k, v in weights.items()})
+    return ImageModel(final.eval(), schedule, data, labels, config, path, state.losses)
+
+
+def image_training(
+    config: dict,
+    model: torch.nn.Module,
+    schedule: Schedule,
+    data: torch.Tensor,
+    labels: dict[str, torch.Tensor],
+    checkpoint: str | Path | None = None,
+    progress: bool = True,
+) -> Iterator[TrainStep]:
+    r"""The training run of an image recipe, step by step: :func:`~diffmath.training.train` with the recipe's
+    objective and settings (lesson 20, sec. 20.3; lesson 3, eq. 3.14).
+
+    Parameters
+    ----------
+    config : dict
+        A configuration from :func:`image_recipe`.
+    model, schedule, data, labels
+        As returned by :func:`image_setup` for ``config``.
+    checkpoint : path, optional
+        Checkpoint file (every ``config["checkpoint_every"]`` steps; an existing one is resumed).
+    progress : bool
+        Show a tqdm bar.
+
+    Yields
+    ------
+    TrainStep
+        After each step.
+
+    Raises
+    ------
+    ValueError
+        As :func:`~diffmath.training.train` and :func:`objective`.
+    """
     key = config.get("condition_on")
-    state = fit(
+    yield from train(
         model,
         data,
         schedule,
@@ -475,19 +520,13 @@ def train_image(recipe: str | dict, progress: bool = True, folder: str | Path | 
         lr=config["lr"],
         ema_decay=config["ema_decay"],
         seed=config["seed"],
-        checkpoint=ckpt,
+        checkpoint=checkpoint,
         checkpoint_every=config["checkpoint_every"],
         progress=progress,
         loss=objective(config["objective"], schedule, **config["objective_kwargs"]),
         labels=None if key is None else labels[key],
         label_dropout=config["label_dropout"],
     )
-    final = state.ema if state.ema is not None else state.model
-    weights = {k: v.half() if v.is_floating_point() else v for k, v in final.state_dict().items()}
-    save_atomic({"config": config, "model": weights, "losses": state.losses}, path)
-    ckpt.unlink(missing_ok=True)
-    final.load_state_dict({k: v.float() for k, v in weights.items()})
-    return ImageModel(final.eval(), schedule, data, labels, config, path, state.losses)
 
 
 def loss_curve_figure(losses: list[float], path: str | Path, title: str = "") -> Path:

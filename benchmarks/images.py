@@ -1,0 +1,105 @@
+"""Image benchmark: diffmath's UNet vs a diffusers ``UNet2DModel`` of the same channel widths, on CPU, in one run.
+
+Both networks (randomly initialised from the same seed, no download) train on the same 16 px shapes with the same
+loop (:func:`diffmath.training.train`: v-prediction on the cosine VP schedule, batch 32, Adam 2e-3 with no decay to
+speak of, EMA 0.995) for the same wall-clock time; the diffusers model enters through a four-line adapter to the one model interface. We report
+training steps per second, sampling images per second (DPM-Solver++(2M), 20 network evaluations, batch 256) and the
+Frechet distance in the attribute classifier's features (lesson 20, eq. 20.1) of 256 samples to 256 real images,
+next to the real-vs-real floor at the same size.
+
+Widths: channels (16, 32, 64), one residual block per level, self-attention at the 4 px level; diffusers:
+``block_out_channels=(16, 32, 64)``, ``layers_per_block=1``, ``DownBlock2D, DownBlock2D, AttnDownBlock2D``.
+
+Run: ``python benchmarks/images.py [--seconds 120] [--threads 1]``. Needs ``diffusers`` (the bench extra; install it
+with ``PIP_CONSTRAINT=.venv/constraints.txt pip install diffusers`` so torch is left alone). Not a test: it prints a
+table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch import nn
+
+import diffmath as dm
+from diffmath.metrics import frechet_distance, train_attribute_classifier
+from diffmath.recipes import objective
+from diffmath.training import train
+from diffmath.unet import UNet, num_parameters
+from toydata.images import shapes
+
+
+class DiffusersAdapter(nn.Module):
+    """A diffusers UNet2DModel as a diffmath model: ``model(x, t) -> tensor`` with a ``prediction`` attribute."""
+
+    def __init__(self, net: nn.Module, prediction: str = "v", t_scale: float = 999.0) -> None:
+        super().__init__()
+        self.net, self.prediction, self.t_scale = net, prediction, t_scale
+
+    def forward(self, x, t, cond=None):
+        return self.net(x, t * self.t_scale).sample
+
+
+def diffusers_unet() -> nn.Module:
+    from diffusers import UNet2DModel
+
+    net = UNet2DModel(
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(16, 32, 64),
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=64,
+    )
+    return DiffusersAdapter(net)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=120.0, help="training time of each network")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--n", type=int, default=256, help="samples for the Frechet distance")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    sched = dm.VPCosine()
+    data = shapes(6000, 16, torch.Generator().manual_seed(0)).images
+    real = shapes(args.n, 16, torch.Generator().manual_seed(123)).images
+    clf = train_attribute_classifier("shapes", size=16, progress=False)
+    floor = frechet_distance(clf, shapes(args.n, 16, torch.Generator().manual_seed(456)).images, real)
+    rows = []
+    for name, make in (
+        ("diffmath UNet", lambda: UNet(3, (16, 32, 64), 1, (False, False, True), "v", 1.0)),
+        ("diffusers UNet2DModel", diffusers_unet),
+    ):
+        torch.manual_seed(0)
+        model = make()
+        loss = objective("diffusion", sched)
+        run = train(model, data, sched, 10**6, batch_size=32, lr=2e-3, ema_decay=0.995, progress=False, loss=loss)
+        start = time.perf_counter()
+        state = next(s for s in run if time.perf_counter() - start > args.seconds)
+        steps, elapsed = state.step, time.perf_counter() - start
+        ema = state.ema.eval()
+        x_T = torch.randn(args.n, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+        start = time.perf_counter()
+        with torch.no_grad():
+            x = dm.ode.ode_sample(ema, x_T, sched.grid(20), sched, "dpm++2m").clamp(-1, 1)
+        sample_s = time.perf_counter() - start
+        fd = frechet_distance(clf, x, real)
+        rows.append((name, num_parameters(model), steps / elapsed, steps, args.n / sample_s, fd))
+    print(
+        f"threads={args.threads}, {args.seconds:g} s of training each, FD floor (real vs real, n={args.n}): {floor:.3g}"
+    )
+    print("| network | parameters | train steps/s | steps in budget | sample images/s (20 NFE) | Frechet distance |")
+    print("|---|---|---|---|---|---|")
+    for name, p, sps, steps, ips, fd in rows:
+        print(f"| {name} | {p / 1e6:.2f} M | {sps:.2f} | {steps} | {ips:.1f} | {fd:.3g} |")
+    print(f"ratio diffmath / diffusers: train {rows[0][2] / rows[1][2]:.2f}x, sample {rows[0][4] / rows[1][4]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
