@@ -58,9 +58,10 @@ serve: $(STAMP)
 
 bench:
 	$(MAKE) EXTRAS=dev,bench setup
-	PIP_CONSTRAINT=$(CONSTRAINTS) $(BIN)/pip install -q --no-deps smalldiffusion==0.5.0
+	PIP_CONSTRAINT=$(CONSTRAINTS) $(BIN)/pip install -q --no-deps smalldiffusion==0.5.0 torchcfm==1.0.7 pot==0.9.7.post1
 	$(BIN)/python benchmarks/toy_training.py
 	$(BIN)/python benchmarks/solvers.py
+	$(BIN)/python benchmarks/flow_matching.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis site .cache build/docs-site

@@ -1,6 +1,6 @@
 """diffmath: diffusion generative models derived, implemented and tested, from 2-D toys to images."""
 
-from diffmath import ddpm, greens, guidance, heat, metrics, nets, ode, pfgm, recipes, reference, sde, training, variance
+from diffmath import ddpm, flows, greens, guidance, heat, metrics, nets, ode, pfgm, recipes, reference, sde, training, variance
 from diffmath.exact import EmpiricalData, ExactModel, GaussianMixture
 from diffmath.models import Model, check_model, predict, predict_pair
 from diffmath.notation import PREDICTIONS, Pair, convert, from_pair, to_pair
@@ -46,6 +46,7 @@ __all__ = [
     "ddim_coefficients",
     "ddim_step",
     "ddpm",
+    "flows",
     "from_pair",
     "get_schedule",
     "greens",
