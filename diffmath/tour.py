@@ -37,12 +37,13 @@ def save_figure(fig, path: str | Path) -> Path:
 
 def run(out: str | Path = "tour.png", n: int = 2000, seed: int = 0, progress: bool = True) -> list[dict]:
     """Noise the 8-Gaussian ring with Su's schedule, denoise it with the exact model and trained networks, guide it to
-    a class (lessons 0-9).
+    a class, transport it by rectified flow (lessons 0-17).
 
     The exact model is sampled with DDIM (10 and 50 steps) and DDPM (1000 steps); the MLP of the recipe
     ``eight-gaussians-ddpm`` (trained on first use, then cached) with DDIM and DDPM at a few step counts; the
     class-conditional MLP of ``eight-gaussians-cfg`` (the class is the mode) with classifier-free guidance
-    (lesson 9, eq. 9.12) at w = 0 and 1. Returns the table rows (also printed): model, sampler, steps, seconds,
+    (lesson 9, eq. 9.12) at w = 0 and 1; the rectified flow of ``eight-gaussians-rf`` and its reflow in 1 and 4
+    Euler steps (lesson 17, eq. 17.10). Returns the table rows (also printed): model, sampler, steps, seconds,
     sliced W1 and MMD to fresh data (of the requested classes, for guided rows), the largest deviation of a mode's
     weight from 1/8 (unconditional rows) or the share of samples outside their class's mode (guided rows).
 
@@ -86,7 +87,7 @@ def run(out: str | Path = "tour.png", n: int = 2000, seed: int = 0, progress: bo
     fresh = gmm.sample(n, gen, dtype=torch.float64)
     show = [0, 100, 300, 600, 1000]
 
-    fig, axes = plt.subplots(4, len(show), figsize=(3 * len(show), 12.4))
+    fig, axes = plt.subplots(5, len(show), figsize=(3 * len(show), 15.5))
     eps = torch.randn(n, 2, generator=gen, dtype=torch.float64)
     for ax, t in zip(axes[0], show, strict=True):
         c = sched.coefficients(float(t))
@@ -125,14 +126,15 @@ def run(out: str | Path = "tour.png", n: int = 2000, seed: int = 0, progress: bo
         ax.scatter(*x0.T, s=1, alpha=0.4, color="tab:green")
         ax.set_title(f"trained MLP, {_label(eta)} {steps} steps", fontsize=9)
     rows += _guided_section(axes[3], gmm, sched, x_T32, gen, progress)
-    for ax in list(axes[:2].flat) + list(axes[2, 1:]) + list(axes[3].flat):
+    rows += _flow_section(axes[4], gmm, fresh, x_T32, progress)
+    for ax in list(axes[:2].flat) + list(axes[2, 1:]) + list(axes[3:].flat):
         if ax.axison:
             ax.set_xlim(-4, 4)
             ax.set_ylim(-4, 4)
             ax.set_aspect("equal")
     fig.suptitle(
         "8 Gaussians: noised by Su's schedule (row 1), denoised by the exact model (2) and a trained MLP (3), "
-        "guided to a class (4)"
+        "guided to a class (4); rectified flow in 1 and 4 steps before and after reflow (5)"
     )
     fig.tight_layout()
     save_figure(fig, out)
@@ -166,6 +168,32 @@ def _guided_section(axes, gmm: GaussianMixture, sched, x_T: torch.Tensor, gen, p
         ax.scatter(*x0.T, s=1, alpha=0.4, c=y, cmap="tab10", vmin=0, vmax=9)
         ax.set_title(f"conditional MLP, CFG w={w:g} (colour: class)", fontsize=9)
     for ax in axes[2:]:
+        ax.axis("off")
+    return rows
+
+
+def _flow_section(axes, gmm: GaussianMixture, fresh: torch.Tensor, x_T: torch.Tensor, progress: bool) -> list[dict]:
+    """Rectified flow (lesson 17): the 1-RF of recipe ``eight-gaussians-rf`` and its reflow (2-RF), Euler in 1 and 4
+    steps from the same prior draws (eq. 17.10); reflow straightens the paths, so one step suffices."""
+    from diffmath.flows import reflow_toy, sample_flow
+
+    t0 = time.perf_counter()
+    rf1, rf2 = reflow_toy("eight-gaussians-rf", rounds=1, progress=progress)
+    print(
+        f"rectified flow and its reflow (recipe 'eight-gaussians-rf'): trained or loaded in {time.perf_counter() - t0:.1f} s"
+    )
+    rows = []
+    panels = [(name, m, k) for name, m in (("1-RF", rf1), ("2-RF", rf2)) for k in (1, 4)]
+    for ax, (name, m, k) in zip(axes, panels, strict=False):
+        t0 = time.perf_counter()
+        x0 = sample_flow(m.model, x_T, m.schedule, k)
+        rows.append(_row(name, "Euler", k, time.perf_counter() - t0, x0.double(), fresh, gmm))
+        ax.scatter(*x0.T, s=1, alpha=0.4, color="tab:purple" if name == "1-RF" else "tab:red")
+        ax.set_title(
+            f"{'rectified flow' if name == '1-RF' else 'after one reflow'} ({name}), {k} Euler step{'s' * (k > 1)}",
+            fontsize=9,
+        )
+    for ax in axes[len(panels) :]:
         ax.axis("off")
     return rows
 
