@@ -820,7 +820,8 @@ def prior_tv(
 class PoissonLoss:
     r"""PFGM's training objective for :func:`~diffmath.training.train` (lesson 13, eqs. 13.14-13.15).
 
-    Draw $t$ uniform on $(0, t_{\max}]$ (on :class:`~diffmath.schedules.VE` that is $z = b_t$ log-uniform), perturb
+    Draw $t$ uniform on $(0, t_{\max}]$ (on :class:`~diffmath.schedules.VE` that is $z = b_t$ log-uniform), or
+    $z = b_t/a_t$ log-uniform on ``z_range`` (eq. 13.18: the heights the log-$z$ sampling grid visits), perturb
     $x = a_t x_0 + b_t c$ with $c$ multivariate Cauchy (radius clipped at ``max_radius``) and regress the model onto
     its own ``prediction`` kind of the target pair:
 
@@ -828,7 +829,9 @@ class PoissonLoss:
       $E_x/E_z$ (eq. 13.14); the loss is bounded for an ``"x0"`` model, heavy-tailed for ``"eps"``/``"velocity"``.
     - ``target="batch"``: the self-normalised field of the whole minibatch as charges,
       $(\hat x_0, (x - a\hat x_0)/b)$ with $\hat x_0$ the batch's :meth:`PoissonField.posterior_mean`: the paper's
-      large-batch target in our parameterisation (eq. 13.15; biased for small batches).
+      large-batch target in our parameterisation (eq. 13.15; biased for small batches). The batch holds the charge
+      $x_0$ that $x$ came from, so $\hat c = c + a(x_0 - \hat x_0)/b$ stays finite as $b_t \to 0$. It averages
+      the noisy target over the charges near $x$: a far smaller variance than the unbiased one at small $z$.
 
     Parameters
     ----------
@@ -838,18 +841,24 @@ class PoissonLoss:
         Which target.
     max_radius : float, optional
         Clip $\|c\|$ (default 100: about 1% of draws in 2-D); sample with the same clip in :func:`pfgm_sample`.
+        The clipped law is still a scale family, so its path has the same straight-line ODE (lesson 14); a smaller
+        clip shortens the tail the network must fit (eq. 13.19).
     sigma_data : float, optional
         If given, measure the error on $x_0$ (the model's output converted by :func:`~diffmath.notation.to_pair`)
         weighted by $1 + \sigma_{\rm data}^2/b_t^2$ (eq. 13.16), so that small $z$, where the samples are decided,
         counts as much as large $z$. With ``prediction="v"`` and $a = 1$, $\hat x_0 = (x - z\hat v)/(1 + z^2)$
         carries a skip connection. Default: plain squared error of the model's own prediction kind.
+    z_range : (float, float), optional
+        $(z_{\min}, z_{\max})$: draw $z = b_t/a_t$ log-uniform on it (eq. 13.18) instead of $t$ uniform. Match
+        it to the sampling grid of :func:`pfgm_sample` (its last nonzero height to its prior plane).
 
     Raises
     ------
     TypeError
         If ``schedule`` is not a continuous schedule.
     ValueError
-        If ``target`` is unknown or ``max_radius`` is not positive.
+        If ``target`` is unknown, ``max_radius`` or ``sigma_data`` is not positive, or ``z_range`` is not two
+        increasing positive finite numbers.
     """
 
     def __init__(
@@ -858,6 +867,7 @@ class PoissonLoss:
         target: str = "unbiased",
         max_radius: float | None = 100.0,
         sigma_data: float | None = None,
+        z_range: tuple[float, float] | None = None,
     ) -> None:
         if not isinstance(schedule, Schedule) or schedule.discrete:
             raise TypeError(f"schedule must be a continuous diffmath Schedule, got {schedule!r}")
@@ -867,21 +877,32 @@ class PoissonLoss:
             raise ValueError(f"max_radius must be positive or None, got {max_radius}")
         if sigma_data is not None and not sigma_data > 0:
             raise ValueError(f"sigma_data must be positive or None, got {sigma_data}")
+        if z_range is not None:
+            z_range = tuple(float(v) for v in z_range)
+            if len(z_range) != 2 or not 0 < z_range[0] < z_range[1] or not math.isfinite(z_range[1]):
+                raise ValueError(f"z_range must be (z_min, z_max) with 0 < z_min < z_max < inf, got {z_range}")
         self.schedule, self.target, self.max_radius, self.sigma_data = schedule, target, max_radius, sigma_data
+        self.z_range = z_range
 
     def __call__(self, model: nn.Module, x0: Tensor, generator: torch.Generator, cond: Tensor | None = None) -> Tensor:
         x0 = check_batch(x0, "x0")
         kind = _check_poisson_prediction(model.prediction)
         B = x0.shape[0]
-        t = self.schedule.t_max * (1.0 - torch.rand(B, generator=generator, dtype=x0.dtype))
+        u = torch.rand(B, generator=generator, dtype=x0.dtype)
+        if self.z_range is None:
+            t = self.schedule.t_max * (1.0 - u)
+        else:  # z = b/a log-uniform on z_range: the times the log-z sampling grid visits (eq. 13.17)
+            lo, hi = self.z_range
+            z = torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u)
+            t = self.schedule._t_of_sigma(z.double(), 0.0, float(self.schedule.t_max)).to(x0.dtype)
         c_t = self.schedule.coefficients(t)
         a, b = (per_sample(v, x0, n) for v, n in ((c_t.a, "a"), (c_t.b, "b")))
         c = multivariate_cauchy(B, tuple(x0.shape[1:]), generator, x0.dtype, self.max_radius)
         x = a * x0 + b * c
         if self.target == "batch":
-            with torch.no_grad():
-                x0_hat = PoissonField(x0).posterior_mean(x, c_t.a, c_t.b)
-            pair = Pair(x0_hat, (x - a * x0_hat) / b)
+            with torch.no_grad():  # b_t may round to 0 near t = 0: the posterior is then the charge x0 itself
+                x0_hat = PoissonField(x0).posterior_mean(x, c_t.a, c_t.b.clamp_min(1e-6))
+            pair = Pair(x0_hat, c + a * (x0 - x0_hat) / b.clamp_min(1e-6))
         else:
             pair = Pair(x0, c)
         out = model(x, t, cond)
@@ -894,7 +915,7 @@ class PoissonLoss:
     def __repr__(self) -> str:
         return (
             f"poisson_loss({self.schedule.name}, target={self.target}, max_radius={self.max_radius}, "
-            f"sigma_data={self.sigma_data})"
+            f"sigma_data={self.sigma_data}, z_range={self.z_range})"
         )
 
 

@@ -44,13 +44,14 @@ _RF = {  # rectified flow (lesson 17): velocity regression on the straight path
     "prediction": "velocity",
     "objective": "flow-matching",
 }
-_PFGM = {  # lesson 13: Poisson flow as the path a x0 + b c (c Cauchy, clipped) on the cosine schedule, v-prediction
+_PFGM = {  # lesson 13: Poisson flow as the path a x0 + b c (c Cauchy, clipped) on the cosine schedule, v-prediction;
+    # the minibatch's field as target, z = b/a log-uniform over the sampling grid's heights (eqs. 13.15, 13.18-13.19)
     **_BASE,
     "schedule": "vp-cosine",
     "schedule_kwargs": {},
     "prediction": "v",
     "objective": "pfgm",
-    "objective_kwargs": {"max_radius": 20.0},
+    "objective_kwargs": {"max_radius": 5.0, "target": "batch", "z_range": [0.002, 40.0]},
 }
 OBJECTIVES: dict[str, str] = {
     "diffusion": "diffmath.training:DiffusionLoss",
