@@ -306,7 +306,7 @@ _DIGITS = {  # 8 px digits (the 1438 training images): three levels, attention a
 }
 IMAGE_RECIPES: dict[str, dict] = {
     # class-conditional on the shape, 10% of labels dropped to the null label for classifier-free guidance
-    "shapes-ddpm": {**_IMAGE, "condition_on": "shape", "label_dropout": 0.1},
+    "shapes-ddpm": {**_IMAGE, "condition_on": "shape", "label_dropout": 0.1, "steps": 2000},
     "shapes-rf": {**_IMAGE, "schedule": "rectified-flow", "prediction": "velocity", "objective": "flow-matching"},
     "digits-ddpm": {**_DIGITS, "prediction": "eps"},
     "digits-rf": {**_DIGITS, "schedule": "rectified-flow", "prediction": "velocity", "objective": "flow-matching"},
