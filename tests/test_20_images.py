@@ -212,21 +212,22 @@ def test_every_objective_trains_the_unet_on_images(name, kwargs, schedule, predi
 
 # ------------------------------------------------------------------------------------------------ guidance (20.5)
 def test_classifier_free_guidance_raises_the_shape_accuracy():
-    """Sampling the committed shapes-ddpm model with the class labels, CFG at w = 3 makes the attribute classifier
-    recognise the asked-for shape more often than w = 0 (64 samples, 20 DPM-Solver++ steps)."""
+    """Sampling the committed shapes-ddpm model with the shape labels (256 samples, 20 DPM-Solver++(2M) steps, the same
+    noise for both), CFG at w = 3 makes the attribute classifier read the asked-for shape more often than w = 0.
+    Measured: 0.758 -> 0.840 (real images: 0.96; the SE of the paired difference is about 0.035)."""
     from diffmath.guidance import ClassifierFree
     from diffmath.metrics import attribute_accuracy, train_attribute_classifier
 
     im = train_image("shapes-ddpm", progress=False)
     clf = train_attribute_classifier("shapes", size=16, progress=False)
-    y = torch.arange(64) % 3
+    y = torch.arange(256) % 3
     acc = []
     for w in (0.0, 3.0):
-        x_T = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+        x_T = torch.randn(256, 3, 16, 16, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             x = dm.ode.ode_sample(ClassifierFree(im.model, w), x_T, im.schedule.grid(20), im.schedule, "dpm++2m", y)
         acc.append(attribute_accuracy(clf, x.clamp(-1, 1), {"shape": y})["shape"])
-    assert acc[1] > acc[0] + 0.05, acc
+    assert acc[1] > acc[0] + 0.04, acc
 
 
 def test_cli_trains_image_recipes_and_draws_the_loss_curve(tmp_path, monkeypatch, capsys):
