@@ -42,7 +42,8 @@ def run(out: str | Path = "tour.png", n: int = 2000, seed: int = 0, progress: bo
     The exact model is sampled with DDIM (10 and 50 steps) and DDPM (1000 steps); the MLP of the recipe
     ``eight-gaussians-ddpm`` (trained on first use, then cached) with DDIM and DDPM at a few step counts; the
     class-conditional MLP of ``eight-gaussians-cfg`` (the class is the mode) with classifier-free guidance
-    (lesson 9, eq. 9.12) at w = 0 and 1; the rectified flow of ``eight-gaussians-rf`` and its reflow in 1 and 4
+    (lesson 9, eq. 9.12) at w = 0 and 1; the Poisson flow of ``eight-gaussians-pfgm`` at 10 and 20 steps
+    (lesson 13, eq. 13.8); the rectified flow of ``eight-gaussians-rf`` and its reflow in 1 and 4
     Euler steps (lesson 17, eq. 17.10). Returns the table rows (also printed): model, sampler, steps, seconds,
     sliced W1 and MMD to fresh data (of the requested classes, for guided rows), the largest deviation of a mode's
     weight from 1/8 (unconditional rows) or the share of samples outside their class's mode (guided rows).
@@ -125,7 +126,8 @@ def run(out: str | Path = "tour.png", n: int = 2000, seed: int = 0, progress: bo
         rows.append(_row("MLP", _label(eta), steps, time.perf_counter() - t0, x0.double(), fresh, gmm))
         ax.scatter(*x0.T, s=1, alpha=0.4, color="tab:green")
         ax.set_title(f"trained MLP, {_label(eta)} {steps} steps", fontsize=9)
-    rows += _guided_section(axes[3], gmm, sched, x_T32, gen, progress)
+    rows += _guided_section(axes[3, :2], gmm, sched, x_T32, gen, progress)
+    rows += _pfgm_section(axes[3, 2:], gmm, fresh, n, seed, progress)
     rows += _flow_section(axes[4], gmm, fresh, x_T32, progress)
     for ax in list(axes[:2].flat) + list(axes[2, 1:]) + list(axes[3:].flat):
         if ax.axison:
@@ -134,7 +136,7 @@ def run(out: str | Path = "tour.png", n: int = 2000, seed: int = 0, progress: bo
             ax.set_aspect("equal")
     fig.suptitle(
         "8 Gaussians: noised by Su's schedule (row 1), denoised by the exact model (2) and a trained MLP (3), "
-        "guided to a class (4); rectified flow in 1 and 4 steps before and after reflow (5)"
+        "guided to a class and Poisson flow (4); rectified flow in 1 and 4 steps before and after reflow (5)"
     )
     fig.tight_layout()
     save_figure(fig, out)
@@ -167,6 +169,27 @@ def _guided_section(axes, gmm: GaussianMixture, sched, x_T: torch.Tensor, gen, p
         rows.append(row)
         ax.scatter(*x0.T, s=1, alpha=0.4, c=y, cmap="tab10", vmin=0, vmax=9)
         ax.set_title(f"conditional MLP, CFG w={w:g} (colour: class)", fontsize=9)
+    return rows
+
+
+def _pfgm_section(axes, gmm: GaussianMixture, fresh: torch.Tensor, n: int, seed: int, progress: bool) -> list[dict]:
+    """Poisson flow (lesson 13): the network of recipe ``eight-gaussians-pfgm`` from the prior on the plane
+    $z = 40$ down the backward ODE (eq. 13.8) with DPM-Solver++ at 10 and 20 evaluations."""
+    from diffmath.pfgm import pfgm_sample
+    from diffmath.recipes import train_toy
+
+    t0 = time.perf_counter()
+    toy = train_toy("eight-gaussians-pfgm", progress=progress)
+    print(f"PFGM network of recipe 'eight-gaussians-pfgm': trained or loaded in {time.perf_counter() - t0:.1f} s")
+    clip = toy.config["objective_kwargs"]["max_radius"]
+    rows = []
+    for ax, k in zip(axes, (10, 20), strict=False):
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(seed + k)
+        x0 = pfgm_sample(toy.model, n, 2, toy.schedule, k, "dpm++2m", 40.0, generator=g, max_radius=clip)
+        rows.append(_row("PFGM", "DPM-Solver++ (z)", k, time.perf_counter() - t0, x0.double(), fresh, gmm))
+        ax.scatter(*x0.T, s=1, alpha=0.4, color="tab:brown")
+        ax.set_title(f"Poisson flow (PFGM), {k} steps from z = 40", fontsize=9)
     for ax in axes[2:]:
         ax.axis("off")
     return rows
