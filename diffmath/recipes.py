@@ -325,7 +325,7 @@ class ImageModel:
 
     Returned by :func:`train_image` (lesson 20, sec. 20.3).
 
-    Attributes
+    Parameters
     ----------
     model : UNet
         The trained EMA network in eval mode (a model with the one interface).

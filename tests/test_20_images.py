@@ -64,7 +64,9 @@ def test_conditioning_on_several_labels_with_a_null_token():
     assert torch.equal(net(x, t, None), net(x, t, full_null))
     assert not torch.allclose(net(x, t, y), net(x, t, full_null))
     half = net(x, t, torch.tensor([[0, -1]] * 4))
-    assert not torch.allclose(half, net(x, t, full_null)) and not torch.allclose(half, net(x, t, torch.zeros(4, 2, dtype=torch.long)))
+    assert not torch.allclose(half, net(x, t, full_null)) and not torch.allclose(
+        half, net(x, t, torch.zeros(4, 2, dtype=torch.long))
+    )
     one = UNet(1, (8, 16), num_classes=3)
     assert torch.equal(one(x, t, torch.tensor([0, 1, 2, -1])), one(x, t, torch.tensor([[0], [1], [2], [-1]])))
 
