@@ -1,6 +1,22 @@
 """diffmath: diffusion generative models derived, implemented and tested, from 2-D toys to images."""
 
-from diffmath import ddpm, flows, greens, guidance, heat, metrics, nets, ode, pfgm, recipes, reference, sde, training, variance
+from diffmath import (
+    ddpm,
+    flows,
+    greens,
+    guidance,
+    heat,
+    metrics,
+    nets,
+    ode,
+    pfgm,
+    recipes,
+    reference,
+    sde,
+    training,
+    unet,
+    variance,
+)
 from diffmath.exact import EmpiricalData, ExactModel, GaussianMixture
 from diffmath.models import Model, check_model, predict, predict_pair
 from diffmath.notation import PREDICTIONS, Pair, convert, from_pair, to_pair
@@ -66,5 +82,6 @@ __all__ = [
     "su_linear",
     "to_pair",
     "training",
+    "unet",
     "variance",
 ]

@@ -198,9 +198,9 @@ def train(
         Exponential moving average of the weights, kept in ``TrainStep.ema``.
     seed : int
         Seeds the generator of minibatches, times and noise (its state is checkpointed).
-    labels : Tensor of int, shape (N,), optional
-        Class labels passed as ``cond``; with ``label_dropout`` > 0 a random fraction is replaced by the null
-        label ``-1`` (for classifier-free guidance).
+    labels : Tensor of int, shape (N,) or (N, L), optional
+        Class labels (one or ``L`` per sample) passed as ``cond``; with ``label_dropout`` > 0 a random fraction of
+        the samples has all its labels replaced by the null label ``-1`` (for classifier-free guidance).
     label_dropout : float
         Fraction of labels replaced by the null label, in [0, 1).
     checkpoint : path, optional
@@ -228,7 +228,7 @@ def train(
     ValueError
         If ``data`` has fewer than 2 dimensions or holds NaN or infinity, ``steps``, ``batch_size`` or
         ``checkpoint_every`` is not a positive integer, ``ema_decay`` lies outside (0, 1), ``label_dropout``
-        outside [0, 1), ``labels`` is not an integer tensor of shape (N,), both ``schedule`` and ``loss`` are
+        outside [0, 1), ``labels`` is not an integer tensor of shape (N,) or (N, L), both ``schedule`` and ``loss`` are
         ``None``, the checkpoint is unreadable or comes from another model or settings, or the loss becomes NaN
         or infinite.
     """
@@ -250,8 +250,10 @@ def train(
         raise ValueError(f"ema_decay must lie in (0, 1) or be None, got {ema_decay}")
     if not 0 <= label_dropout < 1:
         raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
-    if labels is not None and (labels.shape != (data.shape[0],) or labels.is_floating_point()):
-        raise ValueError(f"labels must be an integer tensor of shape (N,) = ({data.shape[0]},)")
+    if labels is not None and (
+        labels.dim() not in (1, 2) or labels.shape[0] != data.shape[0] or labels.is_floating_point()
+    ):
+        raise ValueError(f"labels must be an integer tensor of shape (N,) or (N, L) with N = {data.shape[0]}")
     dtype = next(model.parameters()).dtype
     data = data.to(dtype)
     gen = torch.Generator().manual_seed(seed)
