@@ -1,5 +1,6 @@
 """The main job (``make demo`` / ``diffmath tour``): a toy noised and denoised with its exact model and trained
-networks, then guided to a class (one figure, one table)."""
+networks, guided to a class, carried by Poisson and rectified flow, then the same samplers on image models (one
+figure, one table)."""
 
 from __future__ import annotations
 
@@ -37,14 +38,15 @@ def save_figure(fig, path: str | Path) -> Path:
 
 def run(out: str | Path = "tour.png", n: int = 2000, seed: int = 0, progress: bool = True) -> list[dict]:
     """Noise the 8-Gaussian ring with Su's schedule, denoise it with the exact model and trained networks, guide it to
-    a class, transport it by rectified flow (lessons 0-17).
+    a class, transport it by Poisson and rectified flow, and sample image models (lessons 0-20).
 
     The exact model is sampled with DDIM (10 and 50 steps) and DDPM (1000 steps); the MLP of the recipe
     ``eight-gaussians-ddpm`` (trained on first use, then cached) with DDIM and DDPM at a few step counts; the
     class-conditional MLP of ``eight-gaussians-cfg`` (the class is the mode) with classifier-free guidance
     (lesson 9, eq. 9.12) at w = 0 and 1; the Poisson flow of ``eight-gaussians-pfgm`` at 10 and 20 steps
     (lesson 13, eq. 13.8); the rectified flow of ``eight-gaussians-rf`` and its reflow in 1 and 4
-    Euler steps (lesson 17, eq. 17.10). Returns the table rows (also printed): model, sampler, steps, seconds,
+    Euler steps (lesson 17, eq. 17.10); and, from the committed image checkpoints (lesson 20), shapes with CFG on
+    the shape label and by rectified flow, digits by DDPM, rectified flow and Poisson flow. Returns the table rows (also printed): model, sampler, steps, seconds,
     sliced W1 and MMD to fresh data (of the requested classes, for guided rows), the largest deviation of a mode's
     weight from 1/8 (unconditional rows) or the share of samples outside their class's mode (guided rows).
 
@@ -88,7 +90,7 @@ def run(out: str | Path = "tour.png", n: int = 2000, seed: int = 0, progress: bo
     fresh = gmm.sample(n, gen, dtype=torch.float64)
     show = [0, 100, 300, 600, 1000]
 
-    fig, axes = plt.subplots(5, len(show), figsize=(3 * len(show), 15.5))
+    fig, axes = plt.subplots(6, len(show), figsize=(3 * len(show), 18.6))
     eps = torch.randn(n, 2, generator=gen, dtype=torch.float64)
     for ax, t in zip(axes[0], show, strict=True):
         c = sched.coefficients(float(t))
@@ -129,14 +131,16 @@ def run(out: str | Path = "tour.png", n: int = 2000, seed: int = 0, progress: bo
     rows += _guided_section(axes[3, :2], gmm, sched, x_T32, gen, progress)
     rows += _pfgm_section(axes[3, 2:], gmm, fresh, n, seed, progress)
     rows += _flow_section(axes[4], gmm, fresh, x_T32, progress)
-    for ax in list(axes[:2].flat) + list(axes[2, 1:]) + list(axes[3:].flat):
+    _image_section(axes[5], seed)
+    for ax in list(axes[:2].flat) + list(axes[2, 1:]) + list(axes[3:5].flat):
         if ax.axison:
             ax.set_xlim(-4, 4)
             ax.set_ylim(-4, 4)
             ax.set_aspect("equal")
     fig.suptitle(
         "8 Gaussians: noised by Su's schedule (row 1), denoised by the exact model (2) and a trained MLP (3), "
-        "guided to a class and Poisson flow (4); rectified flow in 1 and 4 steps before and after reflow (5)"
+        "guided to a class and Poisson flow (4);\nrectified flow in 1 and 4 steps before and after reflow (5); "
+        "the same code on images (6)"
     )
     fig.tight_layout()
     save_figure(fig, out)
@@ -219,6 +223,70 @@ def _flow_section(axes, gmm: GaussianMixture, fresh: torch.Tensor, x_T: torch.Te
     for ax in axes[len(panels) :]:
         ax.axis("off")
     return rows
+
+
+def _image_section(axes, seed: int) -> None:
+    """The same samplers on image models (lesson 20), from the committed checkpoints: shapes with classifier-free
+    guidance on the shape label (columns: circle, square, triangle), shapes by rectified flow, digits by DDPM, rectified
+    flow and Poisson flow; 16 samples each, 20 steps."""
+    from diffmath.ode import ode_sample
+    from diffmath.pfgm import pfgm_sample
+    from diffmath.recipes import train_image
+
+    g = torch.Generator().manual_seed(seed)
+    panels = []
+    t0 = time.perf_counter()
+    shapes = train_image("shapes-ddpm", progress=False)
+    y = torch.arange(16) % 3
+    x_T = torch.randn(16, 3, 16, 16, generator=g)
+    guided = ClassifierFree(shapes.model, 3.0)
+    panels.append(
+        (
+            "shapes, DDPM model, CFG w=3",
+            ode_sample(guided, x_T, shapes.schedule.grid(20), shapes.schedule, "dpm++2m", y),
+        )
+    )
+    rf = train_image("shapes-rf", progress=False)
+    panels.append(("shapes, rectified flow", ode_sample(rf.model, x_T, rf.schedule.grid(20), rf.schedule, "euler")))
+    z = torch.randn(16, 1, 8, 8, generator=g)
+    digits = train_image("digits-ddpm", progress=False)
+    panels.append(
+        (
+            "digits, DDPM",
+            sample(digits.model, z, digits.schedule.grid(50, t_start=0.98), digits.schedule, eta=1.0, generator=g),
+        )
+    )
+    rf = train_image("digits-rf", progress=False)
+    panels.append(("digits, rectified flow", ode_sample(rf.model, z, rf.schedule.grid(20), rf.schedule, "euler")))
+    pf = train_image("digits-pfgm", progress=False)
+    clip = pf.config["objective_kwargs"]["max_radius"]
+    panels.append(
+        (
+            "digits, Poisson flow",
+            pfgm_sample(pf.model, 16, (1, 8, 8), pf.schedule, 20, "dpm++2m", 40.0, generator=g, max_radius=clip),
+        )
+    )
+    print(f"image models (committed checkpoints): loaded and sampled in {time.perf_counter() - t0:.1f} s")
+    for ax, (title, x) in zip(axes, panels, strict=True):
+        ax.imshow(_mosaic(x))
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+
+
+def _mosaic(x: torch.Tensor, cols: int = 4):
+    """A (B, C, H, W) batch in [-1, 1] as one (rows*H, cols*W, 3) image array with 1-pixel gaps."""
+    x = (
+        ((x.detach().float().clamp(-1, 1) + 1) / 2).expand(-1, 3, -1, -1)
+        if x.shape[1] == 1
+        else ((x.detach().float().clamp(-1, 1) + 1) / 2)
+    )
+    B, _, H, W = x.shape
+    rows = -(-B // cols)
+    out = torch.ones(rows * (H + 1) - 1, cols * (W + 1) - 1, 3)
+    for i in range(B):
+        r, c = divmod(i, cols)
+        out[r * (H + 1) : r * (H + 1) + H, c * (W + 1) : c * (W + 1) + W] = x[i].permute(1, 2, 0)
+    return out.numpy()
 
 
 def _label(eta: float) -> str:
