@@ -62,6 +62,7 @@ bench:
 	$(BIN)/python benchmarks/toy_training.py
 	$(BIN)/python benchmarks/solvers.py
 	$(BIN)/python benchmarks/flow_matching.py
+	$(BIN)/python benchmarks/images.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis site .cache build/docs-site
