@@ -132,6 +132,9 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert read_checkpoint(path) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # not mkstemp's 0600
 
 
 @pytest.mark.parametrize("kind", dm.PREDICTIONS)
