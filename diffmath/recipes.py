@@ -144,12 +144,16 @@ def toy_recipe(name: str, **overrides: object) -> dict:
     ValueError
         If ``name`` is unknown or an override is not a setting of the recipe.
     """
-    if name not in TOY_RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; expected one of {tuple(TOY_RECIPES)}")
-    unknown = set(overrides) - set(TOY_RECIPES[name])
+    return _configure(TOY_RECIPES, "recipe", name, overrides)
+
+
+def _configure(table: dict[str, dict], kind: str, name: str, overrides: dict) -> dict:
+    if name not in table:
+        raise ValueError(f"unknown {kind} {name!r}; expected one of {tuple(table)}")
+    unknown = set(overrides) - set(table[name])
     if unknown:
-        raise ValueError(f"unknown recipe settings {sorted(unknown)}; expected some of {sorted(TOY_RECIPES[name])}")
-    return {**TOY_RECIPES[name], **overrides, "name": name}
+        raise ValueError(f"unknown recipe settings {sorted(unknown)}; expected some of {sorted(table[name])}")
+    return {**table[name], **overrides, "name": name}
 
 
 def recipe_hash(config: dict) -> str:
@@ -378,12 +382,7 @@ def image_recipe(name: str, **overrides: object) -> dict:
     ValueError
         If ``name`` is unknown or an override is not a setting of the recipe.
     """
-    if name not in IMAGE_RECIPES:
-        raise ValueError(f"unknown image recipe {name!r}; expected one of {tuple(IMAGE_RECIPES)}")
-    unknown = set(overrides) - set(IMAGE_RECIPES[name])
-    if unknown:
-        raise ValueError(f"unknown recipe settings {sorted(unknown)}; expected some of {sorted(IMAGE_RECIPES[name])}")
-    return {**IMAGE_RECIPES[name], **overrides, "name": name}
+    return _configure(IMAGE_RECIPES, "image recipe", name, overrides)
 
 
 def image_setup(config: dict) -> tuple[torch.nn.Module, Schedule, torch.Tensor, dict[str, torch.Tensor]]:
