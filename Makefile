@@ -33,8 +33,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest tests
-	$(BIN)/pytest --nbval-lax --nbval-current-env -p no:randomly notebooks
+	$(BIN)/pytest --durations=15 tests
+	$(BIN)/pytest --durations=10 --nbval-lax --nbval-current-env -p no:randomly notebooks
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
