@@ -32,13 +32,11 @@ import argparse
 import contextlib
 import copy
 import io
-import math
-import sys
 import time
-import types
 
 import numpy as np
 import torch
+from swissroll_task import import_smalldiffusion, swissroll_curve
 
 import diffmath as dm
 from diffmath.flows import FlowMatchingLoss, reflow_pairs, sample_flow
@@ -47,13 +45,6 @@ from diffmath.nets import MLP
 from diffmath.training import fit
 
 NFES = (1, 2, 4, 20)
-
-
-def swissroll_curve(n: int) -> torch.Tensor:
-    """smalldiffusion's ``Swissroll(pi/2, 5 pi, n)``: n points along the curve t (cos t, sin t) / (5 pi)."""
-    tmin, tmax = math.pi / 2, 5 * math.pi
-    t = tmin + torch.linspace(0, 1, n) * tmax
-    return torch.stack([t * torch.cos(t) / tmax, t * torch.sin(t) / tmax], 1)
 
 
 def run_torchcfm(data, steps, lr, seed, exact_ot, noise):
@@ -89,11 +80,7 @@ def run_torchcfm(data, steps, lr, seed, exact_ot, noise):
 
 
 def run_smalldiffusion(data, steps, lr, seed, noise):
-    stub = types.SimpleNamespace(
-        **{k: (lambda *a, **kw: None) for k in ("Compose", "RandomHorizontalFlip", "ToTensor", "Lambda")}
-    )
-    sys.modules.setdefault("torchvision", types.SimpleNamespace(transforms=stub))  # only used for image transforms
-    import smalldiffusion as sd
+    sd = import_smalldiffusion()
     from torch.utils.data import DataLoader
 
     torch.manual_seed(seed)

@@ -22,12 +22,10 @@ Run: ``python benchmarks/toy_training.py [--steps 15000] [--seed 0]``. Not a tes
 from __future__ import annotations
 
 import argparse
-import math
-import sys
 import time
-import types
 
 import torch
+from swissroll_task import import_smalldiffusion, swissroll_curve
 
 import diffmath as dm
 from diffmath.metrics import sliced_w1
@@ -40,21 +38,10 @@ from diffmath.training import fit
 NFES = (5, 10, 20, 50)
 
 
-def swissroll_curve(n: int) -> torch.Tensor:
-    """smalldiffusion's ``Swissroll(pi/2, 5 pi, n)``: n points along the curve t (cos t, sin t) / (5 pi)."""
-    tmin, tmax = math.pi / 2, 5 * math.pi
-    t = tmin + torch.linspace(0, 1, n) * tmax
-    return torch.stack([t * torch.cos(t) / tmax, t * torch.sin(t) / tmax], 1)
-
-
 def run_smalldiffusion(
     data: torch.Tensor, steps: int, n_samples: int, seed: int, nfes: tuple[int, ...] = ()
 ) -> tuple[float, float, torch.Tensor, dict[int, torch.Tensor]]:
-    stub = types.SimpleNamespace(
-        **{k: (lambda *a, **kw: None) for k in ("Compose", "RandomHorizontalFlip", "ToTensor", "Lambda")}
-    )
-    sys.modules.setdefault("torchvision", types.SimpleNamespace(transforms=stub))  # only used for image transforms
-    import smalldiffusion as sd
+    sd = import_smalldiffusion()
     from torch.utils.data import DataLoader
 
     torch.manual_seed(seed)
