@@ -299,12 +299,18 @@ def _step_variance(schedule, t, s, kind, sbar2, k, xt) -> Tensor:
     return reverse_step_variance(schedule, t, s, kind, sb)
 
 
-def _check_sbar2(kind: str, sbar2: object, steps: int) -> None:
+def _check_chain(grid: object, schedule: Schedule, kind: str, sbar2: object) -> Tensor:
+    """A reverse chain's grid (strictly decreasing to the data) and its variance choice, checked together."""
+    grid = check_grid(grid, schedule)
+    if not (grid[1:] < grid[:-1]).all() or grid[-1] != 0:
+        raise ValueError("grid must decrease strictly and end at t = 0 (the data)")
     if kind not in VARIANCES:
         raise ValueError(f"variance must be one of {VARIANCES}, got {kind!r}")
+    steps = grid.shape[0] - 1
     if kind == "analytic" and not callable(sbar2):
         if not isinstance(sbar2, Tensor) or sbar2.shape != (steps,):
             raise ValueError(f"the analytic variance needs sbar2 as a tensor of shape (K,) = ({steps},) or a callable")
+    return grid
 
 
 def neg_elbo(
@@ -365,11 +371,8 @@ def neg_elbo(
     x0 = check_batch(x0, "x0")
     if x0.shape[0] < 2:
         raise ValueError("x0 needs at least 2 points for a standard error")
-    grid = check_grid(grid, schedule)
-    if not (grid[1:] < grid[:-1]).all() or grid[-1] != 0:
-        raise ValueError("grid must decrease strictly and end at t = 0 (the data)")
+    grid = _check_chain(grid, schedule, variance, sbar2)
     K = grid.shape[0] - 1
-    _check_sbar2(variance, sbar2, K)
     d = x0[0].numel()
     cT = schedule.coefficients(grid[0])
     total = gaussian_kl(cT.a * x0, cT.b**2, torch.zeros_like(x0), 1.0)
@@ -441,11 +444,8 @@ def analytic_ddpm(
     """
     check_model(model)
     x = check_batch(x, "x")
-    grid = check_grid(grid, schedule)
-    if not (grid[1:] < grid[:-1]).all() or grid[-1] != 0:
-        raise ValueError("grid must decrease strictly and end at t = 0 (the data)")
+    grid = _check_chain(grid, schedule, variance, sbar2)
     K = grid.shape[0] - 1
-    _check_sbar2(variance, sbar2, K)
     for k in range(K):
         t, s = grid[k], grid[k + 1]
         with torch.no_grad():
