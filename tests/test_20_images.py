@@ -12,6 +12,9 @@ import pytest
 import torch
 
 import diffmath as dm
+from diffmath.metrics import frechet_distance, train_attribute_classifier
+from diffmath.ode import ode_sample
+from diffmath.pfgm import pfgm_sample
 from diffmath.recipes import (
     COMMITTED,
     IMAGE_RECIPES,
@@ -26,6 +29,7 @@ from diffmath.recipes import (
 )
 from diffmath.training import fit
 from diffmath.unet import UNet, num_parameters
+from toydata.images import digits, shapes
 
 
 def _same_weights(a, b):
@@ -94,9 +98,17 @@ def test_unet_bad_input_is_reported():
 
 
 # ------------------------------------------------------------------------------------------------ recipes (20.3)
-def test_committed_checkpoints_are_small_and_reproduced_by_their_recipes():
-    """Each committed file is <= 2 MB, holds its recipe's exact configuration (its name carries the hash), and
-    re-running the recipe reproduces its first 5 training losses bit for bit."""
+def _first_losses(config, k=5):
+    losses = []
+    for state in image_training(config, *image_setup(config), progress=False):
+        losses.append(state.loss)
+        if state.step == k:
+            return losses
+    return losses
+
+
+def test_committed_checkpoints_are_small_and_hold_their_recipes():
+    """Each committed file is <= 2 MB and holds its recipe's exact configuration (its name carries the hash)."""
     files = sorted(COMMITTED.glob("*.pt"))
     assert {f.name.rsplit("-", 1)[0] for f in files} >= {"shapes-ddpm", "digits-ddpm", "digits-rf"}
     for f in files:
@@ -104,14 +116,18 @@ def test_committed_checkpoints_are_small_and_reproduced_by_their_recipes():
         stored = read_checkpoint(f)
         name = f.name.rsplit("-", 1)[0]
         assert stored["config"] == image_recipe(name) and f.stem.endswith(recipe_hash(stored["config"]))
-    for name in ("shapes-ddpm", "digits-rf"):
-        config = image_recipe(name)
-        losses = []
-        for state in image_training(config, *image_setup(config), progress=False):
-            losses.append(state.loss)
-            if state.step == 5:
-                break
-        assert losses == read_checkpoint(COMMITTED / f"{name}-{recipe_hash(config)}.pt")["losses"][:5]
+
+
+@pytest.mark.parametrize("name", ["shapes-ddpm", "digits-rf"])
+def test_recipes_reproduce_their_committed_losses_within_float_tolerance(name):
+    """Re-running a recipe gives the same first 5 losses bit for bit within this process (PyTorch's promise on one
+    machine and build), and the committed file's losses (trained on another machine) to rtol 1e-5: different CPUs
+    and thread counts sum in other orders, so bit-equality across machines is not promised."""
+    config = image_recipe(name)
+    here = _first_losses(config)
+    assert here == _first_losses(config)
+    stored = read_checkpoint(COMMITTED / f"{name}-{recipe_hash(config)}.pt")["losses"][:5]
+    assert here == pytest.approx(stored, rel=1e-5, abs=0)
 
 
 def _tiny(**kw):
@@ -242,3 +258,33 @@ def test_cli_trains_image_recipes_and_draws_the_loss_curve(tmp_path, monkeypatch
     out = capsys.readouterr().out
     assert "1200 steps" in out and str(COMMITTED) in out
     assert next(iter(tmp_path.glob("digits-rf-*-loss.png"))).stat().st_size > 5000
+
+
+@pytest.mark.parametrize("name", sorted({f.name.rsplit("-", 1)[0] for f in COMMITTED.glob("*.pt")}))
+def test_committed_models_sample_close_to_their_data(name):
+    """The cross-machine check of a committed model is its samples, not its bits: 96 samples (20 ODE steps) lie in
+    the attribute classifier's feature space far closer to held-out data than clipped noise does (eq. 20.2)."""
+    im = train_image(name, progress=False)
+    data, size = im.config["dataset"], im.data.shape[-1]
+    clf = train_attribute_classifier(data, size=size, progress=False)
+    n, g = 96, torch.Generator().manual_seed(1)
+    real = (
+        shapes(n, size, torch.Generator().manual_seed(123)).images if data == "shapes" else digits(split="test").images
+    )
+    real = real[:n]
+    start = {"t_start": 0.995} if im.model.prediction == "eps" else {}  # eps cannot give x0 where a_t = 0
+    with torch.no_grad():
+        if im.config["objective"] == "pfgm":
+            x = pfgm_sample(
+                im.model, n, tuple(im.data.shape[1:]), im.schedule, 20, "dpm++2m", 40.0, generator=g, max_radius=20.0
+            )
+        else:
+            x = ode_sample(
+                im.model,
+                torch.randn(n, *im.data.shape[1:], generator=g),
+                im.schedule.grid(20, **start),
+                im.schedule,
+                "dpm++2m",
+            )
+    noise = torch.randn(real.shape, generator=torch.Generator().manual_seed(9)).clamp(-1, 1)
+    assert frechet_distance(clf, x.clamp(-1, 1), real) < 0.25 * frechet_distance(clf, noise, real)
