@@ -10,7 +10,7 @@ CONSTRAINTS := $(VENV)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup demo test lint format notebooks lab docs serve bench clean
+.PHONY: setup demo figure test lint format notebooks lab docs serve bench clean
 
 setup: $(STAMP)
 
@@ -25,8 +25,12 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	PIP_CONSTRAINT=$(CONSTRAINTS) $(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
+# the demo writes into build/ (ignored): running it never changes the checkout; `make figure` refreshes the docs' copy
 demo: $(STAMP)
-	$(BIN)/diffmath tour --out docs/assets/tour.png
+	$(BIN)/diffmath tour --out build/tour.png
+
+figure: $(STAMP)
+	$(BIN)/diffmath tour --no-progress --out docs/assets/tour.png
 
 # tests/test_docs_site.py builds the site with `mkdocs build --strict` and checks three pages in headless Chromium
 # (skipped with a message where no Chromium is installed; .ci/run installs Debian's chromium).

@@ -1,7 +1,12 @@
 """The main job: ``diffmath tour`` writes its figure and prints its table; bad arguments fail clearly."""
 
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from diffmath.cli import main
 from diffmath.tour import run
@@ -50,3 +55,17 @@ def test_cli_train_lists_and_loads_recipes(capsys):
     assert "swiss-roll-ddpm" in capsys.readouterr().out
     assert main(["train", "eight-gaussians-ddpm", "--no-progress"]) == 0
     assert "3000 steps" in capsys.readouterr().out
+
+
+def test_make_demo_writes_only_ignored_files():
+    """``make demo`` must leave a checkout clean: the figure it writes goes to a git-ignored path."""
+    root = Path(__file__).resolve().parents[1]
+    demo = re.search(r"^demo:.*\n((?:\t.*\n)+)", (root / "Makefile").read_text(), re.M)
+    assert demo, "Makefile has a demo target"
+    outs = re.findall(r"--out\s+(\S+)", demo.group(1))
+    assert outs, "the demo names its output with --out"
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    for out in outs:
+        ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", out])
+        assert ignored.returncode == 0, f"{out} is not git-ignored: make demo would dirty the checkout"
