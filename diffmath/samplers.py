@@ -14,7 +14,7 @@ not kept across steps; guidance that needs a gradient (lesson 9) turns it back o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +49,56 @@ class SamplerStep:
     t: float
     x: Tensor
     x0: Tensor
+
+
+Noise = torch.Generator | Callable[[int, Tensor], Tensor] | Sequence[Tensor] | None
+"""Where a stochastic sampler's fresh noise comes from: a generator (or ``None``: torch's global one), a callable
+``noise(i, x)`` returning step ``i``'s draw with the shape of ``x``, or a sequence whose ``i``-th entry is that draw."""
+
+
+def noise_source(noise: object, num_steps: int) -> Callable[[int, Tensor], Tensor]:
+    r"""The fresh noise $z$ of step ``i`` of a stochastic sampler, ``draw(i, x)`` (lesson 4, eq. 4.8; lesson 6, eq. 6.9).
+
+    Injected noise lets a user replay another library's trajectory step for step. Step ``i`` goes from ``grid[i]`` to
+    ``grid[i + 1]``; on a discrete schedule diffmath's time $t$ is diffusers' timestep $k = t - 1$ (diffusers counts
+    ``0 .. T-1`` where diffmath counts ``1 .. T``, with $t = 0$ the data), so the noise diffusers' scheduler adds at
+    timestep ``k`` is diffmath's draw on the step that starts at ``t = k + 1``.
+
+    Parameters
+    ----------
+    noise : Noise
+        A ``torch.Generator`` or ``None`` (fresh normal draws), a callable ``noise(i, x) -> Tensor``, or a sequence
+        (list, tuple, or a tensor of shape ``(K, B, ...)``) with one draw per step.
+    num_steps : int
+        $K$, the number of steps of the grid (a sequence must have exactly this many entries).
+
+    Returns
+    -------
+    Callable[[int, Tensor], Tensor]
+        ``draw(i, x)``: a tensor of ``x``'s shape, dtype and device.
+    """
+    if noise is None or isinstance(noise, torch.Generator):
+        return lambda i, x: torch.randn(x.shape, generator=noise, dtype=x.dtype, device=x.device)
+    if isinstance(noise, (Tensor, list, tuple)):
+        if len(noise) != num_steps:
+            raise ValueError(f"noise must hold one draw per step ({num_steps}), got {len(noise)}")
+        table = noise
+    elif callable(noise):
+        table = None
+    else:
+        raise TypeError(
+            "noise must be a torch.Generator, a callable noise(i, x) or a sequence of tensors, "
+            f"got {type(noise).__name__}"
+        )
+
+    def draw(i: int, x: Tensor) -> Tensor:
+        z = noise(i, x) if table is None else table[i]
+        if not isinstance(z, Tensor) or z.shape != x.shape:
+            got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+            raise ValueError(f"noise for step {i} must be a tensor of the shape of x {tuple(x.shape)}, got {got}")
+        return check_finite(z.to(dtype=x.dtype, device=x.device), f"noise for step {i}")
+
+    return draw
 
 
 def check_grid(grid: object, schedule: Schedule) -> Tensor:
@@ -203,6 +253,8 @@ def ddim(
     generator: torch.Generator | None = None,
     progress: bool = False,
     variance: str = "posterior",
+    *,
+    noise: Noise = None,
 ) -> Iterator[SamplerStep]:
     r"""Run the DDIM family along ``grid``, yielding each step's state (lesson 4, eq. 4.8).
 
@@ -224,6 +276,10 @@ def ddim(
         Show a tqdm bar.
     variance : {"posterior", "upper"}
         Which $\sigma$ family ``eta`` scales (:func:`ddim_coefficients`).
+    noise : Noise, optional
+        Injected step noise instead of ``generator``'s draws (:func:`noise_source`: a callable ``noise(i, x)`` or
+        one tensor per step; step ``i`` starts at ``grid[i]``, which is diffusers' timestep ``grid[i] - 1`` on a
+        discrete schedule).
 
     Yields
     ------
@@ -242,9 +298,11 @@ def ddim(
     """
     x = check_batch(x, "x")
     g = check_grid(grid, schedule)
+    draw = noise_source(generator if noise is None else noise, len(g) - 1)
     for i in tqdm(range(len(g) - 1), disable=not progress, desc=f"DDIM(eta={eta:g})", leave=False):
         t, s = g[i].item(), g[i + 1].item()
-        x, pair = ddim_step(model, x, t, s, schedule, eta, cond, generator, variance=variance)
+        z = draw(i, x) if eta > 0 else None
+        x, pair = ddim_step(model, x, t, s, schedule, eta, cond, noise=z, variance=variance)
         check_finite(x, f"sampler state at t={s:g}")
         yield SamplerStep(i, s, x, pair.x0)
 
@@ -259,12 +317,14 @@ def sample(
     generator: torch.Generator | None = None,
     progress: bool = False,
     variance: str = "posterior",
+    *,
+    noise: Noise = None,
 ) -> Tensor:
     r"""Final state of :func:`ddim` (lesson 4, eq. 4.8): a batch of samples at ``grid[-1]``.
 
     Parameters
     ----------
-    model, x, grid, schedule, eta, cond, generator, progress, variance
+    model, x, grid, schedule, eta, cond, generator, progress, variance, noise
         As in :func:`ddim`.
 
     Returns
@@ -277,6 +337,6 @@ def sample(
     TypeError, ValueError
         As :func:`ddim`.
     """
-    for step in ddim(model, x, grid, schedule, eta, cond, generator, progress, variance):
+    for step in ddim(model, x, grid, schedule, eta, cond, generator, progress, variance, noise=noise):
         x = step.x
     return x

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from diffmath._validate import check_batch, check_finite, per_sample
 from diffmath.exact import GaussianMixture
 from diffmath.models import Model, predict, predict_pair
-from diffmath.samplers import SamplerStep, check_grid
+from diffmath.samplers import Noise, SamplerStep, check_grid, noise_source
 from diffmath.schedules import Schedule
 
 
@@ -118,6 +118,8 @@ def reverse_sde(
     cond: Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    *,
+    noise: Noise = None,
 ) -> Iterator[SamplerStep]:
     r"""Euler-Maruyama for the family of reverse SDEs with the same marginals (lesson 6, eq. 6.9).
 
@@ -150,6 +152,9 @@ def reverse_sde(
         Source of the noise $z$.
     progress : bool
         Show a tqdm bar.
+    noise : Noise, optional
+        Injected $z$ instead of ``generator``'s draws (:func:`~diffmath.samplers.noise_source`): step ``i`` (from
+        ``grid[i]``) uses draw ``i``; the last step into $b_0 = 0$ uses none.
 
     Yields
     ------
@@ -170,6 +175,7 @@ def reverse_sde(
         raise ValueError(f"noise_scale (sigma^2 / g^2) must be >= 0, got {noise_scale!r}")
     x = check_batch(x, "x")
     g = check_grid(grid, _continuous(schedule))
+    draw = noise_source(generator if noise is None else noise, len(g) - 1)
     for i in tqdm(range(len(g) - 1), disable=not progress, desc="reverse SDE", leave=False):
         t, s = g[i].item(), g[i + 1].item()
         pair = predict_pair(model, x, t, schedule, cond)
@@ -182,8 +188,7 @@ def reverse_sde(
             h = t - s
             x = x - h * (f * x - 0.5 * (1 + noise_scale) * g2 * score)
             if noise_scale > 0:
-                z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-                x = x + torch.sqrt(noise_scale * g2 * h) * z
+                x = x + torch.sqrt(noise_scale * g2 * h) * draw(i, x)
         check_finite(x, f"reverse SDE state at t={s:g}")
         yield SamplerStep(i, s, x, pair.x0)
 
@@ -258,6 +263,8 @@ def predictor_corrector(
     cond: Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    *,
+    noise: Noise = None,
 ) -> Iterator[SamplerStep]:
     r"""Predictor-corrector sampling (lesson 6, sec. 6.5): a reverse-SDE step (eq. 6.9) followed by Langevin correction
     (eq. 6.12) at the new time, except at $t = 0$.
@@ -284,6 +291,8 @@ def predictor_corrector(
         Source of the noise.
     progress : bool
         Show a tqdm bar.
+    noise : Noise, optional
+        Injected noise of the predictor steps (as in :func:`reverse_sde`); the corrector draws from ``generator``.
 
     Yields
     ------
@@ -300,7 +309,7 @@ def predictor_corrector(
         ``corrector_steps``, invalid ``x`` or grid, a model output of the wrong shape or not finite), or if the
         corrected state becomes NaN or infinite.
     """
-    for step in reverse_sde(model, x, grid, schedule, noise_scale, cond, generator, progress):
+    for step in reverse_sde(model, x, grid, schedule, noise_scale, cond, generator, progress, noise=noise):
         x = step.x
         if step.t > 0:
             x = langevin_correct(model, x, step.t, schedule, snr, corrector_steps, cond, generator)

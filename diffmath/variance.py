@@ -24,7 +24,7 @@ from diffmath._validate import as_tensor, check_batch, per_sample
 from diffmath.ddpm import gaussian_kl, posterior
 from diffmath.exact import GaussianMixture
 from diffmath.models import Model, check_model, predict
-from diffmath.samplers import SamplerStep, check_grid
+from diffmath.samplers import Noise, SamplerStep, check_grid, noise_source
 from diffmath.schedules import Schedule
 from diffmath.training import noise_batch
 
@@ -403,6 +403,8 @@ def analytic_ddpm(
     sbar2: SBar2 | None = None,
     generator: torch.Generator | None = None,
     cond: Tensor | None = None,
+    *,
+    noise: Noise = None,
 ) -> Iterator[SamplerStep]:
     r"""Ancestral sampling with the posterior mean and a chosen reverse variance (lesson 7, eq. 7.2):
     $x_s = c_t x_t + c_0\hat x_0(x_t) + \sqrt v\,z$ with $v$ from :func:`reverse_step_variance`.
@@ -429,6 +431,9 @@ def analytic_ddpm(
         Source of the noise.
     cond : Tensor, optional
         Condition passed to the model.
+    noise : Noise, optional
+        Injected $z$ instead of ``generator``'s draws (:func:`~diffmath.samplers.noise_source`): one per step, step
+        ``k`` uses draw ``k`` and the last step (into the data) none.
 
     Yields
     ------
@@ -446,6 +451,7 @@ def analytic_ddpm(
     x = check_batch(x, "x")
     grid = _check_chain(grid, schedule, variance, sbar2)
     K = grid.shape[0] - 1
+    draw = noise_source(generator if noise is None else noise, K)
     for k in range(K):
         t, s = grid[k], grid[k + 1]
         with torch.no_grad():
@@ -455,8 +461,7 @@ def analytic_ddpm(
         else:
             post = posterior(schedule, t, s)
             v = per_sample(_step_variance(schedule, t, s, variance, sbar2, k, x).to(x.dtype), x, "variance")
-            z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-            x = post.coef_xt * x + post.coef_x0 * x0_hat + v.sqrt() * z
+            x = post.coef_xt * x + post.coef_x0 * x0_hat + v.sqrt() * draw(k, x)
         yield SamplerStep(k, float(s), x, x0_hat)
 
 

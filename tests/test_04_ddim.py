@@ -144,3 +144,87 @@ def test_ddim_bad_input():
     with pytest.raises(ValueError, match="noise must have"):
         dm.ddim_step(td.eight_gaussians_mixture().model(SU), x, 10.0, 5.0, SU, eta=1.0, noise=torch.zeros(3, 2))
     assert math.isfinite(dm.ddim_coefficients(SU, 10.0, 5.0, eta=3.0)[1].item())
+
+
+# ------------------------------------------------------------------------------------------------ injected noise
+RING = td.eight_gaussians_mixture()
+
+
+@pytest.mark.parametrize("eta", [0.5, 1.0])
+def test_injected_noise_replays_the_generator_bit_for_bit(eta):
+    """The noise a generator draws, injected as a sequence (one tensor per step) or a callable ``noise(i, x)``,
+    gives the identical trajectory: step i (from grid[i]) uses draw i."""
+    model, grid = RING.model(SU, "eps"), SU.grid(20)
+    x1 = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=f64)
+    ref = dm.sample(model, x1, grid, SU, eta, generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    draws = [torch.randn(x1.shape, generator=g, dtype=f64) for _ in range(20)]
+    assert torch.equal(dm.sample(model, x1, grid, SU, eta, noise=draws), ref)
+    assert torch.equal(dm.sample(model, x1, grid, SU, eta, noise=torch.stack(draws)), ref)
+    assert torch.equal(dm.sample(model, x1, grid, SU, eta, noise=lambda i, x: draws[i]), ref)
+    assert not torch.equal(dm.sample(model, x1, grid, SU, eta, noise=draws[::-1]), ref)
+
+
+def test_injected_noise_reaches_every_stochastic_sampler():
+    """reverse_sde, predictor_corrector and analytic_ddpm take the same ``noise=``: zero noise turns the reverse SDE
+    into its drift alone, and analytic DDPM with the generator's draws replays it exactly."""
+    from diffmath.sde import predictor_corrector, reverse_sde
+    from diffmath.variance import analytic_ddpm
+
+    vp = dm.VPLinear()
+    model, grid = RING.model(vp, "eps"), vp.grid(10, t_start=0.999)
+    x1 = torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=f64)
+    zeros = lambda i, x: torch.zeros_like(x)  # noqa: E731
+    *_, a = reverse_sde(model, x1, grid, vp, 1.0, noise=zeros)
+    *_, b = reverse_sde(model, x1, grid, vp, 1.0, noise=[torch.zeros_like(x1)] * 10)
+    assert torch.equal(a.x, b.x)
+    pc = [
+        predictor_corrector(model, x1, grid, vp, generator=torch.Generator().manual_seed(1), noise=z)
+        for z in (zeros, zeros, lambda i, x: torch.ones_like(x))
+    ]
+    (*_, c0), (*_, c1), (*_, c2) = pc  # the predictor's noise is injected, the corrector's drawn from the generator
+    assert torch.equal(c0.x, c1.x) and not torch.allclose(c0.x, c2.x)
+    g = torch.Generator().manual_seed(3)
+    draws = [torch.randn(x1.shape, generator=g, dtype=f64) for _ in range(10)]
+    sgrid = SU.grid(10)
+    *_, ref = analytic_ddpm(
+        RING.model(SU, "eps"), x1, sgrid, SU, "posterior", generator=torch.Generator().manual_seed(3)
+    )
+    *_, rep = analytic_ddpm(RING.model(SU, "eps"), x1, sgrid, SU, "posterior", noise=draws)
+    assert torch.equal(ref.x, rep.x)
+
+
+def test_injected_noise_bad_input():
+    model, grid, x = RING.model(SU, "eps"), SU.grid(5), torch.randn(8, 2, dtype=f64)
+    with pytest.raises(ValueError, match=r"one draw per step \(5\), got 4"):
+        dm.sample(model, x, grid, SU, 1.0, noise=[torch.zeros_like(x)] * 4)
+    with pytest.raises(ValueError, match=r"noise for step 0 must be a tensor of the shape of x \(8, 2\)"):
+        dm.sample(model, x, grid, SU, 1.0, noise=lambda i, x: torch.zeros(3))
+    with pytest.raises(ValueError, match="noise for step 2 contains NaN"):
+        dm.sample(model, x, grid, SU, 1.0, noise=lambda i, x: torch.full_like(x, math.nan if i == 2 else 0.0))
+    with pytest.raises(TypeError, match=r"noise must be a torch\.Generator, a callable"):
+        dm.sample(model, x, grid, SU, 1.0, noise=3)
+
+
+def test_diffusers_ddpm_replayed_step_for_step():
+    """diffusers' DDPMScheduler (linear betas, epsilon, no clipping) and diffmath's DDPM (eta = 1 on ho_linear) agree
+    along the whole trajectory when diffmath replays diffusers' noise: diffusers' timestep k is diffmath's t = k + 1."""
+    diffusers = pytest.importorskip("diffusers", reason="diffusers is installed by make bench")
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
+    sched.set_timesteps(1000)
+    ho = dm.ho_linear(1000)
+    model = RING.model(ho, "eps")
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(5)
+    ours_noise, theirs = [], x.clone()
+    for k in sched.timesteps.tolist():
+        eps = model(theirs.double(), torch.tensor(float(k + 1), dtype=f64)).float()
+        state = g.get_state()
+        theirs = sched.step(eps, k, theirs, generator=g).prev_sample
+        after = g.get_state()
+        g.set_state(state)
+        ours_noise.append(torch.randn(x.shape, generator=g) if k > 0 else torch.zeros_like(x))
+        assert torch.equal(g.get_state(), after) or k == 0  # diffusers drew exactly one normal per step (none at 0)
+        g.set_state(after)
+    ours = dm.sample(model, x.double(), ho.grid(1000), ho, 1.0, noise=ours_noise)
+    assert (ours.float() - theirs).abs().max().item() < 1e-3
