@@ -47,8 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.recipe not in TOY_RECIPES and args.recipe not in IMAGE_RECIPES:
             names = ", ".join([*TOY_RECIPES, *IMAGE_RECIPES])
             parser.error(f"unknown recipe {args.recipe!r}; expected one of {names}")
-        trainer = train_toy if args.recipe in TOY_RECIPES else train_image
-        tm = trainer(args.recipe, progress=not args.no_progress)
+        if args.recipe in TOY_RECIPES:
+            import torch
+
+            torch.set_num_threads(1)  # toy work on one thread: the cached weights do not depend on the core count
+            tm = train_toy(args.recipe, progress=not args.no_progress)
+        else:
+            tm = train_image(args.recipe, progress=not args.no_progress)
         figure = loss_curve_figure(tm.losses, cache_dir() / f"{tm.path.stem}-loss.png", args.recipe)
         tail = tm.losses[-100:]
         print(f"{args.recipe}: {len(tm.losses)} steps, final loss {sum(tail) / len(tail):.4f}, stored at {tm.path}")

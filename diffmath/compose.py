@@ -32,6 +32,11 @@ class Conditioned:
         ``(B,)``), a tensor of shape ``(1, ...)`` is repeated over the batch, one of shape ``(B, ...)`` is used as it is.
         ``None`` is the model's unconditional call. Any tensor may be a null condition (a label -1, an empty
         embedding, ...): diffmath gives it no meaning of its own.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` does not follow the one interface or ``cond`` is not a tensor, an int or ``None``.
     """
 
     def __init__(self, model: Model, cond: Tensor | int | None) -> None:
@@ -42,7 +47,25 @@ class Conditioned:
         self.cond = torch.tensor(cond) if isinstance(cond, int) else cond
 
     def condition(self, batch: int, like: Tensor | None = None) -> Tensor | None:
-        """The bound condition for a batch of ``batch`` samples (shaped like ``like``, a call's own condition)."""
+        """The bound condition for a batch of ``batch`` samples (lesson 9, sec. 9.5).
+
+        Parameters
+        ----------
+        batch : int
+            The batch size $B$.
+        like : Tensor, optional
+            A call's own condition: a 0-dim bound condition takes its shape (e.g. ``(B, L)`` for several labels).
+
+        Returns
+        -------
+        Tensor or None
+            The condition for every sample.
+
+        Raises
+        ------
+        ValueError
+            If the bound condition is neither 0-dim nor of shape ``(1, ...)`` or ``(B, ...)``.
+        """
         c = self.cond
         if c is None:
             return None
@@ -95,6 +118,15 @@ class Combine:
         The units in which the sum is taken, and the combination's ``prediction``.
     schedule : Schedule, optional
         Needed where a part's prediction differs from ``space`` (to convert it at each call's time).
+
+    Raises
+    ------
+    TypeError
+        If ``models`` is not a non-empty sequence of models or ``schedule`` is not a Schedule.
+    ValueError
+        If ``weights`` do not hold one finite number per model or are all 0, ``space`` is unknown, a non-affine
+        combination is asked in other units than eps or score, or a part needs converting and no schedule is given;
+        a call raises it when a part returns a tensor of another shape than its input.
     """
 
     def __init__(
@@ -128,7 +160,22 @@ class Combine:
         self.last_parts: list[Tensor | None] = []
 
     def parts(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> list[Tensor | None]:
-        r"""Every part's prediction at $(x, t)$ in ``space`` units (``None`` where the weight is 0)."""
+        r"""Every part's prediction at $(x, t)$ in ``space`` units (lesson 9, eq. 9.14).
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, ...)
+            The noisy batch.
+        t : Tensor, shape () or (B,)
+            Its time.
+        cond : Tensor, optional
+            The condition of the parts that are not :class:`Conditioned`.
+
+        Returns
+        -------
+        list of Tensor or None
+            One prediction per part, ``None`` where the weight is 0.
+        """
         B = x.shape[0]
         t = t.expand(B) if t.dim() == 0 else t
         calls = {}  # id(network) -> [(part index, condition)]

@@ -11,14 +11,23 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from diffmath._validate import as_tensor, check_batch, per_sample
+from diffmath._validate import (
+    as_tensor,
+    check_batch,
+    check_coefficient,
+    check_int,
+    check_like,
+    check_schedule,
+    check_time,
+    per_sample,
+)
 from diffmath.exact import GaussianMixture
 from diffmath.schedules import DiscreteSchedule, Schedule
 
 
 def _discrete(schedule: object) -> DiscreteSchedule:
     if not isinstance(schedule, DiscreteSchedule):
-        raise TypeError(f"a single forward step needs a DiscreteSchedule, got {type(schedule).__name__}")
+        raise TypeError(f"schedule must be a DiscreteSchedule for a single forward step, got {type(schedule).__name__}")
     return schedule
 
 
@@ -52,7 +61,7 @@ def forward_step(x_prev: Tensor, t: Tensor | float, schedule: DiscreteSchedule, 
         is not a scalar or of shape (B,) or lies outside 1..T.
     """
     x_prev = check_batch(x_prev, "x_prev")
-    _same_shape(eps, x_prev, "eps")
+    check_like(eps, x_prev, "eps", "x_prev")
     alpha, beta = _discrete(schedule).step(as_tensor(t, "t", x_prev))
     return per_sample(alpha, x_prev, "t") * x_prev + per_sample(beta, x_prev, "t") * eps
 
@@ -85,8 +94,8 @@ def forward_marginal(x0: Tensor, t: Tensor | float, schedule: Schedule, eps: Ten
         not a scalar or of shape (B,) or lies outside the schedule's range.
     """
     x0 = check_batch(x0, "x0")
-    _same_shape(eps, x0, "eps")
-    c = schedule.coefficients(as_tensor(t, "t", x0))
+    check_like(eps, x0, "eps", "x0")
+    c = check_schedule(schedule).coefficients(as_tensor(t, "t", x0))
     return per_sample(c.a, x0, "t") * x0 + per_sample(c.b, x0, "t") * eps
 
 
@@ -128,7 +137,7 @@ def merge_noises(
         If ``eps_prev`` or ``eps_t`` has fewer than 2 dimensions or holds NaN or infinity, their shapes differ, or
         ``t`` is not a scalar or of shape (B,) or lies outside 1..T.
     """
-    _same_shape(eps_t, check_batch(eps_prev, "eps_prev"), "eps_t")
+    check_like(eps_t, check_batch(eps_prev, "eps_prev"), "eps_t", "eps_prev")
     t_ = as_tensor(t, "t", eps_prev)
     alpha, beta = (per_sample(v, eps_prev, "t") for v in _discrete(schedule).step(t_))
     bbar_prev = per_sample(schedule.b(t_ - 1), eps_prev, "t")
@@ -164,10 +173,11 @@ def ch1_constant(schedule: DiscreteSchedule, t: Tensor | float, dim: int) -> Ten
         If ``schedule`` is not a :class:`~diffmath.schedules.DiscreteSchedule`, or ``t`` is not a real number or
         tensor.
     ValueError
-        If ``t`` holds NaN or infinity, is not an integer, or lies outside 1..T.
+        If ``t`` holds NaN or infinity, is not an integer, or lies outside 1..T, or ``dim`` is not an integer >= 1.
     """
     t_ = as_tensor(t, "t")
     alpha, _ = _discrete(schedule).step(t_)
+    check_int(dim, "dim")
     return dim * alpha**2 * schedule.b(t_ - 1) ** 2 / schedule.b(t_) ** 2
 
 
@@ -194,14 +204,15 @@ def gaussian_kl(mean_q: Tensor, var_q: Tensor | float, mean_p: Tensor, var_p: Te
         If a mean is not a floating tensor, or a variance is not a real number or tensor.
     ValueError
         If a mean has fewer than 2 dimensions or holds NaN or infinity, the means' shapes differ, a variance is not
-        a scalar or of shape (B,), or a variance is not positive.
+        a finite scalar or of shape (B,), or a variance is not positive.
     """
     mean_q, mean_p = check_batch(mean_q, "mean_q"), check_batch(mean_p, "mean_p")
-    _same_shape(mean_p, mean_q, "mean_p")
-    vq = per_sample(as_tensor(var_q, "var_q", mean_q), mean_q, "var_q")
-    vp = per_sample(as_tensor(var_p, "var_p", mean_q), mean_q, "var_p")
-    if (vq <= 0).any() or (vp <= 0).any():
-        raise ValueError("variances of a Gaussian KL must be positive")
+    check_like(mean_p, mean_q, "mean_p", "mean_q")
+    vq = per_sample(check_coefficient(var_q, "var_q", mean_q), mean_q, "var_q")
+    vp = per_sample(check_coefficient(var_p, "var_p", mean_q), mean_q, "var_p")
+    for v, name in ((vq, "var_q"), (vp, "var_p")):
+        if (v == 0).any():
+            raise ValueError(f"{name} must be positive (a variance of the Gaussian KL), got 0")
     per = 0.5 * (torch.log(vp / vq) + (vq + (mean_q - mean_p) ** 2) / vp - 1.0)
     return per.reshape(per.shape[0], -1).sum(1)
 
@@ -252,15 +263,15 @@ def posterior(schedule: Schedule, t: Tensor | float, s: Tensor | float | None = 
     Raises
     ------
     TypeError
-        If ``t`` or ``s`` is not a real number or tensor.
+        If ``schedule`` is not a Schedule, or ``t`` or ``s`` is not a real number or tensor.
     ValueError
         If ``s >= t`` anywhere, or ``t`` or ``s`` holds NaN or infinity, lies outside the schedule's range or is not
         an integer on a discrete schedule.
     """
-    t_ = as_tensor(t, "t")
-    s_ = t_ - 1 if s is None else as_tensor(s, "s", t_)
+    t_ = check_time(t, check_schedule(schedule), "t")
+    s_ = t_ - 1 if s is None else check_time(s, schedule, "s").to(t_.dtype)
     if (s_ >= t_).any():
-        raise ValueError("the posterior q(x_s | x_t, x0) needs s < t")
+        raise ValueError("the posterior q(x_s | x_t, x0) needs s < t (s defaults to t - 1)")
     ct, cs = schedule.coefficients(t_), schedule.coefficients(s_)
     ratio = ct.a / cs.a
     beta2 = torch.clamp(ct.b**2 - ratio**2 * cs.b**2, min=0.0)
@@ -298,7 +309,7 @@ def ddpm_mean(x: Tensor, eps: Tensor, t: Tensor | float, schedule: DiscreteSched
         not a scalar or of shape (B,) or lies outside 1..T.
     """
     x = check_batch(x, "x")
-    _same_shape(eps, x, "eps")
+    check_like(eps, x, "eps")
     t_ = as_tensor(t, "t", x)
     alpha, beta = (per_sample(v, x, "t") for v in _discrete(schedule).step(t_))
     return (x - beta**2 / per_sample(schedule.b(t_), x, "t") * eps) / alpha
@@ -364,11 +375,14 @@ def reverse_variance(
     Raises
     ------
     TypeError
-        If ``x`` is not a floating tensor, or ``t`` or ``s`` is not a real number or tensor.
+        If ``source`` is not a mixture, ``x`` is not a floating tensor, or ``t`` or ``s`` is not a real number or
+        tensor.
     ValueError
         If ``x`` has fewer than 2 dimensions, holds NaN or infinity or does not match the mixture's event shape,
         ``s >= t``, or a time lies outside the schedule's range.
     """
+    if not isinstance(source, GaussianMixture):
+        raise TypeError(f"source must be a GaussianMixture or EmpiricalData, got {type(source).__name__}")
     t_ = as_tensor(t, "t", check_batch(x, "x"))
     post = posterior(schedule, t_, s)
     c = schedule.coefficients(t_)
@@ -404,18 +418,12 @@ def kl_weight(schedule: DiscreteSchedule, t: Tensor | float, sigma: Tensor | flo
         If ``schedule`` is not a :class:`~diffmath.schedules.DiscreteSchedule`, or ``t`` is not a real number or
         tensor.
     ValueError
-        If ``sigma`` is not positive, or ``t`` holds NaN or infinity, is not an integer, or lies outside 1..T.
+        If ``sigma`` is not finite and positive, or ``t`` holds NaN or infinity, is not an integer, or lies outside
+        1..T.
     """
     t_ = as_tensor(t, "t")
     alpha, beta = _discrete(schedule).step(t_)
-    sigma_ = as_tensor(sigma, "sigma", alpha)
+    sigma_ = check_coefficient(sigma, "sigma", alpha)
     if (sigma_ <= 0).any():
         raise ValueError("sigma must be positive (the posterior sd is 0 at t = 1: the KL is infinite there)")
     return beta**4 / (2 * schedule.b(t_) ** 2 * alpha**2 * sigma_**2)
-
-
-def _same_shape(v: object, like: Tensor, name: str) -> Tensor:
-    v = check_batch(v, name)
-    if v.shape != like.shape:
-        raise ValueError(f"{name} must have shape {tuple(like.shape)}, got {tuple(v.shape)}")
-    return v

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-from diffmath._validate import as_tensor, check_batch, check_finite, per_sample
+from diffmath._validate import as_tensor, check_batch, check_coefficient, check_finite, check_nonempty, per_sample
 from diffmath.notation import Pair, check_prediction, from_pair
 from diffmath.schedules import Schedule
 
@@ -68,9 +68,9 @@ class GaussianMixture:
         for name, v in (("weights", weights), ("means", means), ("covs", covs)):
             check_finite(v, name)
         if (weights < 0).any():
-            raise ValueError("mixture weights must be non-negative")
+            raise ValueError("weights must be non-negative")
         if abs(weights.sum().item() - 1.0) > 1e-6:
-            raise ValueError(f"mixture weights must sum to 1, got sum {weights.sum().item():.6g}")
+            raise ValueError(f"weights must sum to 1, got sum {weights.sum().item():.6g}")
         if means.dim() < 2 or means.shape[0] != K:
             raise ValueError(f"means must have shape (K, *event_shape) with K = {K}, got {tuple(means.shape)}")
         self.event_shape = tuple(means.shape[1:])
@@ -83,7 +83,7 @@ class GaussianMixture:
             self.cov_kind, lam = "diag", covs.reshape(K, d)
         elif covs.shape == (K, d, d):
             if not torch.allclose(covs, covs.transpose(1, 2), rtol=1e-10, atol=1e-12):
-                raise ValueError("full covariance matrices must be symmetric")
+                raise ValueError("covs must be symmetric (full covariance matrices)")
             self.cov_kind = "full"
             lam, self.U = torch.linalg.eigh(covs)
         else:
@@ -93,9 +93,9 @@ class GaussianMixture:
             )
         if self._allow_singular:
             if (lam < 0).any():
-                raise ValueError("covariances must be positive semi-definite")
+                raise ValueError("covs must be positive semi-definite (all eigenvalues >= 0)")
         elif (lam <= 0).any():
-            raise ValueError("covariances must be positive definite (all eigenvalues > 0)")
+            raise ValueError("covs must be positive definite (all eigenvalues > 0)")
         self.lam = lam
         if labels is None:
             labels = torch.arange(K)
@@ -129,8 +129,7 @@ class GaussianMixture:
         return x.reshape(x.shape[0], self.d)
 
     def _coef(self, c: Tensor | float, x: Tensor, name: str) -> Tensor:
-        c = as_tensor(c, name, x)
-        check_finite(c, name)
+        c = check_coefficient(c, name, x)
         if c.dim() > 1:
             raise ValueError(f"{name} must be a scalar or have shape (B,), got {tuple(c.shape)}")
         return per_sample(c, x, name).reshape(-1, 1) if c.dim() == 1 else c.reshape(1, 1)
@@ -138,11 +137,16 @@ class GaussianMixture:
     def _log_weights(self, log_w: Tensor, labels: Tensor, cond: Tensor | None, B: int) -> Tensor:
         if cond is None:
             return log_w.expand(B, -1)
-        if not isinstance(cond, Tensor) or cond.is_floating_point() or cond.shape != (B,):
+        if not isinstance(cond, Tensor) or cond.is_floating_point() or cond.dtype == torch.bool or cond.shape != (B,):
             raise ValueError(f"cond must be an integer tensor of class labels of shape (B,) = ({B},)")
         if (cond >= self.num_classes).any() or (cond < -1).any():
             raise ValueError(f"cond labels must lie in -1..{self.num_classes - 1} (-1 = unconditional)")
         cond = cond.to(labels.device)
+        empty = (cond >= 0) & ~(labels[None, :] == cond[:, None]).any(1)
+        if empty.any():
+            raise ValueError(
+                f"cond holds class {cond[empty][0].item()}, which no component has (labels {labels.tolist()})"
+            )
         keep = (labels[None, :] == cond[:, None]) | (cond[:, None] < 0)
         masked = torch.where(keep, log_w, torch.full_like(log_w, -math.inf))
         return masked - torch.logsumexp(masked, dim=1, keepdim=True)  # p(k | y) = w_k / sum_{label_j = y} w_j
@@ -158,7 +162,7 @@ class GaussianMixture:
         step = max(1, _CHUNK // max(1, self.K * self.d))
         parts = [
             self._stats_chunk(xf[i : i + step], a_[i : i + step], b_[i : i + step], log_w[i : i + step], need)
-            for i in range(0, B, step)
+            for i in range(0, max(B, 1), step)  # one empty chunk for an empty batch
         ]
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
@@ -207,9 +211,9 @@ class GaussianMixture:
         TypeError
             If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
         ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite or not
-            of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,), or the noised
-            density is singular (``b = 0`` with a degenerate component).
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or
+            not of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a
+            class no component has, or the noised density is singular (``b = 0`` with a degenerate component).
         """
         return self.noised_log_prob(x, 1.0, 0.0)
 
@@ -309,9 +313,9 @@ class GaussianMixture:
         TypeError
             If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
         ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite or not
-            of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,), or the noised
-            density is singular (``b = 0`` with a degenerate component).
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or
+            not of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a
+            class no component has, or the noised density is singular (``b = 0`` with a degenerate component).
         """
         return self._stats(x, a, b, cond, "log_prob")["log_prob"]
 
@@ -337,9 +341,9 @@ class GaussianMixture:
         TypeError
             If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
         ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite or not
-            of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,), or the noised
-            density is singular (``b = 0`` with a degenerate component).
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or
+            not of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a
+            class no component has, or the noised density is singular (``b = 0`` with a degenerate component).
         """
         return self._stats(x, a, b, cond, "score")["score"].reshape(x.shape)
 
@@ -366,9 +370,9 @@ class GaussianMixture:
         TypeError
             If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
         ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite or not
-            of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,), or the noised
-            density is singular (``b = 0`` with a degenerate component).
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or
+            not of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a
+            class no component has, or the noised density is singular (``b = 0`` with a degenerate component).
         """
         s = self._stats(x, a, b, cond, "moments")
         return torch.einsum("bk,bkd->bd", s["resp"], s["mean_k"]).reshape(x.shape)
@@ -395,12 +399,12 @@ class GaussianMixture:
         TypeError
             If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
         ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite or not
-            of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,), or the noised
-            density is singular (``b = 0`` with a degenerate component).
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or
+            not of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a
+            class no component has, or the noised density is singular (``b = 0`` with a degenerate component).
         """
-        bb = per_sample(as_tensor(b, "b", x), x, "b")
-        return -bb * self.score(x, a, b, cond)
+        score = self.score(x, a, b, cond)
+        return -per_sample(as_tensor(b, "b", x), x, "b") * score
 
     def posterior_cov(self, x: Tensor, a: Tensor | float, b: Tensor | float, cond: Tensor | None = None) -> Tensor:
         r"""$\operatorname{Cov}[x_0\mid x_t]$, shape (B, d, d) (lesson 0, eq. 0.20): law of total covariance over
@@ -425,9 +429,9 @@ class GaussianMixture:
         TypeError
             If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
         ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite or not
-            of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,), or the noised
-            density is singular (``b = 0`` with a degenerate component).
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or
+            not of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a
+            class no component has, or the noised density is singular (``b = 0`` with a degenerate component).
         """
         s = self._stats(x, a, b, cond, "moments")
         return self._mix_cov(s["resp"], s["mean_k"], s["var_k"])
@@ -456,9 +460,9 @@ class GaussianMixture:
         TypeError
             If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
         ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite or not
-            of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,), or the noised
-            density is singular (``b = 0`` with a degenerate component).
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or
+            not of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a
+            class no component has, or the noised density is singular (``b = 0`` with a degenerate component).
         """
         return self._stats(x, a, b, cond, "log_prob")["resp"]
 
@@ -482,9 +486,9 @@ class GaussianMixture:
         TypeError
             If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
         ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite or not
-            of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,), or the noised
-            density is singular (``b = 0`` with a degenerate component).
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or
+            not of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a
+            class no component has, or the noised density is singular (``b = 0`` with a degenerate component).
         """
         resp = self.component_posterior(x, a, b)
         out = torch.zeros(resp.shape[0], self.num_classes, dtype=resp.dtype, device=resp.device)
@@ -523,9 +527,9 @@ class GaussianMixture:
         TypeError
             If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
         ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite or not
-            of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,), or the noised
-            density is singular (``b = 0`` with a degenerate component).
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or
+            not of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a
+            class no component has, or the noised density is singular (``b = 0`` with a degenerate component).
         """
         pair = Pair(self.posterior_mean(x, a, b, cond), self.eps_mean(x, a, b, cond))
         return from_pair(pair, "velocity", a, b, da, db)
@@ -578,13 +582,14 @@ class EmpiricalData(GaussianMixture):
         If ``points`` is not a floating tensor, or ``weights`` is not a real tensor.
     ValueError
         If ``points`` has fewer than 2 dimensions or holds NaN or infinity, the weights are not of shape (N,),
-        negative or do not sum to one, or ``labels`` is not a non-negative integer tensor of shape (N,).
+        negative or do not sum to one, ``points`` is empty, or ``labels`` is not a non-negative integer tensor of
+        shape (N,).
     """
 
     _allow_singular = True
 
     def __init__(self, points: Tensor, weights: Tensor | None = None, labels: Tensor | None = None) -> None:
-        points = check_batch(as_tensor(points, "points"), "points")
+        points = check_nonempty(check_batch(as_tensor(points, "points"), "points"), "points")
         N = points.shape[0]
         if weights is None:
             weights = torch.full((N,), 1.0 / N, dtype=torch.float64)
@@ -596,13 +601,17 @@ class EmpiricalData(GaussianMixture):
         if (b <= 0).any():
             raise ValueError("point masses have no density at b = 0; use b > 0")
         sq = (x * x).sum(1, keepdim=True) - 2 * a * (x @ mu.T) + a**2 * (mu * mu).sum(1)[None]
-        sq = torch.clamp(sq, min=0.0)
-        joint = log_w - 0.5 * sq / b**2 - 0.5 * self.d * torch.log(2 * math.pi * b**2)
-        log_p = torch.logsumexp(joint, dim=1)
-        resp = torch.exp(joint - log_p[:, None])
-        out = {"log_prob": log_p, "resp": resp}
+        sq = torch.clamp(sq, min=0.0)  # |x - a x_i|^2, (B, N)
+        # divide by b twice, never by b^2 (it underflows to 0 for b < 1e-154), and relative to the nearest point, so
+        # that the responsibilities tend to one-hot, not NaN, as b -> 0
+        near = sq.min(1, keepdim=True).values
+        joint = log_w - 0.5 * (sq - near) / b / b
+        log_z = torch.logsumexp(joint, dim=1)
+        resp = torch.exp(joint - log_z[:, None])
+        log_norm = (0.5 * near / b / b)[:, 0] + self.d * (0.5 * math.log(2 * math.pi) + torch.log(b[:, 0]))
+        out = {"log_prob": log_z - log_norm, "resp": resp}
         if need in ("score", "moments"):
-            out["score"] = (a * (resp @ mu) - x) / b**2
+            out["score"] = (a * (resp @ mu) - x) / b / b
         if need == "moments":
             out["mean_k"] = mu[None].expand(x.shape[0], -1, -1)
             out["var_k"] = torch.zeros_like(out["mean_k"])
@@ -652,9 +661,9 @@ class EmpiricalData(GaussianMixture):
         TypeError
             If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
         ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite or not
-            of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,), or the noised
-            density is singular (``b = 0`` with a degenerate component).
+            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or
+            not of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a
+            class no component has, or the noised density is singular (``b = 0`` with a degenerate component).
         """
         resp = self.component_posterior(x, a, b, cond)
         return (resp @ self._params(resp)[1]).reshape(x.shape)

@@ -27,9 +27,18 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from diffmath._validate import as_tensor, check_batch, check_finite
+from diffmath._validate import (
+    as_tensor,
+    check_batch,
+    check_dtype,
+    check_finite,
+    check_nonempty,
+    check_output,
+    check_real,
+    check_schedule,
+)
 from diffmath.exact import GaussianMixture
-from diffmath.models import Model, check_model
+from diffmath.models import Model, check_model, predict
 from diffmath.ode import ode_sample, solve_ode
 from diffmath.schedules import Coefficients, LinearPath, Schedule, get_schedule
 
@@ -62,8 +71,15 @@ class GaussianPrior:
         -------
         Tensor
             Samples of the given shape.
+
+        Raises
+        ------
+        ValueError
+            If ``shape`` is not a non-empty tuple of non-negative integers.
+        TypeError
+            If ``dtype`` is not a floating dtype.
         """
-        return torch.randn(shape, generator=generator, dtype=dtype)
+        return torch.randn(_check_shape(shape), generator=generator, dtype=_prior_dtype(dtype))
 
     def log_prob(self, x: Tensor) -> Tensor:
         r"""$\log p_1(x) = -\tfrac12\|x\|^2 - \tfrac d2\log 2\pi$ (lesson 15, eq. 15.5).
@@ -78,7 +94,7 @@ class GaussianPrior:
         Tensor, shape (B,)
             The log density.
         """
-        flat = x.reshape(x.shape[0], -1)
+        flat = check_batch(x, "x").flatten(1)
         return -0.5 * (flat**2).sum(1) - 0.5 * flat.shape[1] * math.log(2 * math.pi)
 
     def __repr__(self) -> str:
@@ -100,8 +116,9 @@ class UniformPrior:
     """
 
     def __init__(self, low: float = -1.0, high: float = 1.0) -> None:
-        if not (math.isfinite(low) and math.isfinite(high) and low < high):
-            raise ValueError(f"need finite low < high, got {low}, {high}")
+        low, high = check_real(low, "low"), check_real(high, "high")
+        if not low < high:
+            raise ValueError(f"need low < high, got low={low}, high={high}")
         self.low, self.high = float(low), float(high)
         self.name = f"uniform({low:g},{high:g})"
 
@@ -121,7 +138,15 @@ class UniformPrior:
         -------
         Tensor
             Samples of the given shape.
+
+        Raises
+        ------
+        ValueError
+            If ``shape`` is not a non-empty tuple of non-negative integers.
+        TypeError
+            If ``dtype`` is not a floating dtype.
         """
+        shape, dtype = _check_shape(shape), _prior_dtype(dtype)
         return self.low + (self.high - self.low) * torch.rand(shape, generator=generator, dtype=dtype)
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -137,7 +162,7 @@ class UniformPrior:
         Tensor, shape (B,)
             The log density.
         """
-        flat = x.reshape(x.shape[0], -1)
+        flat = check_batch(x, "x").flatten(1)
         inside = ((flat >= self.low) & (flat <= self.high)).all(1)
         value = -flat.shape[1] * math.log(self.high - self.low)
         return torch.where(inside, torch.full_like(flat[:, 0], value), torch.full_like(flat[:, 0], -math.inf))
@@ -155,7 +180,7 @@ class UniformPrior:
         Tensor, shape (B,)
             The distances.
         """
-        flat = x.reshape(x.shape[0], -1)
+        flat = check_batch(x, "x").flatten(1)
         return (flat - flat.clamp(self.low, self.high)).norm(dim=1)
 
     def __repr__(self) -> str:
@@ -206,10 +231,14 @@ class SamplerPrior:
         Raises
         ------
         ValueError
-            If ``fn`` returns a tensor of another shape.
+            If ``shape`` is not a non-empty tuple of non-negative integers, or ``fn`` returns a tensor of another
+            shape.
+        TypeError
+            If ``dtype`` is not a floating dtype.
         """
+        shape, dtype = _check_shape(shape), _prior_dtype(dtype)
         out = self.fn(shape, generator, dtype)
-        if not isinstance(out, Tensor) or tuple(out.shape) != tuple(shape):
+        if not isinstance(out, Tensor) or tuple(out.shape) != shape:
             raise ValueError(f"the prior's sampler must return a tensor of shape {tuple(shape)}")
         return out.to(dtype)
 
@@ -235,6 +264,18 @@ class SamplerPrior:
 
     def __repr__(self) -> str:
         return f"SamplerPrior({self.name!r})"
+
+
+def _check_shape(shape: object) -> tuple[int, ...]:
+    """A sample shape (B, ...) of non-negative integer sizes, as a tuple."""
+    ok = isinstance(shape, (tuple, list, torch.Size)) and len(shape) > 0
+    if not ok or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in shape):
+        raise ValueError(f"shape must be a tuple (B, ...) of non-negative integers, got {shape!r}")
+    return tuple(shape)
+
+
+def _prior_dtype(dtype: object) -> torch.dtype:
+    return check_dtype(dtype) or torch.get_default_dtype()
 
 
 def _as_prior(prior: object):
@@ -269,7 +310,7 @@ class OTPath(Schedule):
     """
 
     def __init__(self, sigma_min: float = 0.0) -> None:
-        if not 0 <= sigma_min < 1:
+        if not 0 <= check_real(sigma_min, "sigma_min") < 1:
             raise ValueError(f"sigma_min must lie in [0, 1), got {sigma_min}")
         self.sigma_min = float(sigma_min)
         self.name = f"ot-path(sigma_min={sigma_min:g})"
@@ -355,6 +396,9 @@ class ConditionalPath(Schedule):
             raise ValueError(f"a conditional path needs a continuous schedule (derivatives); got {base.name!r}")
         if (mu is None) != (dmu is None):
             raise ValueError("give both mu and dmu (the path's mean and its time derivative), or neither")
+        for key, fn in (("mu", mu), ("dmu", dmu)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{key} must be a function fn(x0, t), got {type(fn).__name__}")
         self.base, self.prior, self._mu, self._dmu = base, _as_prior(prior), mu, dmu
         self.t_max = base.t_max
         self.name = f"{base.name}|{self.prior.name}" + ("|custom-mu" if mu is not None else "")
@@ -532,7 +576,7 @@ class ConditionalPath(Schedule):
         if (b <= 0).any():
             raise ValueError("the conditional density needs sigma_t > 0 (t > 0 on a path that starts at the data)")
         u = (x - self.mean(x0, t_)) / self._view(b, x0)
-        d = x0[0].numel()
+        d = math.prod(x0.shape[1:])
         return self.prior.log_prob(u) - d * torch.log(b)
 
     def sample_prior(self, shape: tuple[int, ...], generator: torch.Generator | None = None, dtype=torch.float64):
@@ -551,8 +595,15 @@ class ConditionalPath(Schedule):
         -------
         Tensor
             Samples of the given shape.
+
+        Raises
+        ------
+        ValueError
+            If ``shape`` is not a non-empty tuple of non-negative integers.
+        TypeError
+            If ``dtype`` is not a floating dtype.
         """
-        return self.prior.sample(tuple(shape), generator, dtype)
+        return self.prior.sample(shape, generator, dtype)
 
     def __repr__(self) -> str:
         return f"ConditionalPath({self.name!r})"
@@ -631,7 +682,7 @@ def gmm_velocity(gmm: GaussianMixture, x: Tensor, t: Tensor | float, cond: Tenso
     elif t_.shape != (B,):
         raise ValueError(f"t must be a scalar or have shape (B,) = ({B},), got {tuple(t_.shape)}")
     resp = gmm.component_posterior(x, 1.0 - t_, t_, cond)  # (B, K)
-    xf = x.reshape(B, -1)
+    xf = x.flatten(1)
     conv = {"dtype": x.dtype, "device": x.device}
     mu, lam = gmm.means.to(**conv), gmm.lam.to(**conv)
     U = None if gmm.U is None else gmm.U.to(**conv)
@@ -700,13 +751,14 @@ class EmpiricalFlow:
     TypeError
         If ``points`` is not a floating tensor or ``path`` not a schedule.
     ValueError
-        If ``points`` is not a finite batch, or ``weights`` is not of shape (N,), negative, or does not sum to one.
+        If ``points`` is empty or not a finite batch, or ``weights`` is not of shape (N,), negative, or does not sum
+        to one.
     """
 
     prediction = "velocity"
 
     def __init__(self, points: Tensor, path: ConditionalPath | Schedule, weights: Tensor | None = None) -> None:
-        self.points = check_batch(points, "points")
+        self.points = check_nonempty(check_batch(points, "points"), "points")
         self.path = as_path(path)
         N = points.shape[0]
         w = torch.full((N,), 1.0 / N, dtype=torch.float64) if weights is None else as_tensor(weights, "weights")
@@ -765,7 +817,9 @@ class EmpiricalFlow:
     def __call__(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
         r = self.responsibilities(x, t)
         xr, x0r, tr = self._repeat(x, t)
-        f = self.path.conditional_velocity(xr, x0r, tr).reshape(x.shape[0], self.points.shape[0], -1)
+        f = self.path.conditional_velocity(xr, x0r, tr).reshape(
+            x.shape[0], self.points.shape[0], self.points[0].numel()
+        )
         return torch.einsum("bn,bnd->bd", r, f).reshape(x.shape)
 
     def __repr__(self) -> str:
@@ -792,14 +846,16 @@ class AffineCouplingFlow:
 
     Raises
     ------
+    TypeError
+        If ``A`` or ``m`` is not a real tensor.
     ValueError
-        If ``A`` is not square or ``m`` does not match it.
+        If ``A`` is not square, ``m`` does not match it, or either holds NaN or infinity.
     """
 
     prediction = "velocity"
 
     def __init__(self, A: Tensor, m: Tensor, residual: float = 0.0) -> None:
-        A, m = as_tensor(A, "A"), as_tensor(m, "m")
+        A, m = check_finite(as_tensor(A, "A"), "A"), check_finite(as_tensor(m, "m"), "m")
         if A.dim() != 2 or A.shape[0] != A.shape[1] or m.shape != (A.shape[0],):
             raise ValueError(f"A must be (d, d) and m (d,), got {tuple(A.shape)} and {tuple(m.shape)}")
         self.A, self.m, self.residual = A, m, float(residual)
@@ -834,15 +890,21 @@ class AffineCouplingFlow:
 
     def __call__(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
         x = check_batch(x, "x")
-        B = x.shape[0]
-        t_ = LinearPath().check_t(as_tensor(t, "t", x))
-        t_ = t_.expand(B) if t_.dim() == 0 else t_
-        xf = x.reshape(B, -1)
-        A, m = self.A.to(x), self.m.to(x)
-        eye = torch.eye(A.shape[0], dtype=x.dtype)
+        B, d = x.shape[0], self.A.shape[0]
+        if math.prod(x.shape[1:]) != d:
+            raise ValueError(f"x must have d = {d} entries per sample, got shape {tuple(x.shape)}")
+        work = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32  # no half-precision solve
+        t_ = LinearPath().check_t(as_tensor(t, "t", x)).to(work)
+        if t_.dim() == 0:
+            t_ = t_.expand(B)
+        elif t_.shape != (B,):
+            raise ValueError(f"t must be a scalar or have shape (B,) = ({B},), got {tuple(t_.shape)}")
+        xf = x.flatten(1).to(work)
+        A, m = self.A.to(xf), self.m.to(xf)
+        eye = torch.eye(d, dtype=work)
         M = (1 - t_)[:, None, None] * A[None] + t_[:, None, None] * eye[None]
         x1 = torch.linalg.solve(M, (xf - (1 - t_)[:, None] * m)[..., None])[..., 0]
-        return (x1 - x1 @ A.T - m).reshape(x.shape)
+        return (x1 - x1 @ A.T - m).reshape(x.shape).to(x.dtype)
 
     def __repr__(self) -> str:
         return f"AffineCouplingFlow(d={self.A.shape[0]}, residual={self.residual:.3g})"
@@ -865,25 +927,24 @@ def minibatch_ot(x0: Tensor, x1: Tensor) -> Tensor:
 
     Raises
     ------
+    TypeError
+        If ``x0`` or ``x1`` is not a floating tensor.
     ValueError
-        If ``x0``, ``x1`` are not tensors of the same shape (B, ...).
+        If ``x0``, ``x1`` are not finite batches of the same shape (B, ...).
     """
-    if not isinstance(x0, Tensor) or not isinstance(x1, Tensor) or x0.shape != x1.shape or x0.dim() < 2:
-        raise ValueError("x0 and x1 must be tensors of the same shape (B, ...)")
+    _same(x0, x1)
     B = x0.shape[0]
-    cost = torch.cdist(x0.reshape(B, -1).double(), x1.reshape(B, -1).double()) ** 2
+    cost = torch.cdist(x0.flatten(1).double(), x1.flatten(1).double()) ** 2
     rows, cols = linear_sum_assignment(cost.numpy())
     perm = torch.empty(B, dtype=torch.long)
     perm[torch.from_numpy(rows)] = torch.from_numpy(cols)
     return x1[perm]
 
 
-def _split_pairs(pairs: Tensor, check: bool = True) -> tuple[Tensor, Tensor]:
-    if check:
-        pairs = check_batch(pairs, "pairs", min_dim=3)
-    if not isinstance(pairs, Tensor) or pairs.dim() < 3 or pairs.shape[1] != 2:
-        got = tuple(pairs.shape) if isinstance(pairs, Tensor) else type(pairs).__name__
-        raise ValueError(f"pairs must have shape (N, 2, ...) with rows (x0, x1), got {got}")
+def _split_pairs(pairs: Tensor) -> tuple[Tensor, Tensor]:
+    pairs = check_nonempty(check_batch(pairs, "pairs", min_dim=3), "pairs")
+    if pairs.shape[1] != 2:
+        raise ValueError(f"pairs must have shape (N, 2, ...) with rows (x0, x1), got {tuple(pairs.shape)}")
     return pairs[:, 0], pairs[:, 1]
 
 
@@ -911,7 +972,9 @@ class FlowMatchingLoss:
     ------
     TypeError, ValueError
         If the schedule is not a continuous schedule, the coupling is unknown, or ``paired`` is combined with
-        ``coupling="ot"``.
+        ``coupling="ot"``. When called: if the model does not predict ``"velocity"``, the batch is not a non-empty
+        finite floating batch (of pairs (N, 2, ...) when paired), or the model returns a tensor of another shape
+        than its input (a (B, 1) or (1, d) output would broadcast against the target).
     """
 
     def __init__(
@@ -930,19 +993,17 @@ class FlowMatchingLoss:
     def __call__(self, model: nn.Module, batch: Tensor, generator: torch.Generator, cond: Tensor | None = None):
         if getattr(model, "prediction", None) != "velocity":
             raise ValueError(f"flow matching trains a 'velocity' model, got {getattr(model, 'prediction', None)!r}")
-        if self.paired:  # the rows were checked by train(): shapes only here, no per-step finiteness scan
-            x0, x1 = _split_pairs(batch, check=False)
+        if self.paired:
+            x0, x1 = _split_pairs(batch)
         else:
-            if not isinstance(batch, Tensor) or batch.dim() < 2:
-                raise ValueError("batch must be a tensor of shape (B, ...)")
-            x0 = batch
+            x0 = check_nonempty(check_batch(batch, "batch"), "batch")
             x1 = self.path.sample_prior(x0.shape, generator, x0.dtype)
             if self.coupling == "ot":
                 x1 = minibatch_ot(x0, x1)
         B = x0.shape[0]
         t = self.path.t_max * (1.0 - torch.rand(B, generator=generator, dtype=x0.dtype))
         xt, target = self.path._point_and_target(x0, x1, t)
-        return ((model(xt, t, cond) - target) ** 2).mean()
+        return ((check_output(model(xt, t, cond), xt) - target) ** 2).mean()
 
     def __repr__(self) -> str:
         return f"flow_matching({self.path.name}, coupling={self.coupling}{', paired' if self.paired else ''})"
@@ -960,7 +1021,8 @@ class DistillationLoss:
     Raises
     ------
     TypeError, ValueError
-        As :func:`as_path`.
+        As :func:`as_path`. When called: if the model does not predict ``"velocity"``, the batch is not a
+        non-empty finite batch of pairs (N, 2, ...), or the model returns a tensor of another shape than its input.
     """
 
     def __init__(self, schedule: Schedule | str = "rectified-flow") -> None:
@@ -969,10 +1031,10 @@ class DistillationLoss:
     def __call__(self, model: nn.Module, batch: Tensor, generator: torch.Generator, cond: Tensor | None = None):
         if getattr(model, "prediction", None) != "velocity":
             raise ValueError(f"distillation trains a 'velocity' model, got {getattr(model, 'prediction', None)!r}")
-        x0, x1 = _split_pairs(batch, check=False)
+        x0, x1 = _split_pairs(batch)
         T = self.path.t_max
         t = torch.full((x0.shape[0],), T, dtype=x0.dtype)
-        return ((model(x1, t, cond) - (x1 - x0) / T) ** 2).mean()
+        return ((check_output(model(x1, t, cond), x1) - (x1 - x0) / T) ** 2).mean()
 
     def __repr__(self) -> str:
         return f"distillation({self.path.name})"
@@ -1018,6 +1080,7 @@ def sample_flow(
     TypeError, ValueError
         As :func:`~diffmath.ode.solve_ode` and :meth:`~diffmath.schedules.Schedule.grid`.
     """
+    check_schedule(schedule)
     with torch.no_grad():
         return ode_sample(model, x1, schedule.grid(num_steps, spacing), schedule, method, cond)
 
@@ -1123,10 +1186,14 @@ def straightness(
 
     Raises
     ------
-    TypeError, ValueError
-        As :func:`sample_flow`.
+    TypeError
+        If ``schedule`` is not a :class:`~diffmath.schedules.Schedule`, or as :func:`sample_flow`.
+    ValueError
+        If ``x1`` holds fewer than two samples (the standard error needs two), or the model returns NaN or
+        infinity or a tensor of another shape at a step, or as :func:`sample_flow`.
     """
-    x1 = check_batch(x1, "x1")
+    x1 = check_nonempty(check_batch(x1, "x1"), "x1", 2)
+    check_schedule(schedule)
     grid = schedule.grid(num_steps)
     xs, ts = [x1], [grid[0].item()]
     with torch.no_grad():
@@ -1134,10 +1201,10 @@ def straightness(
             xs.append(step.x)
             ts.append(step.t)
         B = x1.shape[0]
-        disp = (x1 - xs[-1]).reshape(B, -1)
+        disp = (x1 - xs[-1]).flatten(1)
         s = torch.zeros(B, dtype=torch.float64)
-        for i in range(num_steps):
-            v = model(xs[i], torch.full((B,), ts[i], dtype=x1.dtype), cond).reshape(B, -1)
+        for i in range(num_steps):  # predict checks the output's shape and finiteness at each step
+            v = predict(model, xs[i], ts[i], schedule, "velocity", cond).flatten(1)
             s = s + (ts[i] - ts[i + 1]) * ((disp - v) ** 2).sum(1).double()
     cost = (disp**2).sum(1).double()
     return FlowStats(
@@ -1213,20 +1280,24 @@ def cost_identity(
     Raises
     ------
     TypeError, ValueError
-        If ``x0``, ``x1`` are not finite floating batches of the same shape, or as :func:`straightness`.
+        If ``x0``, ``x1`` are not finite floating batches of the same shape with at least two samples,
+        ``num_times`` is not a positive integer, the model returns NaN or infinity or a tensor of another shape
+        (in $V$ or along a trajectory), or as :func:`straightness`.
     """
     _same(x0, x1)
+    check_nonempty(x0, "x0", 2)
+    check_model(model)
     path = as_path(schedule if schedule is not None else LinearPath())
     B = x0.shape[0]
-    if not isinstance(num_times, int) or num_times < 1:
+    if not isinstance(num_times, int) or isinstance(num_times, bool) or num_times < 1:
         raise ValueError(f"num_times must be a positive integer, got {num_times!r}")
     V = torch.zeros(B, dtype=torch.float64)
     for _ in range(num_times):
         t = 1.0 - torch.rand(B, generator=generator, dtype=x0.dtype)
         with torch.no_grad():
-            v = model(path.sample(x0, t, x1), t, None)
-        V = V + ((path.target(x0, x1, t) - v) ** 2).reshape(B, -1).sum(1).double() / num_times
-    coupling = ((x1 - x0) ** 2).reshape(B, -1).sum(1).double()
+            v = predict(model, path.sample(x0, t, x1), t, path, "velocity")
+        V = V + ((path.target(x0, x1, t) - v) ** 2).flatten(1).sum(1).double() / num_times
+    coupling = ((x1 - x0) ** 2).flatten(1).sum(1).double()
     stats = straightness(model, x1, path, num_steps, method)
     S, flow = stats.per_sample[:, 0], stats.per_sample[:, 1]
     r = coupling - V - S - flow
@@ -1284,14 +1355,18 @@ def reflow(
 
     Raises
     ------
+    TypeError
+        If ``model`` does not follow the one interface or is not a torch module with parameters (an exact model
+        cannot be retrained), or as :func:`~diffmath.training.fit`.
     ValueError
         If ``rounds`` is not a positive integer, or as :func:`~diffmath.training.fit`.
     """
-    from diffmath.training import fit
+    from diffmath.training import _check_trainable, fit
 
-    if not isinstance(rounds, int) or rounds < 1:
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
         raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
     check_model(model)
+    _check_trainable(model, frozen_ok=True)  # each round trains an unfrozen copy
     out, current = [], model
     for _ in range(rounds):
         pairs = reflow_pairs(current, x1, schedule, num_steps, method)
@@ -1341,11 +1416,18 @@ def distill(
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError
+        If ``student`` (or, without one, ``teacher``) is not a torch module with parameters, or as
+        :func:`reflow_pairs` and :func:`~diffmath.training.fit`.
+    ValueError
         As :func:`reflow_pairs` and :func:`~diffmath.training.fit`.
     """
-    from diffmath.training import fit
+    from diffmath.training import _check_trainable, fit
 
+    if student is None:
+        _check_trainable(teacher, "teacher", frozen_ok=True)  # the student is its unfrozen copy
+    else:
+        _check_trainable(student, "student")
     pairs = reflow_pairs(teacher, x1, schedule, num_steps, method)
     student = copy.deepcopy(teacher).requires_grad_(True) if student is None else student
     state = fit(student, pairs, None, steps, loss=DistillationLoss(schedule), **train_kwargs)
@@ -1398,6 +1480,7 @@ def reflow_toy(
         If the recipe is unknown or does not train a velocity model, ``rounds`` is negative, or as
         :func:`~diffmath.recipes.train_toy`.
     """
+    from diffmath._io import file_lock
     from diffmath.nets import MLP
     from diffmath.recipes import ToyModel, cache_dir, recipe_hash, toy_recipe, train_toy
     from diffmath.training import fit, read_checkpoint, save_atomic
@@ -1416,33 +1499,34 @@ def reflow_toy(
         g = torch.Generator().manual_seed(config["seed"] + k)
         z1 = torch.randn(num_pairs, *base.data.shape[1:], generator=g, dtype=base.data.dtype)
         model = MLP(base.data.shape[1], config["hidden"], config["depth"], "velocity", base.schedule.t_max)
-        if path.exists():
-            stored = read_checkpoint(path)
-            if stored.get("config") != config:
-                raise ValueError(f"cached reflow {path} was made by another recipe; delete it to retrain")
-            model.load_state_dict(stored["model"])
-            out.append(ToyModel(model.eval(), base.schedule, stored["pairs"], config, path, stored["losses"]))
-            current = out[-1]
-            continue
-        pairs = reflow_pairs(current.model, z1, base.schedule, num_steps, method)
-        model.load_state_dict(current.model.state_dict())
-        ckpt = path.with_suffix(".ckpt")
-        state = fit(
-            model,
-            pairs,
-            None,
-            steps,
-            batch_size=config["batch_size"],
-            lr=config["lr"],
-            ema_decay=config["ema_decay"],
-            seed=config["seed"] + k,
-            checkpoint=ckpt,
-            progress=progress,
-            loss=FlowMatchingLoss(base.schedule, paired=True),
-        )
-        final = (state.ema if state.ema is not None else state.model).eval()
-        save_atomic({"config": config, "model": final.state_dict(), "pairs": pairs, "losses": state.losses}, path)
-        ckpt.unlink(missing_ok=True)
+        with file_lock(path):  # one process trains and stores a round; another asking for it waits, then loads it
+            if path.exists():
+                stored = read_checkpoint(path, ("config", "model", "pairs", "losses"))
+                if stored["config"] != config:
+                    raise ValueError(f"cached reflow {path} was made by another recipe; delete it to retrain")
+                model.load_state_dict(stored["model"])
+                current = ToyModel(model.eval(), base.schedule, stored["pairs"], config, path, stored["losses"])
+                out.append(current)
+                continue
+            pairs = reflow_pairs(current.model, z1, base.schedule, num_steps, method)
+            model.load_state_dict(current.model.state_dict())
+            ckpt = path.with_suffix(".ckpt")
+            state = fit(
+                model,
+                pairs,
+                None,
+                steps,
+                batch_size=config["batch_size"],
+                lr=config["lr"],
+                ema_decay=config["ema_decay"],
+                seed=config["seed"] + k,
+                checkpoint=ckpt,
+                progress=progress,
+                loss=FlowMatchingLoss(base.schedule, paired=True),
+            )
+            final = (state.ema if state.ema is not None else state.model).eval()
+            save_atomic({"config": config, "model": final.state_dict(), "pairs": pairs, "losses": state.losses}, path)
+            ckpt.unlink(missing_ok=True)
         current = ToyModel(final, base.schedule, pairs, config, path, state.losses)
         out.append(current)
     return out

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from diffmath._validate import check_batch
+from diffmath._validate import check_batch, check_finite, check_int, check_positive, check_real
 from diffmath.pfgm import sphere_area
 
 PROFILES: tuple[str, ...] = ("gaussian", "cauchy")
@@ -26,8 +26,9 @@ def _radius(x: Tensor, x0: Tensor) -> tuple[Tensor, Tensor, int]:
     x = check_batch(x, "x")
     if not isinstance(x0, Tensor) or tuple(x0.shape) != tuple(x.shape[1:]):
         raise ValueError(f"x0 must be a tensor of one sample's shape {tuple(x.shape[1:])}")
+    check_finite(x0, "x0")
     diff = x - x0.to(x.dtype)[None]
-    return diff, diff.reshape(x.shape[0], -1).norm(dim=1), diff[0].numel()
+    return diff, diff.flatten(1).norm(dim=1), math.prod(x.shape[1:])
 
 
 def _view(v: Tensor, x: Tensor) -> Tensor:
@@ -88,10 +89,10 @@ def scale_kernel(kind: str, x: Tensor, x0: Tensor, sigma: float, dsigma: float) 
     Raises
     ------
     ValueError
-        If ``kind`` is unknown, ``sigma`` is not positive, or ``x``/``x0`` have the wrong shapes.
+        If ``kind`` is unknown, ``sigma`` is not a positive finite number, ``dsigma`` is not finite, or ``x``/``x0``
+        have the wrong shapes or hold NaN or infinity.
     """
-    if not sigma > 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
+    sigma, dsigma = check_positive(sigma, "sigma"), check_real(dsigma, "dsigma")
     diff, r, d = _radius(x, x0)
     g1 = radial_profile(kind, d)(r / sigma) / sigma**d
     return g1, (dsigma / sigma) * diff * _view(g1, x)
@@ -120,8 +121,7 @@ def isotropic_kernel(x: Tensor, x0: Tensor, t: float) -> tuple[Tensor, Tensor]:
     ValueError
         If ``t`` is not positive or ``x``/``x0`` have the wrong shapes.
     """
-    if not t > 0:
-        raise ValueError(f"t must be positive, got {t}")
+    t = check_positive(t, "t")
     diff, r, d = _radius(x, x0)
     scale = 2.0 / sphere_area(d + 1) * (r**2 + t**2) ** (-0.5 * (d + 1))
     return scale * t, diff * _view(scale, x)
@@ -141,8 +141,13 @@ def tanh_cdf(r: Tensor, t: Tensor | float) -> Tensor:
     -------
     Tensor
         $\psi_t(r)$, of the shape of ``r``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`exp_cdf`.
     """
-    return torch.tanh(r / t)
+    return torch.tanh(_check_cdf_args(r, t))
 
 
 def exp_cdf(r: Tensor, t: Tensor | float) -> Tensor:
@@ -159,8 +164,31 @@ def exp_cdf(r: Tensor, t: Tensor | float) -> Tensor:
     -------
     Tensor
         $\psi_t(r)$, of the shape of ``r``.
+
+    Raises
+    ------
+    TypeError
+        If ``r`` is not a floating tensor or ``t`` not a real number or tensor.
+    ValueError
+        If ``r`` is negative or not finite, or ``t`` is not positive and finite.
     """
-    return -torch.expm1(-r / t)
+    return -torch.expm1(-_check_cdf_args(r, t))
+
+
+def _check_cdf_args(r: object, t: object) -> Tensor:
+    """``r / t`` for radii ``r >= 0`` (a floating tensor) and times ``t > 0`` (a number or a tensor)."""
+    if not isinstance(r, Tensor) or not r.is_floating_point():
+        raise TypeError(f"r must be a floating tensor of radii, got {type(r).__name__}")
+    if not torch.isfinite(r).all() or (r < 0).any():
+        raise ValueError("r must hold finite radii >= 0")
+    if isinstance(t, Tensor):
+        if not t.is_floating_point() or not torch.isfinite(t).all() or (t <= 0).any():
+            raise ValueError("t must be positive and finite")
+        if t.dim() and t.shape != r.shape:
+            raise ValueError(f"t must be a scalar or have the shape of r {tuple(r.shape)}, got {tuple(t.shape)}")
+    else:
+        t = check_positive(t, "t")
+    return r / t
 
 
 def cdf_kernel(psi: Callable[[Tensor, Tensor], Tensor], x: Tensor, x0: Tensor, t: float) -> tuple[Tensor, Tensor]:
@@ -185,11 +213,15 @@ def cdf_kernel(psi: Callable[[Tensor, Tensor], Tensor], x: Tensor, x0: Tensor, t
 
     Raises
     ------
+    TypeError
+        If ``psi`` is not callable.
     ValueError
-        If ``t`` is not positive, ``x``/``x0`` have the wrong shapes, or a point sits at ``x0``.
+        If ``t`` is not a positive finite number, ``x``/``x0`` have the wrong shapes or are not finite, or a point
+        sits at ``x0``.
     """
-    if not t > 0:
-        raise ValueError(f"t must be positive, got {t}")
+    if not callable(psi):
+        raise TypeError(f"psi must be a function psi(r, t), got {type(psi).__name__}")
+    t = check_positive(t, "t")
     diff, r, d = _radius(x, x0)
     if (r == 0).any():
         raise ValueError("cdf_kernel is singular at x = x0; evaluate it at r > 0")
@@ -226,13 +258,21 @@ def flux_from_density(phi: Callable[[Tensor, float], Tensor], r: Tensor, t: floa
 
     Raises
     ------
+    TypeError
+        If ``phi`` is not callable.
     ValueError
-        If ``t - dt`` is not positive or ``d`` is not a positive integer.
+        If ``r`` is not a 1-D tensor of finite radii > 0, ``t`` or ``dt`` is not a positive finite number,
+        ``t - dt`` is not positive, or ``d`` is not a positive integer.
     """
     from scipy.integrate import quad
 
-    if not t - dt > 0 or not isinstance(d, int) or d < 1:
-        raise ValueError(f"need t - dt > 0 and a positive integer d, got t={t}, dt={dt}, d={d!r}")
+    if not callable(phi):
+        raise TypeError(f"phi must be a function phi(s, t), got {type(phi).__name__}")
+    t, dt, d = check_positive(t, "t"), check_positive(dt, "dt"), check_int(d, "d")
+    if not t - dt > 0:
+        raise ValueError(f"need t - dt > 0, got t={t}, dt={dt}")
+    if not isinstance(r, Tensor) or r.dim() != 1 or not torch.isfinite(r).all() or (r <= 0).any():
+        raise ValueError("r must be a 1-D tensor of finite radii > 0")
 
     def mass(rad: float, s: float) -> float:
         f = lambda u: float(phi(torch.tensor(u, dtype=torch.float64), s)) * u ** (d - 1)  # noqa: E731

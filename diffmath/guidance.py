@@ -18,8 +18,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from diffmath._validate import as_tensor, check_batch, per_sample
-from diffmath.models import Model, check_model, predict
+from diffmath._validate import as_tensor, check_batch, check_int, check_positive, check_schedule, per_sample
+from diffmath.models import Model, call_model, check_model, predict
 from diffmath.nets import MLP
 from diffmath.schedules import Schedule
 from diffmath.training import noise_batch
@@ -45,10 +45,11 @@ class ClassifierGuided:
     Raises
     ------
     TypeError
-        If ``model`` does not follow the one interface or ``log_prob`` is not callable.
+        If ``model`` does not follow the one interface, ``log_prob`` is not callable, or ``schedule`` is not a
+        Schedule.
     ValueError
-        If ``scale`` is not a number >= 0, or ``model.prediction`` is unknown; a call raises it when ``cond`` is
-        ``None`` or ``log_prob`` does not return shape (B,).
+        If ``scale`` is not a finite number >= 0, or ``model.prediction`` is unknown; a call raises it when ``cond``
+        is ``None`` or ``log_prob`` does not return shape (B,).
 
     Notes
     -----
@@ -61,7 +62,7 @@ class ClassifierGuided:
         self.model = check_model(model)
         if not callable(log_prob):
             raise TypeError("log_prob must be callable as log_prob(x, t, y)")
-        self.log_prob, self.schedule, self.scale = log_prob, schedule, _scale(scale)
+        self.log_prob, self.schedule, self.scale = log_prob, check_schedule(schedule), _scale(scale)
 
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         if cond is None:
@@ -76,11 +77,13 @@ class ClassifierGuided:
 
 def _scale(scale: object) -> float:
     try:
-        value = float(scale)  # numbers, numpy scalars, one-element tensors
-    except (TypeError, ValueError):
+        value = (
+            math.nan if isinstance(scale, (bool, str)) else float(scale)
+        )  # numbers, numpy scalars, 1-element tensors
+    except (TypeError, ValueError, RuntimeError):
         value = math.nan
-    if not value >= 0 or isinstance(scale, bool):
-        raise ValueError(f"the guidance scale must be a number >= 0, got {scale!r}")
+    if not 0 <= value < math.inf:
+        raise ValueError(f"the guidance scale must be a finite number >= 0, got {scale!r}")
     return value
 
 
@@ -106,16 +109,20 @@ def classifier_gradient(log_prob: LogProb, x: Tensor, t: Tensor, y: Tensor) -> T
     Raises
     ------
     TypeError
-        If ``x`` is not a floating tensor.
+        If ``log_prob`` is not callable or ``x`` is not a floating tensor.
     ValueError
-        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, or ``log_prob`` does not return shape (B,).
+        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, or ``log_prob`` does not return a tensor of
+        shape (B,).
     """
+    if not callable(log_prob):
+        raise TypeError(f"log_prob must be callable as log_prob(x, t, y), got {type(log_prob).__name__}")
     x = check_batch(x, "x")
     with torch.enable_grad():
         xr = x.detach().requires_grad_(True)
         lp = log_prob(xr, t, y)
-        if lp.shape != (x.shape[0],):
-            raise ValueError(f"log_prob must return shape (B,) = ({x.shape[0]},), got {tuple(lp.shape)}")
+        if not isinstance(lp, Tensor) or lp.shape != (x.shape[0],):
+            got = tuple(lp.shape) if isinstance(lp, Tensor) else type(lp).__name__
+            raise ValueError(f"log_prob must return a tensor of shape (B,) = ({x.shape[0]},), got {got}")
         (grad,) = torch.autograd.grad(lp.sum(), xr)
     return grad
 
@@ -138,23 +145,28 @@ class ClassifierFree:
     Raises
     ------
     TypeError
-        If ``model`` does not follow the one interface.
+        If ``model`` does not follow the one interface or ``null`` is not an integer.
     ValueError
-        If ``scale`` is not a number >= 0, or ``model.prediction`` is unknown; a call raises it when ``cond`` is
-        ``None``.
+        If ``scale`` is not a finite number >= 0, or ``model.prediction`` is unknown; a call raises it when ``cond``
+        is not a tensor, or when the model's output is not a finite tensor of the shape of ``x`` (the checks of
+        :func:`~diffmath.models.predict`).
     """
 
     def __init__(self, model: Model, scale: float, null: int = -1) -> None:
         self.model = check_model(model)
+        if isinstance(null, bool) or not isinstance(null, int):
+            raise TypeError(f"null must be an integer label (the unconditional class, e.g. -1), got {null!r}")
         self.prediction, self.scale, self.null = model.prediction, _scale(scale), null
 
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        if cond is None:
-            raise ValueError("classifier-free guidance needs the labels y as cond, shape (B,)")
-        cond_out = self.model(x, t, cond)
+        if not isinstance(cond, Tensor):
+            raise ValueError(
+                f"classifier-free guidance needs the labels y as cond, shape (B,), got {type(cond).__name__}"
+            )
+        cond_out = call_model(self.model, x, t, cond)
         if self.scale == 0:
             return cond_out
-        uncond = self.model(x, t, torch.full_like(cond, self.null))
+        uncond = call_model(self.model, x, t, torch.full_like(cond, self.null))
         return (1 + self.scale) * cond_out - self.scale * uncond
 
 
@@ -182,8 +194,8 @@ class NoisyClassifier(nn.Module):
 
     def __init__(self, dim: int, num_classes: int, hidden: int = 64, depth: int = 3, t_max: float = 1.0) -> None:
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        check_int(dim, "dim")
+        check_int(num_classes, "num_classes", 2)
         self.num_classes = num_classes
         self.body = MLP(dim, hidden, depth, "eps", t_max, out_dim=num_classes)
 
@@ -281,16 +293,14 @@ class Similarity:
     TypeError
         If ``encoder`` is not callable or ``references`` is not a floating tensor.
     ValueError
-        If ``temperature`` is not positive or ``references`` has fewer than 2 dimensions.
+        If ``temperature`` is not a finite number > 0 or ``references`` has fewer than 2 dimensions.
     """
 
     def __init__(self, encoder: Callable[[Tensor, Tensor], Tensor], references: Tensor, temperature: float = 1.0):
         if not callable(encoder):
             raise TypeError("encoder must be callable as encoder(x, t)")
         self.encoder, self.references = encoder, check_batch(references, "references")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = float(temperature)
+        self.temperature = check_positive(temperature, "temperature")
 
     def __call__(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         e = self.encoder(x, t).reshape(x.shape[0], -1)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from diffmath._validate import check_batch
+from diffmath._validate import check_batch, check_positive, check_real
 from diffmath.exact import GaussianMixture
 from diffmath.schedules import Coefficients, Schedule
 
@@ -36,13 +36,11 @@ class LinearVE(Schedule):
     Raises
     ------
     ValueError
-        If ``t_max`` is not positive.
+        If ``t_max`` is not a positive finite number.
     """
 
     def __init__(self, t_max: float = 1.0) -> None:
-        if not t_max > 0:
-            raise ValueError(f"t_max must be positive, got {t_max}")
-        self.t_max = float(t_max)
+        self.t_max = check_positive(t_max, "t_max")
         self.name = f"linear-ve({self.t_max:g})"
 
     def _coefficients(self, t: Tensor) -> Coefficients:
@@ -69,11 +67,12 @@ def log_grid(t_start: float, t_min: float, num_steps: int) -> Tensor:
     Raises
     ------
     ValueError
-        If ``num_steps`` is not an integer >= 2 or ``t_start > t_min > 0`` fails.
+        If ``num_steps`` is not an integer >= 2 or ``t_start > t_min > 0`` fails (or either is not finite).
     """
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 2:
         raise ValueError(f"num_steps must be an integer >= 2, got {num_steps!r}")
-    if not t_start > t_min > 0:
+    t_start, t_min = check_positive(t_start, "t_start"), check_positive(t_min, "t_min")
+    if not t_start > t_min:
         raise ValueError(f"need t_start > t_min > 0, got t_start={t_start}, t_min={t_min}")
     logs = torch.linspace(math.log(t_start), math.log(t_min), num_steps, dtype=torch.float64)
     grid = torch.cat([torch.exp(logs), torch.zeros(1, dtype=torch.float64)])
@@ -121,10 +120,14 @@ def heat_residual(
     Raises
     ------
     TypeError
-        If ``schedule`` is not a continuous schedule, or ``x`` is not a floating tensor.
+        If ``source`` is not a mixture, ``schedule`` is not a continuous schedule, or ``x`` is not a floating tensor.
     ValueError
-        If $a_t \ne 1$, ``x`` is not of shape (B, d) or holds NaN or infinity, or a time lies outside the schedule.
+        If $a_t \ne 1$, ``x`` is not of shape (B, d) or holds NaN or infinity, ``t`` is not a finite number or a
+        time lies outside the schedule, or ``h`` or ``dt`` is not a positive finite number.
     """
+    if not isinstance(source, GaussianMixture):
+        raise TypeError(f"source must be a GaussianMixture (or EmpiricalData), got {type(source).__name__}")
+    t, h, dt = check_real(t, "t"), check_positive(h, "h"), check_positive(dt, "dt")
     c = _check_a_is_one(schedule, t)
     x = check_batch(x, "x").to(torch.float64)
     if x.dim() != 2:
@@ -178,12 +181,17 @@ def continuity_residual(
     Raises
     ------
     TypeError
-        If ``x`` is not a floating tensor.
+        If ``log_prob`` or ``velocity`` is not callable, or ``x`` is not a floating tensor.
     ValueError
-        If ``x`` has fewer than 2 dimensions or holds NaN or infinity.
+        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, ``t`` is not a finite number or ``dt`` not
+        a positive one.
     """
     from diffmath.ode import divergence
 
+    for key, fn in (("log_prob", log_prob), ("velocity", velocity)):
+        if not callable(fn):
+            raise TypeError(f"{key} must be a function of (x, t), got {type(fn).__name__}")
+    t, dt = check_real(t, "t"), check_positive(dt, "dt")
     x = check_batch(x, "x")
     dlogp_dt = (log_prob(x, t + dt) - log_prob(x, t - dt)) / (2 * dt)
     with torch.enable_grad():
@@ -191,4 +199,4 @@ def continuity_residual(
         (grad_logp,) = torch.autograd.grad(log_prob(y, t).sum(), y)
     f = velocity(x, t).detach()
     div = divergence(lambda z: velocity(z, t), x, "exact")
-    return dlogp_dt.detach() + div + (f * grad_logp).reshape(x.shape[0], -1).sum(1)
+    return dlogp_dt.detach() + div + (f * grad_logp).flatten(1).sum(1)

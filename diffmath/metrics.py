@@ -8,15 +8,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from diffmath._validate import check_batch
+from diffmath._validate import check_batch, check_finite, check_int, check_nonempty, check_positive
 from diffmath.exact import GaussianMixture
 
 
-def _pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    x, y = check_batch(x, "x"), check_batch(y, "y")
+def _pair(x: Tensor, y: Tensor, at_least: int = 1) -> tuple[Tensor, Tensor]:
+    x, y = (check_nonempty(check_batch(v, name), name, at_least) for v, name in ((x, "x"), (y, "y")))
     if x.shape[1:] != y.shape[1:]:
         raise ValueError(f"x and y must have the same event shape, got {tuple(x.shape[1:])} and {tuple(y.shape[1:])}")
-    return x.reshape(x.shape[0], -1).double(), y.reshape(y.shape[0], -1).double()
+    return x.flatten(1).double(), y.flatten(1).double()
 
 
 def sliced_w1(x: Tensor, y: Tensor, num_projections: int = 256, generator: torch.Generator | None = None) -> float:
@@ -44,9 +44,11 @@ def sliced_w1(x: Tensor, y: Tensor, num_projections: int = 256, generator: torch
     TypeError
         If ``x`` or ``y`` is not a floating tensor.
     ValueError
-        If ``x`` or ``y`` has fewer than 2 dimensions or holds NaN or infinity, or their event shapes differ.
+        If ``x`` or ``y`` is empty, has fewer than 2 dimensions or holds NaN or infinity, their event shapes differ,
+        or ``num_projections`` is not a positive integer.
     """
     x, y = _pair(x, y)
+    check_int(num_projections, "num_projections")
     theta = torch.randn(x.shape[1], num_projections, generator=generator, dtype=torch.float64)
     theta = theta / theta.norm(dim=0, keepdim=True)
     px, _ = torch.sort(x @ theta, dim=0)
@@ -88,11 +90,8 @@ def mmd_rbf(x: Tensor, y: Tensor, bandwidth: float = 0.3) -> float:
         If ``x`` or ``y`` has fewer than 2 dimensions or holds NaN or infinity, or their event shapes differ,
         either has fewer than two samples, or ``bandwidth`` is not positive.
     """
-    x, y = _pair(x, y)
-    if x.shape[0] < 2 or y.shape[0] < 2:
-        raise ValueError("mmd_rbf needs at least two samples on each side")
-    if not bandwidth > 0:
-        raise ValueError(f"bandwidth must be positive, got {bandwidth}")
+    x, y = _pair(x, y, at_least=2)
+    bandwidth = check_positive(bandwidth, "bandwidth")
 
     def k(u: Tensor, v: Tensor) -> Tensor:
         return torch.exp(-(torch.cdist(u, v) ** 2) / (2 * bandwidth**2))
@@ -122,10 +121,13 @@ def mode_weights(gmm: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
     Raises
     ------
     TypeError
-        If ``x`` is not a floating tensor.
+        If ``gmm`` is not a :class:`~diffmath.exact.GaussianMixture` or ``x`` is not a floating tensor.
     ValueError
-        If ``x`` does not have the mixture's event shape or holds NaN or infinity.
+        If ``x`` is empty, does not have the mixture's event shape or holds NaN or infinity.
     """
+    if not isinstance(gmm, GaussianMixture):
+        raise TypeError(f"gmm must be a GaussianMixture, got {type(gmm).__name__}")
+    check_nonempty(check_batch(x, "x"), "x")
     k = gmm.component_posterior(x, 1.0, 0.0).argmax(1)
     return torch.bincount(k, minlength=gmm.K).double() / x.shape[0]
 
@@ -158,7 +160,8 @@ class AttributeClassifier(nn.Module):
     Raises
     ------
     ValueError
-        If a size is not a positive integer or ``attributes`` is empty or has fewer than two classes somewhere.
+        If a size is not a positive integer, ``width`` is not a multiple of 8 (the GroupNorm groups), or
+        ``attributes`` is not a non-empty dict of names to class counts >= 2.
     """
 
     def __init__(
@@ -168,7 +171,14 @@ class AttributeClassifier(nn.Module):
         for name, v in (("in_channels", in_channels), ("size", size), ("width", width), ("features", features)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not attributes or any(not isinstance(k, int) or k < 2 for k in attributes.values()):
+        if width % 8:
+            raise ValueError(f"width must be a multiple of 8 (GroupNorm with 8 groups), got {width}")
+        if (
+            not isinstance(attributes, dict)
+            or not attributes
+            or any(not isinstance(a, str) for a in attributes)
+            or any(not isinstance(k, int) or isinstance(k, bool) or k < 2 for k in attributes.values())
+        ):
             raise ValueError(f"attributes must map names to class counts >= 2, got {attributes!r}")
         self.in_channels, self.size, self.attributes = in_channels, size, dict(attributes)
         w = width
@@ -189,11 +199,11 @@ class AttributeClassifier(nn.Module):
         )
         self.heads = nn.ModuleDict({name: nn.Linear(features, k) for name, k in self.attributes.items()})
 
-    def _check(self, x: Tensor) -> Tensor:
-        x = check_batch(x, "images", min_dim=4)
+    def _check(self, x: Tensor, name: str = "images") -> Tensor:
+        x = check_batch(x, name, min_dim=4)
         if x.dim() != 4 or x.shape[1:] != (self.in_channels, self.size, self.size):
             raise ValueError(
-                f"images must have shape (B, {self.in_channels}, {self.size}, {self.size}), got {tuple(x.shape)}"
+                f"{name} must have shape (B, {self.in_channels}, {self.size}, {self.size}), got {tuple(x.shape)}"
             )
         return x.to(next(self.parameters()).dtype)
 
@@ -338,12 +348,13 @@ def train_attribute_classifier(
         If ``dataset`` is unknown, the data set rejects ``size`` or ``n``, the cached file was made by another
         configuration or is unreadable, or training diverges.
     """
+    from diffmath._io import file_lock
     from diffmath.recipes import cache_dir, recipe_hash
     from diffmath.training import fit, read_checkpoint, save_atomic
     from toydata.images import ATTRIBUTES
 
-    if dataset not in ATTRIBUTES:
-        raise ValueError(f"unknown image data set {dataset!r}; expected one of {tuple(ATTRIBUTES)}")
+    if not isinstance(dataset, str) or dataset not in ATTRIBUTES:
+        raise ValueError(f"unknown image data set {dataset!r}: dataset must be one of {tuple(ATTRIBUTES)}")
     config = {**_CLASSIFIER_RECIPE, "name": f"classifier-{dataset}", "dataset": dataset, "size": size, "steps": steps}
     config["n_data"] = None if dataset == "digits" else n
     config["shift"] = size // 8 if dataset == "digits" else 0  # a fixed set of 1438 digits: augment by translation
@@ -353,31 +364,32 @@ def train_attribute_classifier(
     model = AttributeClassifier(data.images.shape[1], size, attributes, config["width"], config["features"])
     folder = Path(folder) if folder is not None else cache_dir()
     path = folder / f"classifier-{dataset}-{size}-{recipe_hash(config)}.pt"
-    if path.exists():
-        stored = read_checkpoint(path)
-        if not isinstance(stored, dict) or stored.get("config") != config:
-            raise ValueError(f"cached classifier {path} was made by another recipe; delete it to retrain")
-        model.load_state_dict(stored["model"])
-        return model.eval()
-    loss = _AttributeLoss(attributes, config["shift"])
-    ckpt = path.with_suffix(".ckpt")
-    state = fit(
-        model,
-        data.images.float(),
-        None,
-        steps,
-        batch_size=config["batch_size"],
-        lr=config["lr"],
-        ema_decay=config["ema_decay"],
-        seed=config["seed"],
-        labels=loss.encode(data.labels),
-        checkpoint=ckpt,
-        checkpoint_every=500,
-        progress=progress,
-        loss=loss,
-    )
-    save_atomic({"config": config, "model": state.ema.state_dict(), "losses": state.losses}, path)
-    ckpt.unlink(missing_ok=True)
+    with file_lock(path):  # one process trains and stores it; another asking for it waits, then loads it
+        if path.exists():
+            stored = read_checkpoint(path, ("config", "model", "losses"))
+            if stored["config"] != config:
+                raise ValueError(f"cached classifier {path} was made by another recipe; delete it to retrain")
+            model.load_state_dict(stored["model"])
+            return model.eval()
+        loss = _AttributeLoss(attributes, config["shift"])
+        ckpt = path.with_suffix(".ckpt")
+        state = fit(
+            model,
+            data.images.float(),
+            None,
+            steps,
+            batch_size=config["batch_size"],
+            lr=config["lr"],
+            ema_decay=config["ema_decay"],
+            seed=config["seed"],
+            labels=loss.encode(data.labels),
+            checkpoint=ckpt,
+            checkpoint_every=500,
+            progress=progress,
+            loss=loss,
+        )
+        save_atomic({"config": config, "model": state.ema.state_dict(), "losses": state.losses}, path)
+        ckpt.unlink(missing_ok=True)
     return state.ema.eval()
 
 
@@ -425,7 +437,9 @@ def attribute_accuracy(classifier: AttributeClassifier, images: Tensor, labels: 
         raise ValueError("labels must be a non-empty dict attribute -> int tensor of shape (B,)")
     for name, lab in labels.items():
         if name not in classifier.attributes:
-            raise ValueError(f"unknown attribute {name!r}; the classifier knows {tuple(classifier.attributes)}")
+            raise ValueError(
+                f"labels name unknown attribute {name!r}; the classifier knows {tuple(classifier.attributes)}"
+            )
         if not isinstance(lab, Tensor) or lab.is_floating_point() or lab.shape != (images.shape[0],):
             raise ValueError(f"labels[{name!r}] must be an integer tensor of shape ({images.shape[0]},)")
         if lab.numel() and (lab.min() < 0 or lab.max() >= classifier.attributes[name]):
@@ -459,16 +473,30 @@ def gaussian_frechet(mu1: Tensor, cov1: Tensor, mu2: Tensor, cov2: Tensor) -> fl
 
     Raises
     ------
+    TypeError
+        If an argument is not a real tensor.
     ValueError
-        If the shapes do not agree.
+        If the shapes do not agree, a value is NaN or infinite, or a covariance is not symmetric positive
+        semi-definite.
     """
-    mu1, mu2, cov1, cov2 = (torch.as_tensor(t, dtype=torch.float64) for t in (mu1, mu2, cov1, cov2))
+    named = {"mu1": mu1, "cov1": cov1, "mu2": mu2, "cov2": cov2}
+    for name, v in named.items():
+        if not isinstance(v, Tensor) or v.is_complex() or v.dtype == torch.bool:
+            raise TypeError(f"{name} must be a real tensor, got {type(v).__name__}")
+        check_finite(v, name)
+    mu1, mu2, cov1, cov2 = (v.to(torch.float64) for v in (mu1, mu2, cov1, cov2))
     f = mu1.shape[0] if mu1.dim() == 1 else -1
-    if f < 1 or mu2.shape != (f,) or cov1.shape != (f, f) or cov2.shape != (f, f):
-        raise ValueError(
-            f"expected means of shape (F,) and covariances (F, F); got {tuple(mu1.shape)}, {tuple(cov1.shape)}, "
-            f"{tuple(mu2.shape)}, {tuple(cov2.shape)}"
-        )
+    if f < 1:
+        raise ValueError(f"mu1 must have shape (F,) with F >= 1, got {tuple(mu1.shape)}")
+    for name, v, want in (("mu2", mu2, (f,)), ("cov1", cov1, (f, f)), ("cov2", cov2, (f, f))):
+        if v.shape != want:
+            raise ValueError(f"{name} must have shape {want} (F = {f} from mu1), got {tuple(v.shape)}")
+    for name, cov in (("cov1", cov1), ("cov2", cov2)):
+        scale = cov.abs().max().item()
+        if (cov - cov.T).abs().max().item() > 1e-8 * max(scale, 1.0):
+            raise ValueError(f"{name} must be symmetric")
+        if torch.linalg.eigvalsh(cov).min().item() < -1e-8 * max(scale, 1.0):
+            raise ValueError(f"{name} must be positive semi-definite (a covariance)")
     lam, vec = torch.linalg.eigh(0.5 * (cov1 + cov1.T))
     root1 = (vec * lam.clamp(min=0).sqrt()) @ vec.T
     middle = root1 @ cov2 @ root1
@@ -507,7 +535,7 @@ def frechet_distance(classifier: AttributeClassifier, x: Tensor, y: Tensor) -> f
     classifier = _check_classifier(classifier)
     stats = []
     for name, images in (("x", x), ("y", y)):
-        images = check_batch(images, name, min_dim=4)
+        images = classifier._check(images, name)
         if images.shape[0] < 2:
             raise ValueError(f"{name} needs at least two images, got {images.shape[0]}")
         h = torch.cat(_in_chunks(classifier.features, images)).double()
@@ -519,8 +547,7 @@ def _image_pair(x: Tensor, y: Tensor, data_range: float) -> tuple[Tensor, Tensor
     x, y = check_batch(x, "x", min_dim=4), check_batch(y, "y", min_dim=4)
     if x.shape != y.shape or x.dim() != 4:
         raise ValueError(f"x and y must have the same shape (B, C, H, W), got {tuple(x.shape)} and {tuple(y.shape)}")
-    if isinstance(data_range, bool) or not isinstance(data_range, (int, float)) or not data_range > 0:
-        raise ValueError(f"data_range must be a positive number, got {data_range!r}")
+    check_positive(data_range, "data_range")
     return x.double(), y.double()
 
 
@@ -596,4 +623,4 @@ def ssim(x: Tensor, y: Tensor, data_range: float = 2.0, window: int = 7) -> Tens
     vx, vy, cxy = mean(x * x) - mx**2, mean(y * y) - my**2, mean(x * y) - mx * my
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     smap = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    return smap.reshape(B, -1).mean(1)
+    return smap.reshape(B, C * smap.shape[-2] * smap.shape[-1]).mean(1)

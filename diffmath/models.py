@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from diffmath._validate import as_tensor, check_batch
+from diffmath._validate import as_tensor, check_batch, check_finite, check_output, check_schedule, check_time
 from diffmath.notation import Pair, check_prediction, from_pair, to_pair
 from diffmath.schedules import Schedule
 
@@ -90,7 +90,8 @@ def predict(
     ------
     TypeError
         If ``model`` does not follow the one interface, ``schedule`` is not a :class:`~diffmath.schedules.Schedule`,
-        ``x`` is not a floating tensor, or ``t`` is not a real number or tensor.
+        ``x`` is not a floating tensor (or, for a ``torch.nn.Module`` model, not in its parameters' dtype), or
+        ``t`` is not a real number or tensor.
     ValueError
         If ``x`` has fewer than 2 dimensions or holds NaN or infinity, ``t`` is not a scalar or of shape (B,) or
         lies outside the schedule's range, the model returns a tensor of another shape, or NaN/inf (a diverged
@@ -122,27 +123,83 @@ def predict_pair(model: Model, x: Tensor, t: Tensor | float, schedule: Schedule,
     return _evaluate(model, x, t, schedule, cond, want=None)
 
 
-def _evaluate(model: Model, x: Tensor, t: Tensor | float, schedule: Schedule, cond: Tensor | None, want: str | None):
+def check_input_dtype(model: Model, x: Tensor) -> None:
+    """Refuse a batch whose dtype differs from a network's parameters (lesson 0, sec. 0.5), naming both.
+
+    Parameters
+    ----------
+    model : Model
+        Any model; only a ``torch.nn.Module`` with floating parameters is checked.
+    x : Tensor
+        The batch it will be called on.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is a ``torch.nn.Module`` whose first floating parameter is not in ``x``'s dtype.
+    """
+    if isinstance(model, nn.Module):
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), x.dtype)
+        if dtype != x.dtype:
+            raise TypeError(
+                f"x has dtype {x.dtype} but the model's parameters are {dtype}; expected x in {dtype} "
+                f"(cast x, or the model with .to({x.dtype}))"
+            )
+
+
+def call_model(model: Model, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
+    r"""Call ``model(x, t, cond)`` through the checks of the one interface (lesson 0, sec. 0.5).
+
+    Parameters
+    ----------
+    model : Model
+        Any model with the one interface.
+    x : Tensor, shape (B, ...)
+        Input batch.
+    t : float or Tensor of shape () or (B,)
+        Time(s); passed to the model as a tensor of shape (B,) in ``x``'s dtype.
+    cond : Tensor, optional
+        Condition passed through to the model.
+
+    Returns
+    -------
+    Tensor, shape (B, ...)
+        The model's raw output (of kind ``model.prediction``).
+
+    Raises
+    ------
+    TypeError
+        If ``model`` does not follow the one interface, ``x`` is not a floating tensor or not in the dtype of the
+        model's parameters (for a ``torch.nn.Module``), or ``t`` is not a real number or tensor.
+    ValueError
+        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, ``t`` is not a scalar or of shape (B,), or
+        the model returns something other than a finite tensor of the shape of ``x``.
+    """
     check_model(model)
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be a diffmath Schedule, got {type(schedule).__name__}")
     x = check_batch(x, "x")
-    t_ = as_tensor(t, "t", x)
+    t_ = check_finite(as_tensor(t, "t", x), "t")
     if t_.dim() == 0:
         t_ = t_.expand(x.shape[0])
     elif t_.shape != (x.shape[0],):
         raise ValueError(f"t must be a scalar or have shape (B,) = ({x.shape[0]},), got {tuple(t_.shape)}")
-    out = model(x, t_, cond)
-    if not isinstance(out, Tensor) or out.shape != x.shape:
-        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"model returned {got}; expected a tensor of the input's shape {tuple(x.shape)}")
+    check_input_dtype(model, x)
+    out = check_output(model(x, t_, cond), x, "model")
     if not torch.isfinite(out).all():
         raise ValueError(
             f"model returned NaN or inf at t in [{t_.min().item():g}, {t_.max().item():g}]; "
             "check the model, its inputs and the time grid"
         )
+    return out
+
+
+def _evaluate(model: Model, x: Tensor, t: Tensor | float, schedule: Schedule, cond: Tensor | None, want: str | None):
+    check_model(model)
+    check_schedule(schedule)
+    x = check_batch(x, "x")
+    t_ = check_time(t, schedule, "t").to(x.dtype)
+    out = call_model(model, x, t_, cond)
     if want == model.prediction:
         return out
-    c = schedule.coefficients(t_)
+    c = schedule.coefficients(t_.expand(x.shape[0]) if t_.dim() == 0 else t_)
     pair = to_pair(out, model.prediction, x, c.a, c.b, c.da, c.db)
     return pair if want is None else from_pair(pair, want, c.a, c.b, c.da, c.db)

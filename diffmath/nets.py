@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from diffmath._validate import as_tensor, check_batch, check_finite
 from diffmath.notation import check_prediction
 
 
@@ -21,19 +22,21 @@ class TimeEmbedding(nn.Module):
         Number of features, even, >= 2.
     t_max : float
         The schedule's $t_{\max}$, to normalise time.
+    name : str
+        How errors call ``dim`` (a network passes ``"time_dim"``).
 
     Raises
     ------
     ValueError
-        If ``dim`` is not an even integer >= 2 or ``t_max`` is not positive.
+        If ``dim`` is not an even integer >= 2 or ``t_max`` is not a positive finite number.
     """
 
-    def __init__(self, dim: int = 32, t_max: float = 1.0) -> None:
+    def __init__(self, dim: int = 32, t_max: float = 1.0, name: str = "dim") -> None:
         super().__init__()
-        if dim < 2 or dim % 2:
-            raise ValueError(f"time embedding dim must be an even integer >= 2, got {dim}")
-        if not t_max > 0:
-            raise ValueError(f"t_max must be positive, got {t_max}")
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 2 or dim % 2:
+            raise ValueError(f"{name} (of the time embedding) must be an even integer >= 2, got {dim!r}")
+        if isinstance(t_max, bool) or not isinstance(t_max, (int, float)) or not 0 < t_max < math.inf:
+            raise ValueError(f"t_max must be a positive finite number, got {t_max!r}")
         self.t_max = float(t_max)
         self.register_buffer("freqs", torch.exp(torch.linspace(0.0, math.log(1000.0), dim // 2)))
 
@@ -49,7 +52,19 @@ class TimeEmbedding(nn.Module):
         -------
         Tensor, shape (B, dim)
             Sines then cosines.
+
+        Raises
+        ------
+        TypeError
+            If ``t`` is not a floating tensor.
+        ValueError
+            If ``t`` is not of shape (B,) or holds NaN or infinity.
         """
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise TypeError(f"t must be a floating tensor of shape (B,), got {_kind(t)}")
+        if t.dim() != 1:
+            raise ValueError(f"t must have shape (B,), got {tuple(t.shape)}")
+        check_finite(t, "t")
         s = (t / self.t_max)[:, None] * self.freqs[None]
         return torch.cat([torch.sin(s), torch.cos(s)], 1)
 
@@ -82,8 +97,9 @@ class MLP(nn.Module):
     TypeError
         If ``prediction`` is not a string.
     ValueError
-        If ``dim``, ``hidden`` or ``depth`` is not a positive integer, ``prediction`` is unknown, ``time_dim`` is not
-        an even integer >= 2, or ``t_max`` is not positive.
+        If ``dim``, ``hidden`` or ``depth`` (or ``out_dim``, when given) is not a positive integer, ``num_classes``
+        is not an integer >= 0, ``prediction`` is unknown, ``time_dim`` is not an even integer >= 2, or ``t_max``
+        is not positive.
     """
 
     def __init__(
@@ -98,12 +114,19 @@ class MLP(nn.Module):
         out_dim: int | None = None,
     ) -> None:
         super().__init__()
-        for name, v in (("dim", dim), ("hidden", hidden), ("depth", depth)):
-            if not isinstance(v, int) or v < 1:
+        for name, v in (
+            ("dim", dim),
+            ("hidden", hidden),
+            ("depth", depth),
+            ("out_dim", 1 if out_dim is None else out_dim),
+        ):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
         self.prediction = check_prediction(prediction)
         self.dim, self.num_classes = dim, num_classes
-        self.time = TimeEmbedding(time_dim, t_max)
+        self.time = TimeEmbedding(time_dim, t_max, "time_dim")
         self.inp = nn.Linear(dim + time_dim, hidden)
         self.label = nn.Embedding(num_classes + 1, hidden) if num_classes > 0 else None
         self.blocks = nn.ModuleList(
@@ -130,16 +153,68 @@ class MLP(nn.Module):
 
         Raises
         ------
+        TypeError
+            If ``x`` is not a floating tensor in the network's dtype, or ``t`` is not a real number or tensor.
         ValueError
-            If ``x`` is not of shape (B, d).
+            If ``x`` is not of shape (B, d) or holds NaN or infinity, ``t`` is not finite or not a scalar or of
+            shape (B,), or ``cond`` is not an integer tensor of shape (B,) with labels in [-1, num_classes).
         """
+        x = _check_input(x, self.inp.weight.dtype)
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLP expects x of shape (B, {self.dim}), got {tuple(x.shape)}")
-        t = t.to(x.dtype).expand(x.shape[0]) if t.dim() == 0 else t.to(x.dtype)
-        h = self.inp(torch.cat([x, self.time(t)], 1))
+        h = self.inp(torch.cat([x, self.time(_check_times(t, x))], 1))
         if self.label is not None:
-            y = torch.full((x.shape[0],), -1, device=x.device, dtype=torch.long) if cond is None else cond.long()
+            y = _check_labels(cond, x.shape[0], (self.num_classes,), x.device, flat=True)[:, 0]
             h = h + self.label(torch.where(y < 0, self.num_classes, y))
         for block in self.blocks:
             h = h + block(h)
         return self.out(h)
+
+
+def _kind(v: object) -> str:
+    return f"dtype {v.dtype}" if isinstance(v, Tensor) else type(v).__name__
+
+
+def _check_input(x: object, dtype: torch.dtype, name: str = "x") -> Tensor:
+    """A network's input: a finite floating batch (B, ...) in the dtype of the network's parameters."""
+    x = check_batch(x, name)
+    if x.dtype != dtype:
+        raise TypeError(
+            f"{name} has dtype {x.dtype} but the network's parameters are {dtype}; convert one to the other"
+        )
+    return x
+
+
+def _check_times(t: object, x: Tensor) -> Tensor:
+    """A network's times: a finite scalar or a tensor of shape (1,) or (B,), returned as (B,) in ``x``'s dtype."""
+    t_ = check_finite(as_tensor(t, "t", x), "t")
+    B = x.shape[0]
+    if t_.dim() == 0 or t_.shape == (1,):
+        return t_.reshape(()).expand(B)
+    if t_.shape != (B,):
+        raise ValueError(f"t must be a scalar or have shape (B,) = ({B},), got {tuple(t_.shape)}")
+    return t_
+
+
+def _check_labels(
+    cond: object, batch: int, sizes: tuple[int, ...], device: torch.device | None = None, flat: bool = False
+) -> Tensor:
+    """Labels of a conditional network as int64 of shape (B, L): ``None`` (all null), or an integer tensor of shape
+    (B,) (one attribute) or (B, L) (not with ``flat``), each label in [-1, n) for its attribute's n classes (-1: the
+    null label)."""
+    L = len(sizes)
+    if cond is None:
+        return torch.full((batch, L), -1, dtype=torch.long, device=device)
+    if not isinstance(cond, Tensor) or cond.is_floating_point() or cond.is_complex() or cond.dtype == torch.bool:
+        raise ValueError(f"cond must hold integer labels (an integer tensor), got {_kind(cond)}")
+    y = cond.reshape(batch, 1) if cond.shape == (batch,) and L == 1 else cond
+    if y.shape != (batch, L) or (flat and cond.dim() != 1):
+        want = f"({batch},)" if L == 1 else f"({batch}, {L})"
+        raise ValueError(f"cond must have shape {want} (one label per attribute), got {tuple(cond.shape)}")
+    n = torch.tensor(sizes, device=y.device)
+    if y.numel() and ((y < -1).any() or (y >= n).any()):
+        span = f"[-1, {sizes[0]})" if L == 1 else f"[-1, n) with n = {sizes} per attribute"
+        raise ValueError(
+            f"cond labels must lie in {span} (-1: the null label), got values in [{y.min().item()}, {y.max().item()}]"
+        )
+    return y.long()

@@ -25,7 +25,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from diffmath._validate import as_tensor, check_batch, per_sample
+from diffmath._validate import as_tensor, check_batch, check_coefficient, check_like, per_sample
 
 Prediction = Literal["eps", "x0", "score", "v", "velocity"]
 PREDICTIONS: tuple[str, ...] = ("eps", "x0", "score", "v", "velocity")
@@ -69,9 +69,9 @@ def check_prediction(kind: object, name: str = "prediction") -> str:
         If ``kind`` is not one of ``"eps", "x0", "score", "v", "velocity"``.
     """
     if not isinstance(kind, str):
-        raise TypeError(f"{name} must be one of {PREDICTIONS}, got {type(kind).__name__}")
+        raise TypeError(f"{name} must name a prediction, one of {PREDICTIONS}, got {type(kind).__name__}")
     if kind not in PREDICTIONS:
-        raise ValueError(f"{name} must be one of {PREDICTIONS}, got {kind!r}")
+        raise ValueError(f"{name} must name a prediction, one of {PREDICTIONS}, got {kind!r}")
     return kind
 
 
@@ -81,6 +81,34 @@ def _nonzero(c: Tensor, what: str, kind: str) -> Tensor:
             f"cannot recover {what} from a {kind!r} prediction where {what} is 0 (e.g. at an endpoint of time)"
         )
     return c
+
+
+def _coefficients(x: Tensor, a: object, b: object) -> tuple[Tensor, Tensor]:
+    a_ = per_sample(check_coefficient(a, "a", x), x, "a")
+    b_ = per_sample(check_coefficient(b, "b", x), x, "b")
+    if ((a_ == 0) & (b_ == 0)).any():
+        raise ValueError("a and b are both 0: x_t = a x0 + b eps is then 0 whatever x0; expected a > 0 or b > 0")
+    return a_, b_
+
+
+def _derivatives(x: Tensor, da: object, db: object) -> tuple[Tensor, Tensor]:
+    if da is None or db is None:
+        raise ValueError("kind='velocity' needs the time derivatives da and db of the schedule")
+    out = []
+    for c, name in ((da, "da"), (db, "db")):
+        c_ = as_tensor(c, name, x)
+        if torch.isinf(c_).any():
+            raise ValueError(
+                f"{name} is infinite here (db = inf at t = 0 on VP-linear with beta_min > 0): a 'velocity' "
+                "prediction is not finite there; use t > 0"
+            )
+        out.append(per_sample(check_coefficient(c_, name, x, nonneg=False), x, name))
+    return out[0], out[1]
+
+
+def _inputs(pred: object, x: object, a: object, b: object) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    x = check_batch(x, "x", min_dim=1)
+    return check_like(pred, x, "pred"), x, *_coefficients(x, a, b)
 
 
 def to_pair(
@@ -119,8 +147,9 @@ def to_pair(
         number or tensor.
     ValueError
         If ``kind`` is unknown, ``x`` or ``pred`` holds NaN or infinity, their shapes differ, a coefficient is not
-        a scalar or of shape (B,) or the shape of ``x``, the inversion divides by a zero coefficient (e.g. ``a = 0``
-        for ``"eps"``), or ``kind="velocity"`` without ``da`` and ``db`` or with $a\dot b - b\dot a$ infinite.
+        finite or not a scalar or of shape (B,) or the shape of ``x``, ``a`` or ``b`` is negative or both are 0,
+        the inversion divides by a zero coefficient (e.g. ``a = 0`` for ``"eps"``), or ``kind="velocity"`` without
+        ``da`` and ``db`` or with one of them infinite (``db = inf`` at $t = 0$ on VP-linear).
 
     Notes
     -----
@@ -129,12 +158,7 @@ def to_pair(
     eq. 0.7: $\hat x_0 = (\dot b x - b u)/(a\dot b - b\dot a)$, $\hat\varepsilon = (a u - \dot a x)/(a\dot b - b\dot a)$.
     """
     kind = check_prediction(kind, "kind")
-    x = check_batch(x, "x", min_dim=1)
-    pred = check_batch(pred, "pred", min_dim=1)
-    if pred.shape != x.shape:
-        raise ValueError(f"pred must have the shape of x {tuple(x.shape)}, got {tuple(pred.shape)}")
-    a_ = per_sample(as_tensor(a, "a", x), x, "a")
-    b_ = per_sample(as_tensor(b, "b", x), x, "b")
+    pred, x, a_, b_ = _inputs(pred, x, a, b)
     if kind == "eps":
         return Pair((x - b_ * pred) / _nonzero(a_, "a", kind), pred)
     if kind == "x0":
@@ -146,13 +170,8 @@ def to_pair(
         det = a_ * a_ + b_ * b_
         _nonzero(det, "a^2 + b^2", kind)
         return Pair((a_ * x - b_ * pred) / det, (b_ * x + a_ * pred) / det)
-    if da is None or db is None:
-        raise ValueError("kind='velocity' needs the time derivatives da and db of the schedule")
-    da_ = per_sample(as_tensor(da, "da", x), x, "da")
-    db_ = per_sample(as_tensor(db, "db", x), x, "db")
+    da_, db_ = _derivatives(x, da, db)
     det = _nonzero(a_ * db_ - b_ * da_, "a db - b da", kind)
-    if not torch.isfinite(det).all():
-        raise ValueError("cannot invert a 'velocity' prediction where a db - b da is infinite (db = inf at t = 0)")
     return Pair((db_ * x - b_ * pred) / det, (a_ * pred - da_ * x) / det)
 
 
@@ -184,15 +203,19 @@ def from_pair(
     Raises
     ------
     TypeError
-        If ``kind`` is not a string, or a coefficient is not a real number or tensor.
+        If ``kind`` is not a string, ``pair`` is not a pair of floating tensors, or a coefficient is not a real
+        number or tensor.
     ValueError
-        If ``kind`` is unknown, a coefficient is not a scalar or of shape (B,) or the shape of ``x0``, ``b = 0``
-        for ``"score"``, or ``kind="velocity"`` without ``da`` and ``db``.
+        If ``kind`` is unknown, ``pair``'s tensors differ in shape or hold NaN or infinity, a coefficient is not
+        finite or not a scalar or of shape (B,) or the shape of ``x0``, ``a`` or ``b`` is negative or both are 0,
+        ``b = 0`` for ``"score"``, or ``kind="velocity"`` without finite ``da`` and ``db``.
     """
     kind = check_prediction(kind, "kind")
-    x0, eps = pair
-    a_ = per_sample(as_tensor(a, "a", x0), x0, "a")
-    b_ = per_sample(as_tensor(b, "b", x0), x0, "b")
+    if not isinstance(pair, tuple) or len(pair) != 2:
+        raise TypeError(f"pair must be a Pair (x0, eps) of two tensors, got {type(pair).__name__}")
+    x0 = check_batch(pair[0], "pair.x0", min_dim=1)
+    eps = check_like(pair[1], x0, "pair.eps", "pair.x0")
+    a_, b_ = _coefficients(x0, a, b)
     if kind == "eps":
         return eps
     if kind == "x0":
@@ -201,10 +224,7 @@ def from_pair(
         return -eps / _nonzero(b_, "b", kind)
     if kind == "v":
         return a_ * eps - b_ * x0
-    if da is None or db is None:
-        raise ValueError("kind='velocity' needs the time derivatives da and db of the schedule")
-    da_ = per_sample(as_tensor(da, "da", x0), x0, "da")
-    db_ = per_sample(as_tensor(db, "db", x0), x0, "db")
+    da_, db_ = _derivatives(x0, da, db)
     return da_ * x0 + db_ * eps
 
 
@@ -243,7 +263,8 @@ def convert(
         is not a real number or tensor.
     ValueError
         If ``source`` or ``target`` is unknown, or :func:`to_pair` / :func:`from_pair` reject the inputs (NaN or
-        infinity, mismatched shapes, a zero coefficient, ``"velocity"`` without ``da`` and ``db``).
+        infinity, mismatched shapes, a negative or zero coefficient, ``"velocity"`` without ``da`` and ``db``);
+        ``pred``, ``x``, ``a`` and ``b`` are checked even when ``source == target``.
 
     Examples
     --------
@@ -253,8 +274,8 @@ def convert(
     >>> torch.allclose(s, -eps / 0.6)
     True
     """
+    check_prediction(source, "source")
     check_prediction(target, "target")
     if source == target:
-        check_prediction(source, "source")
-        return pred
+        return _inputs(pred, x, a, b)[0]
     return from_pair(to_pair(pred, source, x, a, b, da, db), target, a, b, da, db)

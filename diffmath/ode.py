@@ -11,17 +11,28 @@ exact models and trained networks alike, on batches of any shape.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor
-from tqdm import tqdm
 
-from diffmath._validate import check_batch, check_finite
-from diffmath.models import Model, predict, predict_pair
-from diffmath.samplers import SamplerStep, check_grid
+from diffmath._validate import (
+    check_batch,
+    check_choice,
+    check_dtype,
+    check_int,
+    check_ivp,
+    check_output,
+    check_schedule,
+    check_time,
+)
+from diffmath.loop import SamplerStep, Step, check_grid, run
+from diffmath.models import Model, predict
+from diffmath.notation import Pair
+from diffmath.samplers import ddim_rule
 from diffmath.schedules import Schedule
 
 SOLVERS: tuple[str, ...] = ("euler", "heun", "dpm++2m")
@@ -58,27 +69,33 @@ def pf_ode_drift(model: Model, x: Tensor, t: float | Tensor, schedule: Schedule,
         discrete (no derivatives for a ``"velocity"`` conversion), or the drift is not finite (e.g. $\dot b = \infty$
         at $t = 0$ on VP-linear with $\beta_{\min} > 0$).
     """
-    v = predict(model, x, t, schedule, "velocity", cond)
-    if not torch.isfinite(v).all():
+    t_ = check_time(t, check_schedule(schedule), "t")
+    c = schedule.coefficients(t_)
+    finite = c.db is None or (torch.isfinite(c.da).all() and torch.isfinite(c.db).all())
+    v = predict(model, x, t, schedule, "velocity", cond) if finite else None
+    if v is None or not torch.isfinite(v).all():
         raise ValueError(
-            f"the probability-flow drift is not finite at t={float(t):g} (e.g. db/dt = inf at t = 0 on VP-linear "
-            "with beta_min > 0); start or end the integration at t > 0"
+            f"the probability-flow drift is not finite at t in [{t_.min().item():g}, {t_.max().item():g}] (e.g. "
+            "db/dt = inf at t = 0 on VP-linear "
+            "with beta_min > 0); start or end the integration (the grid, or t_start/t_end) at t > 0"
         )
     return v
 
 
 def _monotone_grid(grid: object, schedule: Schedule, method: str) -> Tensor:
-    if not isinstance(grid, Tensor) or grid.dim() != 1 or grid.numel() < 2:
-        raise ValueError("grid must be a 1-D tensor of at least 2 times")
+    check_schedule(schedule)
+    if not isinstance(grid, Tensor):
+        raise TypeError(f"grid must be a 1-D torch.Tensor of monotone times, got {type(grid).__name__}")
+    if grid.dim() != 1 or grid.numel() < 2:
+        raise ValueError(f"grid must be 1-D with at least 2 times, got shape {tuple(grid.shape)}")
     if method == "dpm++2m" or grid[0] > grid[-1]:
         return check_grid(grid, schedule)
-    g = schedule.check_t(grid.to(torch.float64))
+    g = check_time(grid.to(torch.float64), schedule, "grid")
     if (g[1:] <= g[:-1]).any():
         raise ValueError("grid must be strictly monotone")
     return g
 
 
-@torch.no_grad()
 def solve_ode(
     model: Model,
     x: Tensor,
@@ -125,7 +142,7 @@ def solve_ode(
     Yields
     ------
     SamplerStep
-        ``x0`` is the model's $\hat x_0$ at the step's start (Euler, DPM-Solver++) or ``x`` itself (Heun).
+        ``x0`` is the model's $\hat x_0$ at the step's start.
 
     Raises
     ------
@@ -136,76 +153,144 @@ def solve_ode(
         If ``method`` or ``variable`` is unknown, ``x`` has fewer than 2 dimensions or holds NaN or infinity,
         ``grid`` is not a 1-D strictly monotone tensor inside the schedule's range (decreasing for ``"dpm++2m"``),
         ``variable="sigma"`` meets $a = 0$, the model's output has the wrong shape or is not finite, or the state
-        becomes NaN or infinite.
+        becomes NaN or infinite (the message names the step).
     """
-    if method not in SOLVERS:
-        raise ValueError(f"method must be one of {SOLVERS}, got {method!r}")
-    if variable not in ("t", "sigma"):
-        raise ValueError(f"variable must be 't' or 'sigma', got {variable!r}")
+    check_choice(method, "method", SOLVERS)
+    check_choice(variable, "variable", ("t", "sigma"))
     x = check_batch(x, "x")
     g = _monotone_grid(grid, schedule, method)
-    if variable == "sigma" and method != "dpm++2m":
-        yield from _solve_sigma(model, x, g, schedule, method, cond, progress)
-        return
-    if method != "dpm++2m" and schedule.discrete:
+    if variable == "t" and method != "dpm++2m" and schedule.discrete:
         raise TypeError(
             f"{method!r} integrates in t and needs a continuous schedule; use 'dpm++2m' on {schedule.name!r}"
         )
-    x0_prev, h_prev = None, None
-    for i in tqdm(range(len(g) - 1), disable=not progress, desc=f"ODE ({method})", leave=False):
-        t, s = g[i].item(), g[i + 1].item()
-        if method == "euler":
-            v = pf_ode_drift(model, x, t, schedule, cond)
-            x, x0 = x + (s - t) * v, x
-        elif method == "heun":
-            v1 = pf_ode_drift(model, x, t, schedule, cond)
-            x_e = x + (s - t) * v1
-            if schedule.coefficients(s).b.item() == 0:
-                x = x_e
-            else:
-                x = x + 0.5 * (s - t) * (v1 + pf_ode_drift(model, x_e, s, schedule, cond))
-            x0 = x
-        else:
-            x, x0, h_prev = _dpm_step(model, x, t, s, schedule, cond, x0_prev, h_prev)
-            x0_prev = x0
-        check_finite(x, f"ODE state at t={s:g}")
-        yield SamplerStep(i, s, x, x0)
+    if variable == "t" and method != "dpm++2m":
+        c = schedule.coefficients(g)
+        used = torch.ones_like(g, dtype=torch.bool)
+        used[-1] = method == "heun" and bool(c.b[-1] > 0)  # the last point is evaluated only by Heun, where b > 0
+        if not (torch.isfinite(c.da[used]).all() and torch.isfinite(c.db[used]).all()):
+            raise ValueError(
+                "the probability-flow drift is not finite on the grid (e.g. db/dt = inf at t = 0 on VP-linear with "
+                "beta_min > 0); start or end the integration (the grid) at t > 0"
+            )
+    if method == "dpm++2m":
+        rule = dpm_rule
+    elif variable == "sigma":
+        rule = ddim_rule(0.0) if method == "euler" else sigma_heun_rule  # Euler in sigma is exactly DDIM (eq. 6.17)
+    else:
+        rule = euler_rule if method == "euler" else heun_rule
+    yield from run(
+        model, x, grid, schedule, rule, cond=cond, progress=progress, desc=f"ODE ({method}, {variable})", checked_grid=g
+    )
 
 
-def _solve_sigma(model, x, g, schedule, method, cond, progress):
-    """Euler or Heun for dy/dsigma = eps_hat(a y), y = x/a, sigma = b/a (lesson 6, eq. 6.17)."""
-    for i in tqdm(range(len(g) - 1), disable=not progress, desc=f"ODE ({method}, sigma)", leave=False):
-        t, s = g[i].item(), g[i + 1].item()
-        ct, cs = schedule.coefficients(t), schedule.coefficients(s)
-        at, as_ = ct.a.item(), cs.a.item()
-        if at == 0 or as_ == 0:
-            raise ValueError("variable='sigma' needs a > 0 on the whole grid (b/a is infinite where a = 0); use 't'")
-        st, ss = ct.b.item() / at, cs.b.item() / as_
-        d1 = predict_pair(model, x, t, schedule, cond).eps
-        y = x / at + (ss - st) * d1
-        if method == "heun" and ss > 0:
-            d2 = predict_pair(model, as_ * y, s, schedule, cond).eps
-            y = x / at + 0.5 * (ss - st) * (d1 + d2)
-        x = as_ * y
-        check_finite(x, f"ODE state at t={s:g}")
-        yield SamplerStep(i, s, x, x)
+def _velocity(pair: Pair, da: float, db: float) -> Tensor:
+    return da * pair.x0 + db * pair.eps  # eq. 0.4: the probability-flow drift (eq. 6.7)
 
 
-def _dpm_step(model, x, t, s, schedule, cond, x0_prev, h_prev):
-    """One DPM-Solver++(2M) step (lesson 6, eq. 6.16); returns the new state, this step's x0_hat and h."""
-    x0 = predict_pair(model, x, t, schedule, cond).x0
-    ct, cs = schedule.coefficients(t), schedule.coefficients(s)
-    at, bt, as_, bs = (v.item() for v in (ct.a, ct.b, cs.a, cs.b))
-    if bs == 0:  # into the data end: x_s = a_s x0_hat
-        return as_ * x0, x0, None
-    lam = lambda a, b: float("-inf") if a == 0 else float(np.log(a) - np.log(b))  # noqa: E731
-    h = lam(as_, bs) - lam(at, bt)
+def euler_rule(pair: Pair, x: Tensor, step: Step, state: dict) -> tuple[Tensor, float, dict]:
+    r"""Euler's step of the probability-flow ODE, $x_s = x_t + (s - t)\,v(x_t, t)$ (lesson 6, eq. 6.13).
+
+    Parameters
+    ----------
+    pair : Pair
+        The model's $(\hat x_0, \hat\varepsilon)$ at $(x_t, t)$.
+    x : Tensor, shape (B, ...)
+        The state $x_t$.
+    step : Step
+        The step (its coefficients).
+    state : dict
+        Carried across steps (unused).
+
+    Returns
+    -------
+    (Tensor, float, dict)
+        The new state, standard deviation 0, the state.
+    """
+    return x + step.h * _velocity(pair, step.da_t, step.db_t), 0.0, state
+
+
+def heun_rule(pair: Pair, x: Tensor, step: Step, state: dict) -> tuple[Tensor, float, dict]:
+    r"""Heun's step (lesson 6, eq. 6.14): Euler predictor, trapezoidal corrector with a second model call at $s$; on a
+    step into $b_s = 0$ it stays Euler (the drift is singular there), as in Karras et al.
+
+    Parameters
+    ----------
+    pair, x, step, state
+        As in :func:`euler_rule`.
+
+    Returns
+    -------
+    (Tensor, float, dict)
+        The new state, standard deviation 0, the state.
+    """
+    v1 = _velocity(pair, step.da_t, step.db_t)
+    x_e = x + step.h * v1
+    if step.b_s == 0:
+        return x_e, 0.0, state
+    v2 = _velocity(step.denoise_at(x_e, "s"), step.da_s, step.db_s)
+    return x + 0.5 * step.h * (v1 + v2), 0.0, state
+
+
+def sigma_heun_rule(pair: Pair, x: Tensor, step: Step, state: dict) -> tuple[Tensor, float, dict]:
+    r"""Heun's step in lesson 4's variables, $\mathrm dy/\mathrm d\sigma = \hat\varepsilon$ with $y = x/a$,
+    $\sigma = b/a$ (lesson 6, eq. 6.17): the DDIM step with $\hat\varepsilon$ averaged over both ends.
+
+    Parameters
+    ----------
+    pair, x, step, state
+        As in :func:`euler_rule`.
+
+    Returns
+    -------
+    (Tensor, float, dict)
+        The new state, standard deviation 0, the state.
+
+    Raises
+    ------
+    ValueError
+        Where $a = 0$ at either end ($b/a$ is infinite).
+    """
+    if step.a_t == 0 or step.a_s == 0:
+        raise ValueError("variable='sigma' needs a > 0 on the whole grid (b/a is infinite where a = 0); use 't'")
+    st, ss = step.b_t / step.a_t, step.b_s / step.a_s
+    eps = pair.eps
+    if ss > 0:
+        eps = 0.5 * (eps + step.denoise_at(step.a_s * (x / step.a_t + (ss - st) * eps), "s").eps)
+    return step.a_s * (x / step.a_t + (ss - st) * eps), 0.0, state
+
+
+def _half_log_snr(a: float, b: float) -> float:
+    return -math.inf if a == 0 else math.log(a) - math.log(b)
+
+
+def dpm_rule(pair: Pair, x: Tensor, step: Step, state: dict) -> tuple[Tensor, float, dict]:
+    r"""DPM-Solver++(2M) (lesson 6, eq. 6.16): exact in the linear part, second-order multistep in
+    $\lambda = \log(a/b)$ for $\hat x_0$, using the previous step's $\hat x_0$ (kept in ``state``); its first step
+    and its step into $b_s = 0$ are first order (the first is DDIM).
+
+    Parameters
+    ----------
+    pair, x, step, state
+        As in :func:`euler_rule`; ``state["dpm++2m"]`` holds the previous $(\hat x_0, h)$.
+
+    Returns
+    -------
+    (Tensor, float, dict)
+        The new state, standard deviation 0, the state.
+    """
+    x0 = pair.x0
+    prev, h_prev = state.get("dpm++2m", (None, None)) if step.index > 0 else (None, None)
+    if step.b_s == 0:  # into the data end: x_s = a_s x0_hat
+        state["dpm++2m"] = (x0, None)
+        return step.a_s * x0, 0.0, state
+    h = _half_log_snr(step.a_s, step.b_s) - _half_log_snr(step.a_t, step.b_t)
     d = x0
-    if x0_prev is not None and h_prev is not None and np.isfinite(h_prev):
+    if prev is not None and h_prev is not None and math.isfinite(h_prev):
         r = h_prev / h
-        d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev
-    # exact linear part: x_s = (b_s/b_t) x_t + (a_s - a_t b_s/b_t) D  (= a_s (1 - e^{-h}) D + (b_s/b_t) x_t)
-    return (bs / bt) * x + (as_ - at * bs / bt) * d, x0, h
+        d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * prev
+    state["dpm++2m"] = (x0, h)
+    ratio = step.b_s / step.b_t  # x_s = (b_s/b_t) x_t + (a_s - a_t b_s/b_t) D  (= a_s (1 - e^{-h}) D + (b_s/b_t) x_t)
+    return ratio * x + (step.a_s - step.a_t * ratio) * d, 0.0, state
 
 
 def ode_sample(
@@ -258,10 +343,10 @@ def nfe(method: str, num_steps: int) -> int:
     Raises
     ------
     ValueError
-        If ``method`` is unknown.
+        If ``method`` is unknown or ``num_steps`` is not an integer >= 1.
     """
-    if method not in SOLVERS:
-        raise ValueError(f"method must be one of {SOLVERS}, got {method!r}")
+    check_choice(method, "method", SOLVERS)
+    check_int(num_steps, "num_steps")
     return 2 * num_steps - 1 if method == "heun" else num_steps
 
 
@@ -304,14 +389,17 @@ def solve_ode_reference(
     Raises
     ------
     TypeError
-        If ``model`` does not follow the one interface, or ``x`` is not a floating tensor.
+        If ``model`` does not follow the one interface, ``schedule`` is not a Schedule, or ``x`` is not a floating
+        tensor.
     ValueError
-        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, a time lies outside the schedule's range, the
-        model's output has the wrong shape or is not finite, or the drift is not finite.
+        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, ``t_start`` or ``t_end`` is not a single time
+        in the schedule's range, ``rtol`` or ``atol`` is not a finite number > 0, ``method`` is not one of
+        ``solve_ivp``'s, the model's output has the wrong shape or is not finite, or the drift is not finite.
     RuntimeError
         If ``solve_ivp`` fails.
     """
     x = check_batch(x, "x")
+    t_start, t_end = check_ivp(t_start, t_end, check_schedule(schedule), rtol, atol, method)
     shape, dtype = x.shape, x.dtype
 
     def rhs(t: float, y: np.ndarray) -> np.ndarray:
@@ -355,14 +443,10 @@ def encode(
 
     Raises
     ------
-    TypeError
-        If ``model`` does not follow the one interface, or ``x`` is not a floating tensor.
-    ValueError
-        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, a time lies outside the schedule's range, the
-        model's output has the wrong shape or is not finite, or the drift is not finite.
-    RuntimeError
-        If ``solve_ivp`` fails.
+    TypeError, ValueError, RuntimeError
+        As :func:`solve_ode_reference` (for ``x0``).
     """
+    x0, schedule = check_batch(x0, "x0"), check_schedule(schedule)
     return solve_ode_reference(model, x0, t_start, schedule.t_max if t_end is None else t_end, schedule, **kwargs)
 
 
@@ -393,14 +477,10 @@ def decode(
 
     Raises
     ------
-    TypeError
-        If ``model`` does not follow the one interface, or ``x`` is not a floating tensor.
-    ValueError
-        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, a time lies outside the schedule's range, the
-        model's output has the wrong shape or is not finite, or the drift is not finite.
-    RuntimeError
-        If ``solve_ivp`` fails.
+    TypeError, ValueError, RuntimeError
+        As :func:`solve_ode_reference` (for ``x_T``).
     """
+    x_T, schedule = check_batch(x_T, "x_T"), check_schedule(schedule)
     return solve_ode_reference(model, x_T, schedule.t_max if t_start is None else t_start, t_end, schedule, **kwargs)
 
 
@@ -436,29 +516,33 @@ def divergence(
     Raises
     ------
     TypeError
-        If ``x`` is not a floating tensor.
+        If ``fn`` is not callable or ``x`` is not a floating tensor.
     ValueError
-        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, ``method`` is unknown, or ``"hutchinson"``
-        gets no probes or probes of the wrong shape.
+        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, ``method`` is unknown, ``"hutchinson"``
+        gets no probes or probes of the wrong shape, or ``fn`` returns something other than a tensor of the shape
+        of ``x``.
     """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable as fn(x) -> Tensor of the shape of x, got {type(fn).__name__}")
+    check_choice(method, "method", ("exact", "hutchinson"))
     x = check_batch(x, "x").detach().requires_grad_(True)
+    if method == "hutchinson" and (not isinstance(probes, Tensor) or probes.dim() < 1 or probes.shape[1:] != x.shape):
+        raise ValueError(f"hutchinson needs probes of shape (P, *x.shape) = (P, {', '.join(map(str, x.shape))})")
+    if x.shape[0] == 0:
+        return torch.zeros(0, dtype=x.dtype, device=x.device)
     with torch.enable_grad():
-        v = fn(x)
-        flat = v.reshape(x.shape[0], -1)
+        v = check_output(fn(x), x, "fn")
+        flat = v.flatten(1)
         if method == "exact":
             div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
             for i in range(flat.shape[1]):
                 (gi,) = torch.autograd.grad(flat[:, i].sum(), x, retain_graph=True)
-                div = div + gi.reshape(x.shape[0], -1)[:, i]
+                div = div + gi.flatten(1)[:, i]
             return div.detach()
-        if method != "hutchinson":
-            raise ValueError(f"method must be 'exact' or 'hutchinson', got {method!r}")
-        if probes is None or probes.shape[1:] != x.shape:
-            raise ValueError(f"hutchinson needs probes of shape (P, *x.shape) = (P, {', '.join(map(str, x.shape))})")
         est = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for z in probes:
             (vjp,) = torch.autograd.grad(v, x, grad_outputs=z, retain_graph=True)
-            est = est + (vjp * z).reshape(x.shape[0], -1).sum(1)
+            est = est + (vjp * z).flatten(1).sum(1)
         return (est / probes.shape[0]).detach()
 
 
@@ -480,8 +564,19 @@ def rademacher(
     -------
     Tensor
         Entries $\pm 1$ with probability 1/2 each.
+
+    Raises
+    ------
+    TypeError
+        If ``shape`` is not a tuple of integers or ``dtype`` is not a floating ``torch.dtype``.
+    ValueError
+        If a size in ``shape`` is negative.
     """
-    return torch.randint(0, 2, shape, generator=generator).to(dtype) * 2 - 1
+    if not isinstance(shape, (tuple, list)) or not all(isinstance(n, int) and not isinstance(n, bool) for n in shape):
+        raise TypeError(f"shape must be a tuple of integers, got {shape!r}")
+    if any(n < 0 for n in shape):
+        raise ValueError(f"shape must hold sizes >= 0, got {tuple(shape)}")
+    return torch.randint(0, 2, tuple(shape), generator=generator).to(check_dtype(dtype)) * 2 - 1
 
 
 def ode_log_likelihood(
@@ -535,16 +630,24 @@ def ode_log_likelihood(
     Raises
     ------
     TypeError
-        If ``model`` does not follow the one interface, or ``x`` is not a floating tensor.
+        If ``model`` does not follow the one interface, ``schedule`` is not a Schedule, ``x0`` is not a floating
+        tensor, or ``prior_log_prob`` is not callable.
     ValueError
-        If ``x`` has fewer than 2 dimensions or holds NaN or infinity, a time lies outside the schedule's range, the
-        model's output has the wrong shape or is not finite, or the drift is not finite, or
-        ``divergence_method`` is unknown.
+        If ``x0`` has fewer than 2 dimensions or holds NaN or infinity, ``t_start`` or ``t_end`` is not a single time
+        in the schedule's range, ``rtol`` or ``atol`` is not a finite number > 0, ``divergence_method`` is unknown,
+        ``num_probes`` is not an integer >= 1, the model's output has the wrong shape or is not finite, or the drift
+        is not finite.
     RuntimeError
         If ``solve_ivp`` fails.
     """
-    x0 = check_batch(x0, "x0")
-    t1 = schedule.t_max if t_end is None else float(t_end)
+    x0, schedule = check_batch(x0, "x0"), check_schedule(schedule)
+    t0, t1 = check_ivp(t_start, schedule.t_max if t_end is None else t_end, schedule, rtol, atol, "RK45")
+    check_choice(divergence_method, "divergence_method", ("exact", "hutchinson"))
+    check_int(num_probes, "num_probes")
+    if prior_log_prob is not None and not callable(prior_log_prob):
+        raise TypeError(
+            f"prior_log_prob must be None or callable as prior_log_prob(x), got {type(prior_log_prob).__name__}"
+        )
     shape, B, dtype = x0.shape, x0.shape[0], x0.dtype
     n = x0.numel()
     probes = rademacher((num_probes, *shape), generator, dtype) if divergence_method == "hutchinson" else None
@@ -558,7 +661,7 @@ def ode_log_likelihood(
         return np.concatenate([v.double().reshape(-1).numpy(), div.double().numpy()])
 
     y0 = np.concatenate([x0.double().reshape(-1).numpy(), np.zeros(B)])
-    sol = solve_ivp(rhs, (float(t_start), t1), y0, method="RK45", rtol=rtol, atol=atol)
+    sol = solve_ivp(rhs, (t0, t1), y0, method="RK45", rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"likelihood solve failed: {sol.message}")
     x_end = torch.from_numpy(sol.y[:n, -1]).reshape(shape)

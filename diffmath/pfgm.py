@@ -22,7 +22,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from diffmath._validate import as_tensor, check_batch, check_finite, per_sample
+from diffmath._validate import (
+    as_tensor,
+    check_batch,
+    check_dtype,
+    check_finite,
+    check_nonempty,
+    check_output,
+    check_positive,
+    check_schedule,
+    per_sample,
+)
+from diffmath.models import check_model
 from diffmath.notation import Pair, check_prediction, from_pair, to_pair
 from diffmath.schedules import Schedule
 
@@ -81,8 +92,8 @@ def poisson_log_kernel(x: Tensor, z: Tensor | float) -> Tensor:
     zz = _coef(z, x, "z").reshape(-1)
     if (zz <= 0).any():
         raise ValueError("the Poisson kernel needs z > 0")
-    d = x[0].numel()
-    sq = (x.reshape(x.shape[0], -1) ** 2).sum(1)
+    d = math.prod(x.shape[1:])
+    sq = (x.flatten(1) ** 2).sum(1)
     return _log_c(d) + torch.log(zz) - 0.5 * (d + 1) * torch.log(sq + zz**2)
 
 
@@ -120,12 +131,12 @@ class PoissonField:
     TypeError
         If ``points`` is not a floating tensor or ``weights`` not a real tensor.
     ValueError
-        If ``points`` has fewer than 2 dimensions or holds NaN or infinity, or the weights are not of shape (N,),
-        negative, or do not sum to one.
+        If ``points`` is empty, has fewer than 2 dimensions or holds NaN or infinity, or the weights are not of
+        shape (N,), negative, or do not sum to one.
     """
 
     def __init__(self, points: Tensor, weights: Tensor | None = None) -> None:
-        points = check_batch(points, "points")
+        points = check_nonempty(check_batch(points, "points"), "points")
         N = points.shape[0]
         w = torch.full((N,), 1.0 / N, dtype=torch.float64) if weights is None else as_tensor(weights, "weights")
         w = w.to(torch.float64)
@@ -333,6 +344,9 @@ class PoissonField:
             If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, or ``a``, ``b`` are not finite,
             of shape () or (B,), or ``b`` is not positive.
         """
+        xf = self._flat(x)
+        for c, n in ((da, "da"), (db, "db")):
+            _coef(c, xf, n)
         x0 = self.posterior_mean(x, a, b)
         a_, b_, da_, db_ = (
             per_sample(as_tensor(c, n, x).reshape(-1), x, n) for c, n in ((a, "a"), (b, "b"), (da, "da"), (db, "db"))
@@ -421,6 +435,9 @@ class PoissonField:
         ValueError
             If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, or ``z`` is not positive.
         """
+        z_ = _coef(z, self._flat(x), "z")
+        if (z_ <= 0).any():
+            raise ValueError("z must be positive: the flux density lives on the planes z > 0")
         return torch.exp(self.noised_log_prob(x, 1.0, z))
 
     # ------------------------------------------------------------------ sampling
@@ -452,8 +469,11 @@ class PoissonField:
         ------
         ValueError
             If ``n`` is not a positive integer.
+        TypeError
+            If ``dtype`` is not a floating dtype.
         """
         _check_n(n)
+        dtype = check_dtype(dtype)
         i = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         x = self.points[i].to(dtype or torch.get_default_dtype()).reshape(n, *self.event_shape)
         return (x, i) if return_components else x
@@ -492,10 +512,13 @@ class PoissonField:
         Raises
         ------
         ValueError
-            If ``n`` is not a positive integer, ``z`` is not positive or ``max_radius`` is not positive.
+            If ``n`` is not a positive integer, ``z`` is not positive or ``max_radius`` is not positive (each finite).
+        TypeError
+            If ``dtype`` is not a floating dtype.
         """
-        if not z > 0:
-            raise ValueError(f"z must be positive, got {z}")
+        z, dtype = check_positive(z, "z"), check_dtype(dtype)
+        if max_radius is not None:
+            check_positive(max_radius, "max_radius")
         x0, i = self.sample(n, generator, torch.float64, return_components=True)
         c = multivariate_cauchy(n, self.event_shape, generator, torch.float64, max_radius)
         x = (x0 + z * c).to(dtype or torch.get_default_dtype())
@@ -556,7 +579,9 @@ class PoissonModel:
 def _check_poisson_prediction(prediction: object) -> str:
     kind = check_prediction(prediction)
     if kind == "score":
-        raise ValueError("a Poisson model cannot predict 'score' (-E[c|x]/b is the score for Gaussian noise only)")
+        raise ValueError(
+            "prediction 'score' is not available for a Poisson model (-E[c|x]/b is the score for Gaussian noise only)"
+        )
     return kind
 
 
@@ -567,8 +592,11 @@ def _check_n(n: object) -> int:
 
 
 def _shape(event_shape: int | tuple[int, ...]) -> tuple[int, ...]:
-    shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
-    if not shape or any(not isinstance(s, int) or s < 1 for s in shape):
+    try:
+        shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+    except TypeError:  # not an int nor a sequence
+        shape = ()
+    if not shape or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in shape):
         raise ValueError(f"event_shape must be a positive int or a tuple of positive ints, got {event_shape!r}")
     return shape
 
@@ -576,9 +604,8 @@ def _shape(event_shape: int | tuple[int, ...]) -> tuple[int, ...]:
 def _clip(c: Tensor, max_radius: float | None) -> Tensor:
     if max_radius is None:
         return c
-    if not max_radius > 0:
-        raise ValueError(f"max_radius must be positive, got {max_radius}")
-    r = c.reshape(c.shape[0], -1).norm(dim=1).reshape(-1, *([1] * (c.dim() - 1)))
+    max_radius = check_positive(max_radius, "max_radius")
+    r = c.flatten(1).norm(dim=1).reshape(-1, *([1] * (c.dim() - 1)))
     return c * torch.clamp(max_radius / r.clamp_min(1e-300), max=1.0)
 
 
@@ -613,8 +640,12 @@ def multivariate_cauchy(
     ------
     ValueError
         If ``n`` is not a positive integer, ``event_shape`` is invalid or ``max_radius`` is not positive.
+    TypeError
+        If ``dtype`` is not a floating dtype.
     """
-    shape = _shape(event_shape)
+    shape, dtype = _shape(event_shape), check_dtype(dtype)
+    if max_radius is not None:
+        check_positive(max_radius, "max_radius")
     eps = torch.randn(_check_n(n), math.prod(shape) + 1, generator=generator, dtype=torch.float64)
     c = (eps[:, :-1] / eps[:, -1:].abs()).reshape(n, *shape)
     return _clip(c, max_radius).to(dtype or torch.get_default_dtype())
@@ -651,16 +682,19 @@ def beta_prime_radius(
     ------
     ValueError
         If ``n`` or ``d`` is not a positive integer, or ``max_radius`` is not positive.
+    TypeError
+        If ``dtype`` is not a floating dtype.
     """
     _check_n(n)
     if not isinstance(d, int) or isinstance(d, bool) or d < 1:
         raise ValueError(f"d must be a positive integer, got {d!r}")
+    dtype = check_dtype(dtype)
+    if max_radius is not None:
+        max_radius = check_positive(max_radius, "max_radius")
     seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
     beta = np.random.default_rng(seed).beta(0.5 * d, 0.5, size=n)
     r = torch.from_numpy(np.sqrt(beta / np.maximum(1.0 - beta, 1e-300)))
     if max_radius is not None:
-        if not max_radius > 0:
-            raise ValueError(f"max_radius must be positive, got {max_radius}")
         r = r.clamp(max=max_radius)
     return r.to(dtype or torch.get_default_dtype())
 
@@ -700,10 +734,10 @@ def sample_prior(
     ValueError
         If ``n`` is not a positive integer, ``event_shape`` is invalid, or ``z_max`` or ``max_radius`` is not
         positive.
+    TypeError
+        If ``dtype`` is not a floating dtype.
     """
-    shape = _shape(event_shape)
-    if not z_max > 0:
-        raise ValueError(f"z_max must be positive, got {z_max}")
+    shape, z_max, dtype = _shape(event_shape), check_positive(z_max, "z_max"), check_dtype(dtype)
     d = math.prod(shape)
     r = beta_prime_radius(n, d, generator, torch.float64, max_radius)
     u = torch.randn(n, d, generator=generator, dtype=torch.float64)
@@ -737,8 +771,9 @@ def uniform_hemisphere(
         If ``n`` or ``d`` is not a positive integer or ``radius`` is not positive.
     """
     _check_n(n)
-    if not isinstance(d, int) or d < 1 or not radius > 0:
-        raise ValueError(f"need a positive integer d and radius > 0, got d={d!r}, radius={radius}")
+    if not isinstance(d, int) or isinstance(d, bool) or d < 1:
+        raise ValueError(f"d must be a positive integer, got {d!r}")
+    radius = check_positive(radius, "radius")
     y = torch.randn(n, d + 1, generator=generator, dtype=torch.float64)
     y = radius * y / y.norm(dim=1, keepdim=True)
     return y[:, :-1], y[:, -1].abs()
@@ -775,9 +810,10 @@ def hemisphere_tv(
     """
     if not isinstance(field, PoissonField):
         raise TypeError(f"field must be a PoissonField, got {type(field).__name__}")
+    radius = check_positive(radius, "radius")
     x, z = uniform_hemisphere(n, field.d, radius, generator)
     ex, ez = field.field(x.reshape(n, *field.event_shape), z)
-    flux = ((ex.reshape(n, -1) * x).sum(1) + ez * z) / radius
+    flux = ((ex.reshape(n, field.d) * x).sum(1) + ez * z) / radius
     dev = 0.5 * (sphere_area(field.d + 1) * radius**field.d * flux - 1.0).abs()
     return dev.mean().item(), (dev.std() / math.sqrt(n)).item()
 
@@ -812,6 +848,7 @@ def prior_tv(
     """
     if not isinstance(field, PoissonField):
         raise TypeError(f"field must be a PoissonField, got {type(field).__name__}")
+    z = check_positive(z, "z")
     x = sample_prior(n, field.event_shape, z, generator, torch.float64)
     dev = 0.5 * (torch.exp(field.noised_log_prob(x, 1.0, z) - poisson_log_kernel(x, z)) - 1.0).abs()
     return dev.mean().item(), (dev.std() / math.sqrt(n)).item()
@@ -859,7 +896,9 @@ class PoissonLoss:
         If ``schedule`` is not a continuous schedule.
     ValueError
         If ``target`` is unknown, ``max_radius`` or ``sigma_data`` is not positive, or ``z_range`` is not two
-        increasing positive finite numbers.
+        increasing positive finite numbers. When called: if ``x0`` is not a non-empty finite floating batch, the
+        model does not follow the one interface (or predicts ``"score"``), or it returns a tensor of another shape
+        than its input (a (B, 1) or (1, d) output would broadcast against the target).
     """
 
     def __init__(
@@ -874,14 +913,16 @@ class PoissonLoss:
             raise TypeError(f"schedule must be a continuous diffmath Schedule, got {schedule!r}")
         if target not in ("unbiased", "batch"):
             raise ValueError(f"target must be 'unbiased' or 'batch', got {target!r}")
-        if max_radius is not None and not max_radius > 0:
-            raise ValueError(f"max_radius must be positive or None, got {max_radius}")
-        if sigma_data is not None and not sigma_data > 0:
-            raise ValueError(f"sigma_data must be positive or None, got {sigma_data}")
+        max_radius = None if max_radius is None else check_positive(max_radius, "max_radius")
+        sigma_data = None if sigma_data is None else check_positive(sigma_data, "sigma_data")
         if z_range is not None:
-            z_range = tuple(float(v) for v in z_range)
-            if len(z_range) != 2 or not 0 < z_range[0] < z_range[1] or not math.isfinite(z_range[1]):
-                raise ValueError(f"z_range must be (z_min, z_max) with 0 < z_min < z_max < inf, got {z_range}")
+            given = z_range
+            try:
+                z_range = tuple(check_positive(v, "z_range") for v in z_range)
+            except (TypeError, ValueError):  # not a sequence of positive finite numbers
+                z_range = ()
+            if len(z_range) != 2 or not z_range[0] < z_range[1]:
+                raise ValueError(f"z_range must be (z_min, z_max) with 0 < z_min < z_max < inf, got {given!r}")
         self.schedule, self.target, self.max_radius, self.sigma_data = schedule, target, max_radius, sigma_data
         self.z_range = z_range
         if z_range is not None:  # a table of ln(b/a) on a fine t grid, inverted by interpolation (no bisection)
@@ -895,8 +936,8 @@ class PoissonLoss:
                 raise ValueError(f"z_range {z_range} must lie inside the range of b/a on {schedule.name!r}")
 
     def __call__(self, model: nn.Module, x0: Tensor, generator: torch.Generator, cond: Tensor | None = None) -> Tensor:
-        x0 = check_batch(x0, "x0")
-        kind = _check_poisson_prediction(model.prediction)
+        x0 = check_nonempty(check_batch(x0, "x0"), "x0")
+        kind = _check_poisson_prediction(check_model(model).prediction)
         B = x0.shape[0]
         u = torch.rand(B, generator=generator, dtype=x0.dtype)
         if self.z_range is None:
@@ -918,7 +959,7 @@ class PoissonLoss:
             pair = Pair(x0_hat, c + a * (x0 - x0_hat) / b.clamp_min(1e-6))
         else:
             pair = Pair(x0, c)
-        out = model(x, t, cond)
+        out = check_output(model(x, t, cond), x)
         if self.sigma_data is None:
             return ((out - from_pair(pair, kind, c_t.a, c_t.b, c_t.da, c_t.db)) ** 2).mean()
         x0_hat = to_pair(out, kind, x, c_t.a, c_t.b, c_t.da, c_t.db).x0
@@ -990,15 +1031,18 @@ def pfgm_sample(
     """
     from diffmath.ode import ode_sample
 
+    check_schedule(schedule, discrete=False)
+    shape, dtype = _shape(event_shape), check_dtype(dtype)
     t_start = float(schedule.t_max)
     if z_max is None:
         z_max = schedule._sigma(torch.tensor(t_start, dtype=torch.float64)).item()
         if not math.isfinite(z_max):
             raise ValueError(f"b/a is infinite at t_max on {schedule.name!r}: pass z_max")
     else:
-        t_start = schedule._t_of_sigma(torch.tensor([float(z_max)], dtype=torch.float64), 0.0, t_start).item()
+        z_max = check_positive(z_max, "z_max")
+        t_start = schedule._t_of_sigma(torch.tensor([z_max], dtype=torch.float64), 0.0, t_start).item()
     a = schedule.coefficients(t_start).a.item()
-    x = a * sample_prior(n, event_shape, z_max, generator, torch.float64, max_radius)
+    x = a * sample_prior(n, shape, z_max, generator, torch.float64, max_radius)
     x = x.to(dtype or torch.get_default_dtype())
     with torch.no_grad():
         return ode_sample(

@@ -17,9 +17,12 @@ from pathlib import Path
 
 import torch
 
+from diffmath._io import file_lock
 from diffmath.nets import MLP
 from diffmath.schedules import Schedule, get_schedule
 from diffmath.training import TrainStep, fit, read_checkpoint, save_atomic, train
+
+_CACHED = ("config", "model", "losses")  # the entries of a cached recipe file
 
 _BASE = {
     "n_data": 20000,
@@ -180,6 +183,9 @@ def recipe_hash(config: dict) -> str:
 def train_toy(recipe: str | dict, progress: bool = True, folder: str | Path | None = None) -> ToyModel:
     r"""Train (or load from the cache) a toy MLP by recipe (lesson 3, eq. 3.14).
 
+    The file ``<name>-<hash>.pt`` is looked up, trained and stored under a lock on ``<name>-<hash>.pt.lock``: a
+    second process asking for the same recipe in the same folder waits for the first, then loads its file.
+
     Parameters
     ----------
     recipe : str or dict
@@ -198,7 +204,8 @@ def train_toy(recipe: str | dict, progress: bool = True, folder: str | Path | No
     ------
     ValueError
         If ``recipe`` names no recipe or lacks ``'name'`` and ``'toy'``, an override is unknown, the cached file
-        was made by another recipe or is unreadable, or training fails (e.g. the loss diverges).
+        was made by another recipe or is unreadable (corrupted, or not tensors and plain data), or training fails
+        (e.g. the loss diverges).
     """
     from toydata import sample
 
@@ -217,33 +224,34 @@ def train_toy(recipe: str | dict, progress: bool = True, folder: str | Path | No
         data = sample(config["toy"], config["n_data"], data_gen)
     torch.manual_seed(config["seed"])
     model = MLP(2, config["hidden"], config["depth"], config["prediction"], schedule.t_max, num_classes=num_classes)
-    if path.exists():
-        stored = read_checkpoint(path)
-        if stored.get("config") != config:
-            raise ValueError(f"cached model {path} was made by another recipe; delete it to retrain")
-        model.load_state_dict(stored["model"])
-        return ToyModel(model.eval(), schedule, data, config, path, stored["losses"], labels)
-    ckpt = path.with_suffix(".ckpt")
-    loss = objective(config.get("objective", "diffusion"), schedule, **config.get("objective_kwargs", {}))
-    state = fit(
-        model,
-        data,
-        schedule,
-        config["steps"],
-        batch_size=config["batch_size"],
-        lr=config["lr"],
-        ema_decay=config["ema_decay"],
-        seed=config["seed"],
-        checkpoint=ckpt,
-        checkpoint_every=500,
-        progress=progress,
-        loss=loss,
-        labels=labels,
-        label_dropout=config.get("label_dropout", 0.0),
-    )
-    final = state.ema if state.ema is not None else state.model
-    save_atomic({"config": config, "model": final.state_dict(), "losses": state.losses}, path)
-    ckpt.unlink(missing_ok=True)
+    with file_lock(path):  # one process trains and stores the recipe; another asking for it waits, then loads it
+        if path.exists():
+            stored = read_checkpoint(path, _CACHED)
+            if stored["config"] != config:
+                raise ValueError(f"cached model {path} was made by another recipe; delete it to retrain")
+            model.load_state_dict(stored["model"])
+            return ToyModel(model.eval(), schedule, data, config, path, stored["losses"], labels)
+        ckpt = path.with_suffix(".ckpt")
+        loss = objective(config.get("objective", "diffusion"), schedule, **config.get("objective_kwargs", {}))
+        state = fit(
+            model,
+            data,
+            schedule,
+            config["steps"],
+            batch_size=config["batch_size"],
+            lr=config["lr"],
+            ema_decay=config["ema_decay"],
+            seed=config["seed"],
+            checkpoint=ckpt,
+            checkpoint_every=500,
+            progress=progress,
+            loss=loss,
+            labels=labels,
+            label_dropout=config.get("label_dropout", 0.0),
+        )
+        final = state.ema if state.ema is not None else state.model
+        save_atomic({"config": config, "model": final.state_dict(), "losses": state.losses}, path)
+        ckpt.unlink(missing_ok=True)
     return ToyModel(final.eval(), schedule, data, config, path, state.losses, labels)
 
 
@@ -431,7 +439,8 @@ def train_image(recipe: str | dict, progress: bool = True, folder: str | Path | 
     The weights are looked up first in :data:`COMMITTED` (small models shipped with the package), then in
     ``folder``, both under ``<name>-<hash>.pt``; otherwise the recipe is trained with checkpoints every
     ``checkpoint_every`` steps (an interrupted run resumes from the last one) and the EMA weights are stored in
-    ``folder``, rounded to float16 (half the file; the loss of a sample changes in the 4th digit).
+    ``folder``, rounded to float16 (half the file; the loss of a sample changes in the 4th digit). Lookup, training
+    and storing in ``folder`` hold a lock on ``<name>-<hash>.pt.lock``, so a second process waits, then loads.
 
     Parameters
     ----------
@@ -451,7 +460,8 @@ def train_image(recipe: str | dict, progress: bool = True, folder: str | Path | 
     ------
     ValueError
         If ``recipe`` names no image recipe or lacks ``'name'`` and ``'dataset'``, a stored file was made by another
-        recipe or is unreadable, or training fails (e.g. the loss diverges).
+        recipe or is unreadable (corrupted, or not tensors and plain data), or training fails (e.g. the loss
+        diverges).
     """
     config = image_recipe(recipe) if isinstance(recipe, str) else dict(recipe)
     if "name" not in config or "dataset" not in config:
@@ -459,22 +469,28 @@ def train_image(recipe: str | dict, progress: bool = True, folder: str | Path | 
     folder = Path(folder) if folder is not None else cache_dir()
     filename = f"{config['name']}-{recipe_hash(config)}.pt"
     model, schedule, data, labels = image_setup(config)
-    for path in (COMMITTED / filename, folder / filename):
-        if path.exists():
-            stored = read_checkpoint(path)
-            if stored.get("config") != config:
-                raise ValueError(f"stored model {path} was made by another recipe; delete it to retrain")
-            model.load_state_dict({k: v.float() for k, v in stored["model"].items()})
-            return ImageModel(model.eval(), schedule, data, labels, config, path, stored["losses"])
     path = folder / filename
-    ckpt = path.with_suffix(".ckpt")
-    *_, state = image_training(config, model, schedule, data, labels, ckpt, progress)
-    final = state.ema if state.ema is not None else state.model
-    weights = {k: v.half() if v.is_floating_point() else v for k, v in final.state_dict().items()}
-    save_atomic({"config": config, "model": weights, "losses": state.losses}, path)
-    ckpt.unlink(missing_ok=True)
+    if (COMMITTED / filename).exists():
+        return _stored_image(COMMITTED / filename, config, model, schedule, data, labels)
+    with file_lock(path):  # one process trains and stores the recipe; another asking for it waits, then loads it
+        if path.exists():
+            return _stored_image(path, config, model, schedule, data, labels)
+        ckpt = path.with_suffix(".ckpt")
+        *_, state = image_training(config, model, schedule, data, labels, ckpt, progress)
+        final = state.ema if state.ema is not None else state.model
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in final.state_dict().items()}
+        save_atomic({"config": config, "model": weights, "losses": state.losses}, path)
+        ckpt.unlink(missing_ok=True)
     final.load_state_dict({k: v.float() for k, v in weights.items()})
     return ImageModel(final.eval(), schedule, data, labels, config, path, state.losses)
+
+
+def _stored_image(path, config, model, schedule, data, labels) -> ImageModel:
+    stored = read_checkpoint(path, _CACHED)
+    if stored["config"] != config:
+        raise ValueError(f"stored model {path} was made by another recipe; delete it to retrain")
+    model.load_state_dict({k: v.float() for k, v in stored["model"].items()})
+    return ImageModel(model.eval(), schedule, data, labels, config, path, stored["losses"])
 
 
 def image_training(

@@ -7,7 +7,7 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
-from diffmath._validate import check_batch
+from diffmath._validate import check_batch, check_ivp, check_schedule
 from diffmath.exact import GaussianMixture
 from diffmath.schedules import Schedule
 
@@ -51,15 +51,22 @@ def exact_pf_ode(
     Raises
     ------
     TypeError
-        If ``x`` is not a floating tensor, or a time is not a real number.
+        If ``source`` is not a mixture, ``schedule`` is not a Schedule, ``x`` is not a floating tensor, or a time is
+        not a real number.
     ValueError
-        If ``x`` has fewer than 2 dimensions, holds NaN or infinity or does not have the mixture's event shape, or a
-        time lies outside the schedule's range.
+        If ``x`` has fewer than 2 dimensions, holds NaN or infinity or does not have the mixture's event shape, a
+        time is not a single time in the schedule's range or has $a = 0$, ``rtol`` or ``atol`` is not a finite
+        number > 0, or ``method`` is not one of ``solve_ivp``'s.
     RuntimeError
         If ``solve_ivp`` fails.
     """
+    if not isinstance(source, GaussianMixture):
+        raise TypeError(f"source must be a GaussianMixture or EmpiricalData, got {type(source).__name__}")
     x = check_batch(x, "x").double()
-    c0, c1 = schedule.coefficients(float(t_start)), schedule.coefficients(float(t_end))
+    t_start, t_end = check_ivp(t_start, t_end, check_schedule(schedule), rtol, atol, method)
+    c0, c1 = schedule.coefficients(t_start), schedule.coefficients(t_end)
+    if c0.a.item() == 0 or c1.a.item() == 0:
+        raise ValueError("t_start and t_end need a > 0 there (the ODE runs in sigma = b/a, infinite where a = 0)")
     s0, s1 = (c0.b / c0.a).item(), (c1.b / c1.a).item()
     shape = x.shape
 

@@ -12,23 +12,34 @@ decreasing grid and steps with $h = t_i - t_{i+1} > 0$ backwards in time.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
-from diffmath._validate import check_batch, check_finite, per_sample
+from diffmath._validate import (
+    at_step,
+    check_batch,
+    check_coefficient,
+    check_finite,
+    check_int,
+    check_like,
+    check_output,
+    check_positive,
+    check_schedule,
+    check_time,
+    per_sample,
+)
 from diffmath.exact import GaussianMixture
-from diffmath.models import Model, predict, predict_pair
-from diffmath.samplers import Noise, SamplerStep, check_grid, noise_source
+from diffmath.loop import Noise, Rule, SamplerStep, Step, run
+from diffmath.models import Model, predict
+from diffmath.notation import Pair
 from diffmath.schedules import Schedule
 
 
 def _continuous(schedule: object) -> Schedule:
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be a diffmath Schedule, got {type(schedule).__name__}")
-    if schedule.discrete:
+    if check_schedule(schedule).discrete:
         raise TypeError(
             f"the SDE view needs a continuous schedule (vp-linear, vp-cosine, ve, ...), got {schedule.name!r}"
         )
@@ -167,30 +178,61 @@ def reverse_sde(
         If ``model`` does not follow the one interface, ``schedule`` is not a continuous
         :class:`~diffmath.schedules.Schedule`, ``x`` is not a floating tensor, or ``grid`` is not a tensor.
     ValueError
-        If ``noise_scale`` is not a number >= 0, ``x`` has fewer than 2 dimensions or holds NaN or infinity, the
-        grid is not strictly decreasing inside $[0, 1]$, the model's output has the wrong shape or is not finite, or
-        the state becomes NaN or infinite.
+        If ``noise_scale`` is not a finite number >= 0, ``x`` has fewer than 2 dimensions or holds NaN or infinity,
+        the grid is not strictly decreasing inside $[0, 1]$, the model's output has the wrong shape or is not
+        finite, or the state becomes NaN or infinite (errors inside the loop name the step).
     """
-    if not isinstance(noise_scale, (int, float)) or not noise_scale >= 0:
-        raise ValueError(f"noise_scale (sigma^2 / g^2) must be >= 0, got {noise_scale!r}")
-    x = check_batch(x, "x")
-    g = check_grid(grid, _continuous(schedule))
-    draw = noise_source(generator if noise is None else noise, len(g) - 1)
-    for i in tqdm(range(len(g) - 1), disable=not progress, desc="reverse SDE", leave=False):
-        t, s = g[i].item(), g[i + 1].item()
-        pair = predict_pair(model, x, t, schedule, cond)
-        c, cs = schedule.coefficients(torch.tensor(t, dtype=x.dtype)), schedule.coefficients(s)
-        if cs.b.item() == 0:
-            x = cs.a.to(x.dtype) * pair.x0
-        else:
-            f, g2 = (v.to(x.dtype) for v in sde_coefficients(schedule, torch.tensor(t, dtype=x.dtype)))
-            score = -pair.eps / c.b
-            h = t - s
-            x = x - h * (f * x - 0.5 * (1 + noise_scale) * g2 * score)
-            if noise_scale > 0:
-                x = x + torch.sqrt(noise_scale * g2 * h) * draw(i, x)
-        check_finite(x, f"reverse SDE state at t={s:g}")
-        yield SamplerStep(i, s, x, pair.x0)
+    rule = sde_rule(_continuous(schedule), noise_scale)
+    yield from run(
+        model,
+        x,
+        grid,
+        schedule,
+        rule,
+        cond=cond,
+        noise=generator if noise is None else noise,
+        progress=progress,
+        desc="reverse SDE",
+    )
+
+
+def sde_rule(schedule: Schedule, noise_scale: float = 1.0) -> Rule:
+    r"""The Euler-Maruyama step of the reverse SDE family (lesson 6, eq. 6.9) as a rule of the one loop: mean
+    $x_t - h\,[f_t x_t - \tfrac12(1+\lambda)g_t^2 s_\theta]$, standard deviation $\sqrt{\lambda g_t^2 h}$, with
+    $h = t - s$; the step into $b_s = 0$ returns $a_s\hat x_0$ without noise.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        A continuous schedule (it gives $f_t, g_t^2$, eq. 5.21; $g^2 = -2f$ exactly on VP schedules).
+    noise_scale : float
+        $\lambda = \sigma_t^2 / g_t^2 \ge 0$.
+
+    Returns
+    -------
+    Rule
+        ``rule(pair, x, step, state) -> (mean, std, state)``.
+
+    Raises
+    ------
+    TypeError
+        If ``schedule`` is not continuous.
+    ValueError
+        If ``noise_scale`` is not a finite number >= 0.
+    """
+    check_positive(noise_scale, "noise_scale (sigma^2 / g^2)", allow_zero=True)
+    vp = _continuous(schedule).variance_preserving
+
+    def rule(pair: Pair, x: Tensor, step: Step, state: dict):
+        if step.b_s == 0:
+            return step.a_s * pair.x0, 0.0, state
+        f = step.da_t / step.a_t
+        g2 = -2.0 * f if vp else 2.0 * step.b_t * (step.db_t - f * step.b_t)
+        h = step.t - step.s
+        mean = x - h * (f * x + 0.5 * (1 + noise_scale) * g2 * pair.eps / step.b_t)  # score = -eps / b
+        return mean, math.sqrt(noise_scale * g2 * h) if noise_scale > 0 else 0.0, state
+
+    return rule
 
 
 @torch.no_grad()
@@ -237,15 +279,16 @@ def langevin_correct(
         If ``model`` does not follow the one interface, ``schedule`` is not a
         :class:`~diffmath.schedules.Schedule`, or ``x`` is not a floating tensor.
     ValueError
-        If ``snr <= 0`` or ``steps`` is not an integer >= 1, ``x`` or ``t`` is invalid, or the model's output has
-        the wrong shape or is not finite.
+        If ``snr`` is not a finite number > 0 or ``steps`` is not an integer >= 1, ``x`` or ``t`` is invalid, or
+        the model's output has the wrong shape or is not finite.
     """
-    if not snr > 0 or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"need snr > 0 and an integer steps >= 1, got snr={snr}, steps={steps}")
+    check_positive(snr, "snr")
+    check_int(steps, "steps")
+    x = check_batch(x, "x")
     for _ in range(steps):
         score = predict(model, x, t, schedule, "score", cond)
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        norm = lambda v: v.reshape(v.shape[0], -1).norm(dim=1)  # noqa: E731
+        norm = lambda v: v.flatten(1).norm(dim=1)  # noqa: E731
         step = 2 * (snr * norm(z) / norm(score).clamp_min(1e-12)) ** 2
         x = x + per_sample(step, x, "step") * score + per_sample(torch.sqrt(2 * step), x, "step") * z
     return x
@@ -309,11 +352,14 @@ def predictor_corrector(
         ``corrector_steps``, invalid ``x`` or grid, a model output of the wrong shape or not finite), or if the
         corrected state becomes NaN or infinite.
     """
+    check_positive(snr, "snr")
+    check_int(corrector_steps, "corrector_steps")
     for step in reverse_sde(model, x, grid, schedule, noise_scale, cond, generator, progress, noise=noise):
         x = step.x
         if step.t > 0:
-            x = langevin_correct(model, x, step.t, schedule, snr, corrector_steps, cond, generator)
-            check_finite(x, f"corrected state at t={step.t:g}")
+            with at_step(step.index, step.t, step.t):
+                x = langevin_correct(model, x, step.t, schedule, snr, corrector_steps, cond, generator)
+                check_finite(x, "corrected state")
         yield SamplerStep(step.index, step.t, x, step.x0)
 
 
@@ -342,13 +388,23 @@ def dsm_loss(score: Callable[[Tensor], Tensor], x0: Tensor, eps: Tensor, a: floa
     Raises
     ------
     TypeError
-        If ``x0`` is not a floating tensor.
+        If ``score`` is not callable, or ``x0``, ``eps`` are not floating tensors.
     ValueError
-        If ``x0`` has fewer than 2 dimensions or holds NaN or infinity.
+        If ``x0`` has fewer than 2 dimensions or holds NaN or infinity, ``eps`` is not finite or not of its shape,
+        ``a`` or ``b`` is not a single finite number >= 0, ``b = 0``, or ``score`` returns something other than a
+        tensor of the shape of ``x0``.
     """
+    if not callable(score):
+        raise TypeError(
+            f"score must be callable as score(x_t) -> Tensor of the shape of x_t, got {type(score).__name__}"
+        )
     x0 = check_batch(x0, "x0")
-    x_t = a * x0 + b * eps
-    diff = score(x_t) + eps / b
+    eps = check_like(eps, x0, "eps", "x0")
+    a_, b_ = check_coefficient(a, "a", x0), check_coefficient(b, "b", x0)
+    if a_.numel() != 1 or b_.numel() != 1 or b_.item() == 0:
+        raise ValueError(f"a and b must be single numbers with b > 0 (the score divides by b), got a={a!r}, b={b!r}")
+    x_t = a_ * x0 + b_ * eps
+    diff = check_output(score(x_t), x_t, "score") + eps / b_
     return (diff**2).reshape(x0.shape[0], -1).sum(1)
 
 
@@ -382,13 +438,22 @@ def fokker_planck_residual(
     Raises
     ------
     TypeError
-        If ``x`` is not a floating tensor, or ``schedule`` is not a continuous :class:`~diffmath.schedules.Schedule`.
+        If ``source`` is not a mixture, ``x`` is not a floating tensor, or ``schedule`` is not a continuous
+        :class:`~diffmath.schedules.Schedule`.
     ValueError
-        If ``x`` is not of shape (B, d) or holds NaN or infinity, or ``t +- dt`` lies outside $[0, 1]$.
+        If ``x`` is not of shape (B, d) or holds NaN or infinity, ``t`` is not a single time in the schedule's
+        range, ``dt`` is not a finite number > 0, or ``t +- dt`` lies outside $[0, 1]$.
     """
+    if not isinstance(source, GaussianMixture):
+        raise TypeError(f"source must be a GaussianMixture or EmpiricalData, got {type(source).__name__}")
     x = check_batch(x, "x").detach().double()
-    t_ = float(t)
-    lo, hi = _continuous(schedule).coefficients(t_ - dt), schedule.coefficients(t_ + dt)
+    t_ = check_time(t, _continuous(schedule), "t")
+    if t_.numel() != 1:
+        raise ValueError(f"t must be a single time, got shape {tuple(t_.shape)}")
+    t_, dt = t_.item(), check_positive(dt, "dt")
+    if not (0 <= t_ - dt and t_ + dt <= schedule.t_max):
+        raise ValueError(f"dt must keep t - dt and t + dt in [0, {schedule.t_max:g}], got t={t_:g}, dt={dt:g}")
+    lo, hi = schedule.coefficients(t_ - dt), schedule.coefficients(t_ + dt)
     dp_dt = (torch.exp(source.noised_log_prob(x, hi.a, hi.b)) - torch.exp(source.noised_log_prob(x, lo.a, lo.b))) / (
         2 * dt
     )

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from diffmath._io import atomic_write
-from diffmath._validate import check_batch
+from diffmath._io import content_sha256, load_data, save_data
+from diffmath._validate import check_batch, check_nonempty, check_output
 from diffmath.models import check_model
 from diffmath.notation import Pair, from_pair
 from diffmath.schedules import Schedule
@@ -89,15 +89,18 @@ def diffusion_loss(
     Raises
     ------
     TypeError
-        If ``x0`` is not a floating tensor, or ``model.prediction`` is not a string.
+        If ``model`` does not follow the one interface, ``schedule`` is not a
+        :class:`~diffmath.schedules.Schedule`, or ``x0`` is not a floating tensor.
     ValueError
-        If ``x0`` has fewer than 2 dimensions or holds NaN or infinity, or ``model.prediction`` is unknown (or
-        ``"velocity"`` on a discrete schedule).
+        If ``x0`` is empty, has fewer than 2 dimensions or holds NaN or infinity, ``model.prediction`` is unknown (or
+        ``"velocity"`` on a discrete schedule), or the model returns a tensor of another shape than its input (a
+        (B, 1) or (1, d) output would broadcast against the target and train on nonsense).
     """
-    t, eps, xt = noise_batch(check_batch(x0, "x0"), schedule, generator)
+    check_model(model)
+    t, eps, xt = _noise(_check_x0(x0, schedule), schedule, generator)
     c = schedule.coefficients(t)
     target = from_pair(Pair(x0, eps), model.prediction, c.a, c.b, c.da, c.db)
-    return ((model(xt, t, cond) - target) ** 2).mean()
+    return ((check_output(model(xt, t, cond), xt) - target) ** 2).mean()
 
 
 def noise_batch(
@@ -121,7 +124,24 @@ def noise_batch(
     -------
     tuple of Tensor
         ``(t, eps, x_t)``: times of shape (B,), the noise and the noised batch (shape of ``x0``).
+
+    Raises
+    ------
+    TypeError
+        If ``schedule`` is not a :class:`~diffmath.schedules.Schedule` or ``x0`` is not a floating tensor.
+    ValueError
+        If ``x0`` is empty, has fewer than 2 dimensions or holds NaN or infinity.
     """
+    return _noise(_check_x0(x0, schedule), schedule, generator)
+
+
+def _check_x0(x0: object, schedule: object) -> Tensor:
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a diffmath Schedule, got {type(schedule).__name__}")
+    return check_nonempty(check_batch(x0, "x0"), "x0")
+
+
+def _noise(x0: Tensor, schedule: Schedule, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
     B = x0.shape[0]
     if schedule.discrete:
         t = torch.randint(1, int(schedule.t_max) + 1, (B,), generator=generator).to(x0.dtype)
@@ -223,35 +243,46 @@ def train(
     Raises
     ------
     TypeError
-        If ``model`` does not follow the one interface (without ``loss``) or is not a module, or ``data`` is not a
-        floating tensor.
+        If ``model`` does not follow the one interface (without ``loss``) or is not a trainable module (one with
+        parameters that require grad: an exact model is not), ``data`` is not a floating tensor, ``seed`` is not
+        an integer, ``checkpoint`` not a path, or ``loss`` returns something else than a scalar tensor that
+        depends on the model's parameters.
     ValueError
-        If ``data`` has fewer than 2 dimensions or holds NaN or infinity, ``steps``, ``batch_size`` or
-        ``checkpoint_every`` is not a positive integer, ``ema_decay`` lies outside (0, 1), ``label_dropout``
-        outside [0, 1), ``labels`` is not an integer tensor of shape (N,) or (N, L), both ``schedule`` and ``loss`` are
-        ``None``, the checkpoint is unreadable or comes from another model or settings, or the loss becomes NaN
-        or infinite.
+        If ``data`` is empty, has fewer than 2 dimensions or holds NaN or infinity, ``steps``, ``batch_size`` or
+        ``checkpoint_every`` is not a positive integer, ``lr`` is not a positive finite number, ``ema_decay`` lies
+        outside (0, 1), ``label_dropout`` outside [0, 1), ``labels`` is not an integer tensor of shape (N,) or
+        (N, L), both ``schedule`` and ``loss`` are ``None``, the checkpoint is unreadable or comes from another
+        model or settings, or the loss becomes NaN or infinite.
     """
     if loss is None:
         check_model(model)
         if schedule is None:
             raise ValueError("train needs a schedule (for diffusion_loss) or a loss function")
         loss = DiffusionLoss(schedule)
-    elif not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_trainable(model)
     if not callable(loss):
         raise TypeError(f"loss must be callable as loss(model, batch, generator, cond), got {type(loss).__name__}")
     objective = repr(loss)
-    data = check_batch(data, "data")
+    data = check_nonempty(check_batch(data, "data"), "data")
     for name, v in (("steps", steps), ("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if ema_decay is not None and not 0 < ema_decay < 1:
-        raise ValueError(f"ema_decay must lie in (0, 1) or be None, got {ema_decay}")
-    if not 0 <= label_dropout < 1:
-        raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
+    if not _real(lr) or not 0 < lr < math.inf:
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if ema_decay is not None and (not _real(ema_decay) or not 0 < ema_decay < 1):
+        raise ValueError(f"ema_decay must lie in (0, 1) or be None, got {ema_decay!r}")
+    if not _real(label_dropout) or not 0 <= label_dropout < 1:
+        raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
+    if checkpoint is not None and not isinstance(checkpoint, (str, Path)):
+        raise TypeError(f"checkpoint must be a path (str or Path) or None, got {type(checkpoint).__name__}")
     if labels is not None and (
-        labels.dim() not in (1, 2) or labels.shape[0] != data.shape[0] or labels.is_floating_point()
+        not isinstance(labels, Tensor)
+        or labels.dim() not in (1, 2)
+        or labels.shape[0] != data.shape[0]
+        or labels.is_floating_point()
+        or labels.is_complex()
     ):
         raise ValueError(f"labels must be an integer tensor of shape (N,) or (N, L) with N = {data.shape[0]}")
     dtype = next(model.parameters()).dtype
@@ -262,7 +293,7 @@ def train(
     ema = copy.deepcopy(model).requires_grad_(False) if ema_decay is not None else None
     params = list(model.parameters())
     ema_params = list(ema.parameters()) if ema is not None else []
-    fingerprint = _fingerprint(model, objective, batch_size, lr, ema_decay, seed, data, label_dropout)
+    fingerprint = _fingerprint(model, objective, batch_size, lr, ema_decay, seed, data, labels, label_dropout)
     start, losses = 0, []
     if checkpoint is not None and Path(checkpoint).exists():
         start, losses = _load(checkpoint, fingerprint, model, ema, opt, sched, gen)
@@ -280,6 +311,9 @@ def train(
             if label_dropout > 0:
                 cond[torch.rand(batch_size, generator=gen) < label_dropout] = -1
         value = loss(model, data[idx], gen, cond)
+        if not isinstance(value, Tensor) or value.dim() != 0 or not value.requires_grad:
+            got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            raise TypeError(f"loss must return a scalar tensor that depends on the model's parameters, got {got}")
         if not torch.isfinite(value):
             raise ValueError(f"training loss became {value.item()} at step {k + 1}; lower the learning rate")
         opt.zero_grad(set_to_none=True)
@@ -298,6 +332,22 @@ def train(
     model.eval()
     if ema is not None:
         ema.eval()
+
+
+def _real(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_trainable(model: object, name: str = "model", frozen_ok: bool = False) -> None:
+    """Refuse what the optimiser cannot train: a non-module (an exact model), or a module without parameters
+    (that require grad, unless ``frozen_ok``: a caller that unfreezes a copy)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{name} must be a trainable torch.nn.Module with parameters, got {type(model).__name__}")
+    if not any(frozen_ok or p.requires_grad for p in model.parameters()):
+        raise TypeError(
+            f"{name} must be a trainable torch.nn.Module with parameters; {type(model).__name__} has no parameters"
+            + ("" if frozen_ok else " that require grad")
+        )
 
 
 def fit(model: nn.Module, data: Tensor, schedule: Schedule | None, steps: int, **kwargs: object) -> TrainStep:
@@ -326,7 +376,8 @@ def fit(model: nn.Module, data: Tensor, schedule: Schedule | None, steps: int, *
     Raises
     ------
     TypeError
-        As :func:`train`: ``model`` does not follow the one interface or ``data`` is not a floating tensor.
+        As :func:`train`: ``model`` does not follow the one interface or is not a trainable module, or ``data`` is
+        not a floating tensor.
     ValueError
         As :func:`train`: invalid settings or data, an incompatible checkpoint, or a diverged loss.
     """
@@ -334,7 +385,7 @@ def fit(model: nn.Module, data: Tensor, schedule: Schedule | None, steps: int, *
     return last
 
 
-def _fingerprint(model, objective, batch_size, lr, ema_decay, seed, data, label_dropout) -> dict:
+def _fingerprint(model, objective, batch_size, lr, ema_decay, seed, data, labels, label_dropout) -> dict:
     return {
         "model": type(model).__name__,
         "prediction": getattr(model, "prediction", None),
@@ -345,22 +396,34 @@ def _fingerprint(model, objective, batch_size, lr, ema_decay, seed, data, label_
         "ema_decay": ema_decay,
         "seed": seed,
         "data_shape": list(data.shape),
+        "data_sha256": content_sha256(data),
+        "labels_sha256": None if labels is None else content_sha256(labels),
         "label_dropout": label_dropout,
     }
 
 
 def save_atomic(obj: object, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: a reader never sees half a file (lesson 3,
-    sec. 3.6).
+    """``torch.save`` data with its SHA-256 to a temporary file in the same folder, then rename: a reader never sees
+    half a file, and :func:`read_checkpoint` refuses a corrupted one (lesson 3, sec. 3.6).
+
+    The file holds ``{"format": "diffmath-checkpoint/1", "sha256": ..., "payload": obj}``, the SHA-256 taken over
+    the content of ``obj`` (:func:`diffmath._io.content_sha256`).
 
     Parameters
     ----------
     obj : object
-        Anything ``torch.save`` accepts.
+        Data: tensors, None, bool, int, float, str, bytes, and lists, tuples and dicts of them (state dicts,
+        optimiser states, generator states, losses, configurations). NumPy values are stored as Python numbers
+        and tensors.
     path : str or Path
         Destination file.
+
+    Raises
+    ------
+    TypeError
+        If ``obj`` holds anything else (a module, a function, a set, ...): checkpoints are data, not code.
     """
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    save_data(obj, path)
 
 
 def _save(path, fingerprint, step, model, ema, opt, sched, gen, losses) -> None:
@@ -379,13 +442,19 @@ def _save(path, fingerprint, step, model, ema, opt, sched, gen, losses) -> None:
     )
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a file written by :func:`save_atomic` (lesson 3, sec. 3.6); ``ValueError`` if it is unreadable or truncated.
+def read_checkpoint(path: str | Path, keys: tuple[str, ...] = ()) -> dict:
+    """Load a file written by :func:`save_atomic` and check its SHA-256 (lesson 3, sec. 3.6).
+
+    The file is read with ``torch.load(weights_only=True)``: tensors and plain data only, so a file that would
+    construct other objects (run code) is refused before any is made. A dict saved by plain ``torch.save`` (a file
+    from before checksums) loads unchecked.
 
     Parameters
     ----------
     path : str or Path
         The checkpoint file.
+    keys : tuple of str
+        Entries the dict must hold.
 
     Returns
     -------
@@ -395,19 +464,26 @@ def read_checkpoint(path: str | Path) -> dict:
     Raises
     ------
     ValueError
-        If the file cannot be read by ``torch.load`` (missing, truncated or foreign).
+        If the file is missing, empty, truncated, not a torch file, holds anything but tensors and plain data,
+        does not match its SHA-256 (corrupted), is not a dict or lacks one of ``keys``.
     """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a truncated or foreign file
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+    ck = load_data(path)
+    if not isinstance(ck, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(ck).__name__}; expected a dict")
+    missing = [k for k in keys if k not in ck]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}; expected a dict with {', '.join(keys)}")
+    return ck
+
+
+_CHECKPOINT_KEYS = ("fingerprint", "step", "model", "ema", "opt", "lr_sched", "generator", "losses")
 
 
 def _load(path, fingerprint, model, ema, opt, sched, gen) -> tuple[int, list[float]]:
-    ck = read_checkpoint(path)
-    if not isinstance(ck, dict) or ck.get("fingerprint") != fingerprint:
-        got = ck.get("fingerprint") if isinstance(ck, dict) else None
-        diff = sorted(k for k in fingerprint if not got or got.get(k) != fingerprint[k])
+    ck = read_checkpoint(path, _CHECKPOINT_KEYS)
+    if ck["fingerprint"] != fingerprint:
+        got = ck["fingerprint"] if isinstance(ck["fingerprint"], dict) else {}
+        diff = sorted(k for k in fingerprint if got.get(k) != fingerprint[k])
         raise ValueError(f"checkpoint {path} belongs to another model or settings (differs in: {', '.join(diff)})")
     model.load_state_dict(ck["model"])
     if ema is not None:

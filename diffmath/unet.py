@@ -11,12 +11,41 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffmath.nets import TimeEmbedding
+from diffmath._validate import check_int
+from diffmath.nets import TimeEmbedding, _check_input, _check_labels, _check_times
 from diffmath.notation import check_prediction
 
 
 def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(8, channels), channels)
+    groups = min(8, channels)
+    while channels % groups:  # the largest group count <= 8 that divides the channels
+        groups -= 1
+    return nn.GroupNorm(groups, channels)
+
+
+def _check_map(h: object, conv: nn.Conv2d) -> Tensor:
+    """A feature map (B, C, H, W) with the channels and dtype of the convolution that reads it; no scan of its
+    values (the blocks run inside every UNet call: the UNet checks its own input)."""
+    if not isinstance(h, Tensor) or h.dtype != conv.weight.dtype:
+        got = f"dtype {h.dtype}" if isinstance(h, Tensor) else type(h).__name__
+        raise TypeError(f"h must be a tensor of the block's dtype {conv.weight.dtype}, got {got}")
+    if h.dim() != 4 or h.shape[1] != conv.in_channels:
+        raise ValueError(f"h must have shape (B, {conv.in_channels}, H, W), got {tuple(h.shape)}")
+    return h
+
+
+def _int_tuple(value: object) -> tuple | None:
+    """``value`` as a tuple (an int as a 1-tuple), or None if it is neither an int nor an iterable."""
+    if isinstance(value, int):
+        return (value,)
+    try:
+        return tuple(value)
+    except TypeError:
+        return None
+
+
+def _is_int(v: object, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
 
 class ResBlock(nn.Module):
@@ -29,10 +58,17 @@ class ResBlock(nn.Module):
         Input and output channels (a 1x1 convolution matches them on the skip path when they differ).
     emb_dim : int
         Size of the embedding $e$ of time and labels.
+
+    Raises
+    ------
+    ValueError
+        If a size is not a positive integer.
     """
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int) -> None:
         super().__init__()
+        for name, v in (("c_in", c_in), ("c_out", c_out), ("emb_dim", emb_dim)):
+            check_int(v, name)
         self.norm1, self.conv1 = _norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
         self.emb = nn.Linear(emb_dim, c_out)
         self.norm2, self.conv2 = _norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
@@ -53,7 +89,17 @@ class ResBlock(nn.Module):
         Returns
         -------
         Tensor, shape (B, c_out, H, W)
+
+        Raises
+        ------
+        TypeError, ValueError
+            If ``h`` is not a tensor of shape (B, c_in, H, W) in the block's dtype, or ``e`` not of shape
+            (B, emb_dim).
         """
+        _check_map(h, self.conv1)
+        if not isinstance(e, Tensor) or e.shape != (h.shape[0], self.emb.in_features):
+            got = tuple(e.shape) if isinstance(e, Tensor) else type(e).__name__
+            raise ValueError(f"e must have shape (B, emb_dim) = ({h.shape[0]}, {self.emb.in_features}), got {got}")
         out = self.conv1(F.silu(self.norm1(h)))
         out = out + self.emb(e)[:, :, None, None]
         out = self.conv2(F.silu(self.norm2(out)))
@@ -68,10 +114,16 @@ class Attention(nn.Module):
     ----------
     channels : int
         Feature channels (one head).
+
+    Raises
+    ------
+    ValueError
+        If ``channels`` is not a positive integer.
     """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
+        check_int(channels, "channels")
         self.norm = _norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.out = nn.Conv2d(channels, channels, 1)
@@ -89,7 +141,13 @@ class Attention(nn.Module):
         Returns
         -------
         Tensor, shape (B, C, H, W)
+
+        Raises
+        ------
+        TypeError, ValueError
+            If ``h`` is not a tensor of shape (B, channels, H, W) in the block's dtype.
         """
+        _check_map(h, self.qkv)
         B, C, H, W = h.shape
         q, k, v = self.qkv(self.norm(h)).reshape(B, 3, C, H * W).transpose(-1, -2).unbind(1)
         a = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
@@ -153,21 +211,23 @@ class UNet(nn.Module):
         for name, v in (("in_channels", in_channels), ("num_res_blocks", num_res_blocks)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        channels = tuple(channels)
-        if not channels or not all(isinstance(c, int) and c > 0 for c in channels):
-            raise ValueError(f"channels must be a non-empty tuple of positive integers, got {channels!r}")
-        attention = tuple(attention) if attention is not None else (False,) * (len(channels) - 1) + (True,)
-        if len(attention) != len(channels):
-            raise ValueError(f"attention needs one flag per level ({len(channels)}), got {attention!r}")
-        classes = (num_classes,) if isinstance(num_classes, int) else tuple(num_classes)
-        if not all(isinstance(n, int) and n >= 0 for n in classes):
+        given = channels
+        channels = _int_tuple(channels) if not isinstance(channels, int) else None
+        if not channels or not all(_is_int(c, 1) for c in channels):
+            raise ValueError(f"channels must be a non-empty tuple of positive integers, got {given!r}")
+        flags = (False,) * (len(channels) - 1) + (True,) if attention is None else _int_tuple(attention)
+        if flags is None or len(flags) != len(channels) or not all(isinstance(a, bool) for a in flags):
+            raise ValueError(f"attention needs one flag per level ({len(channels)} bools), got {attention!r}")
+        attention = flags
+        classes = _int_tuple(num_classes)
+        if classes is None or isinstance(num_classes, bool) or not all(_is_int(n, 0) for n in classes):
             raise ValueError(f"num_classes must be an integer >= 0 or a tuple of them, got {num_classes!r}")
         self.prediction = check_prediction(prediction)
         self.in_channels, self.channels, self.attention = in_channels, channels, attention
         self.num_classes = num_classes
         self.label_sizes = tuple(n for n in classes if n > 0)
         emb = 4 * channels[0]
-        self.time = TimeEmbedding(time_dim, t_max)
+        self.time = TimeEmbedding(time_dim, t_max, "time_dim")
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.labels = nn.ModuleList(nn.Embedding(n + 1, emb) for n in self.label_sizes)  # index n: the null token
         self.inp = nn.Conv2d(in_channels, channels[0], 3, padding=1)
@@ -217,25 +277,15 @@ class UNet(nn.Module):
         Raises
         ------
         ValueError
-            If ``cond`` has the wrong shape, is not an integer tensor, or holds a label >= its number of classes.
+            If ``t`` is not of shape (B,) or not finite, ``cond`` is not an integer tensor, has the wrong shape or
+            holds a label outside [-1, n) for its attribute's n classes.
         """
         e = self.time_mlp(self.time(t))
         if not self.label_sizes:
             return e
-        L = len(self.label_sizes)
-        if cond is None:
-            y = torch.full((batch, L), -1, dtype=torch.long, device=t.device)
-        else:
-            if cond.is_floating_point() or cond.is_complex():
-                raise ValueError(f"cond must hold integer labels, got dtype {cond.dtype}")
-            y = cond.reshape(batch, 1) if cond.shape == (batch,) and L == 1 else cond
-            if y.shape != (batch, L):
-                want = f"({batch},)" if L == 1 else f"({batch}, {L})"
-                raise ValueError(f"cond must have shape {want} (one label per attribute), got {tuple(cond.shape)}")
+        y = _check_labels(cond, batch, self.label_sizes, t.device)
         sizes = torch.tensor(self.label_sizes, device=y.device)
-        if (y >= sizes).any():
-            raise ValueError(f"labels must lie in [-1, n) with n = {self.label_sizes} per attribute")
-        y = torch.where(y < 0, sizes, y.long())
+        y = torch.where(y < 0, sizes, y)
         for k, table in enumerate(self.labels):
             e = e + table(y[:, k])
         return e
@@ -258,22 +308,23 @@ class UNet(nn.Module):
 
         Raises
         ------
+        TypeError
+            If ``x`` is not a floating tensor in the network's dtype, or ``t`` is not a real number or tensor.
         ValueError
-            If ``x`` is not of shape (B, in_channels, H, W) with H and W divisible by $2^{L-1}$, ``t`` is not a
-            scalar or of shape (B,), or ``cond`` is malformed (see :meth:`embed`).
+            If ``x`` is not of shape (B, in_channels, H, W) with H and W divisible by $2^{L-1}$ or holds NaN or
+            infinity, ``t`` is not finite or not a scalar or of shape (B,), or ``cond`` is malformed (see
+            :meth:`embed`).
         """
+        x = _check_input(x, self.inp.weight.dtype)
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"UNet expects x of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         f = 2 ** (len(self.channels) - 1)
         if x.shape[2] % f or x.shape[3] % f:
-            raise ValueError(f"UNet with {len(self.channels)} levels needs H and W divisible by {f}, got {x.shape[2:]}")
+            raise ValueError(
+                f"UNet with {len(self.channels)} levels needs x with H and W divisible by {f}, got {tuple(x.shape)}"
+            )
         B = x.shape[0]
-        t = t.to(x.dtype)
-        if t.dim() == 0:
-            t = t.expand(B)
-        elif t.shape != (B,):
-            raise ValueError(f"t must be a scalar or have shape (B,) = ({B},), got {tuple(t.shape)}")
-        e = self.embed(t, cond, B).to(x.dtype)
+        e = self.embed(_check_times(t, x), cond, B).to(x.dtype)
         h = self.inp(x)
         skips = [h]
         blocks = iter(self.down)
@@ -310,5 +361,12 @@ def num_parameters(model: nn.Module) -> int:
     Returns
     -------
     int
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a torch module.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return sum(p.numel() for p in model.parameters())

@@ -20,11 +20,23 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from diffmath._validate import as_tensor, check_batch, per_sample
+from diffmath._validate import (
+    as_tensor,
+    check_batch,
+    check_choice,
+    check_coefficient,
+    check_int,
+    check_nonempty,
+    check_positive,
+    check_schedule,
+    check_time,
+    per_sample,
+)
 from diffmath.ddpm import gaussian_kl, posterior
 from diffmath.exact import GaussianMixture
+from diffmath.loop import Noise, Rule, SamplerStep, check_grid, run
 from diffmath.models import Model, check_model, predict
-from diffmath.samplers import Noise, SamplerStep, check_grid, noise_source
+from diffmath.samplers import ddim_rule
 from diffmath.schedules import Schedule
 from diffmath.training import noise_batch
 
@@ -85,12 +97,13 @@ def sbar2_bounds(schedule: Schedule, t: Tensor | float, data_var: float) -> Tens
 
     Raises
     ------
+    TypeError
+        If ``schedule`` is not a Schedule.
     ValueError
-        If ``data_var`` is negative, or ``t`` lies outside the schedule's range.
+        If ``data_var`` is not a finite number >= 0, or ``t`` lies outside the schedule's range.
     """
-    if not data_var >= 0:
-        raise ValueError(f"data_var must be >= 0, got {data_var}")
-    c = schedule.coefficients(as_tensor(t, "t"))
+    check_positive(data_var, "data_var", allow_zero=True)
+    c = schedule.coefficients(check_time(t, check_schedule(schedule), "t"))
     return torch.clamp((c.b / c.a) ** 2, max=data_var)
 
 
@@ -152,13 +165,10 @@ def sbar2_estimate(
         If ``method`` is unknown, ``x0`` has fewer than 2 dimensions or fewer than 2 points, holds NaN or infinity,
         or ``t`` lies outside the schedule's range.
     """
-    if method not in ESTIMATORS:
-        raise ValueError(f"method must be one of {ESTIMATORS}, got {method!r}")
+    check_choice(method, "method", ESTIMATORS)
     check_model(model)
-    x0 = check_batch(x0, "x0")
-    if x0.shape[0] < 2:
-        raise ValueError("x0 needs at least 2 points for a standard error")
-    times = as_tensor(t, "t", x0)
+    x0 = check_nonempty(check_batch(x0, "x0"), "x0 (for a standard error)", 2)
+    times = check_time(t, check_schedule(schedule), "t").to(x0.dtype)
     flat = times.reshape(-1)
     center = x0.mean(0, keepdim=True)
     data_var = ((x0 - center) ** 2).mean(0) if diagonal else ((x0 - center) ** 2).mean()
@@ -218,12 +228,15 @@ def exact_sbar2(
 
     Raises
     ------
+    TypeError
+        If ``source`` is not a mixture or ``schedule`` is not a Schedule.
     ValueError
-        If ``n`` < 2 or ``t`` lies outside the schedule's range.
+        If ``n`` is not an integer >= 2 or ``t`` lies outside the schedule's range.
     """
-    if not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an integer >= 2, got {n!r}")
-    times = as_tensor(t, "t")
+    if not isinstance(source, GaussianMixture):
+        raise TypeError(f"source must be a GaussianMixture or EmpiricalData, got {type(source).__name__}")
+    check_int(n, "n", 2)
+    times = check_time(t, check_schedule(schedule), "t")
     values, ses = [], []
     for tk in times.reshape(-1):
         x0 = source.sample(n, generator, dtype=torch.float64)
@@ -275,11 +288,10 @@ def reverse_step_variance(
     Raises
     ------
     ValueError
-        If ``kind`` is unknown, ``"analytic"`` gets no ``sbar2``, ``s >= t``, or a time lies outside the schedule's
-        range.
+        If ``kind`` is unknown, ``"analytic"`` gets no ``sbar2`` or one that is negative or not finite, ``s >= t``,
+        or a time lies outside the schedule's range.
     """
-    if kind not in VARIANCES:
-        raise ValueError(f"kind must be one of {VARIANCES}, got {kind!r}")
+    check_choice(kind, "kind", VARIANCES)
     post = posterior(schedule, t, s)
     ct = schedule.coefficients(as_tensor(t, "t"))
     beta2 = (post.coef_x0 / schedule.coefficients(as_tensor(s, "s")).a) * ct.b**2
@@ -289,7 +301,7 @@ def reverse_step_variance(
         return torch.where(post.std > 0, post.std**2, beta2)
     if sbar2 is None:
         raise ValueError('the "analytic" variance needs sbar2 (see sbar2_estimate or exact_sbar2)')
-    return post.std**2 + post.coef_x0**2 * as_tensor(sbar2, "sbar2", beta2)
+    return post.std**2 + post.coef_x0**2 * check_coefficient(sbar2, "sbar2", beta2)
 
 
 def _step_variance(schedule, t, s, kind, sbar2, k, xt) -> Tensor:
@@ -304,12 +316,12 @@ def _check_chain(grid: object, schedule: Schedule, kind: str, sbar2: object) -> 
     grid = check_grid(grid, schedule)
     if not (grid[1:] < grid[:-1]).all() or grid[-1] != 0:
         raise ValueError("grid must decrease strictly and end at t = 0 (the data)")
-    if kind not in VARIANCES:
-        raise ValueError(f"variance must be one of {VARIANCES}, got {kind!r}")
+    check_choice(kind, "variance", VARIANCES)
     steps = grid.shape[0] - 1
     if kind == "analytic" and not callable(sbar2):
         if not isinstance(sbar2, Tensor) or sbar2.shape != (steps,):
             raise ValueError(f"the analytic variance needs sbar2 as a tensor of shape (K,) = ({steps},) or a callable")
+        check_coefficient(sbar2, "sbar2", grid)
     return grid
 
 
@@ -364,13 +376,11 @@ def neg_elbo(
     TypeError
         If ``model`` does not follow the one interface or ``x0`` is not a floating tensor.
     ValueError
-        If ``variance`` is unknown, ``"analytic"`` lacks ``sbar2`` of shape (K,), ``grid`` is not strictly decreasing
-        to 0 inside the schedule's range, or ``x0`` has fewer than 2 points.
+        If ``variance`` is unknown, ``"analytic"`` lacks ``sbar2`` of shape (K,) (finite, >= 0), ``grid`` is not
+        strictly decreasing to 0 inside the schedule's range, or ``x0`` has fewer than 2 points.
     """
     check_model(model)
-    x0 = check_batch(x0, "x0")
-    if x0.shape[0] < 2:
-        raise ValueError("x0 needs at least 2 points for a standard error")
+    x0 = check_nonempty(check_batch(x0, "x0"), "x0 (for a standard error)", 2)
     grid = _check_chain(grid, schedule, variance, sbar2)
     K = grid.shape[0] - 1
     d = x0[0].numel()
@@ -393,7 +403,6 @@ def neg_elbo(
     return _mean_se(total / d)
 
 
-@torch.no_grad()
 def analytic_ddpm(
     model: Model,
     x: Tensor,
@@ -445,24 +454,60 @@ def analytic_ddpm(
     TypeError
         If ``model`` does not follow the one interface or ``x`` is not a floating tensor.
     ValueError
-        As :func:`neg_elbo` for ``variance``, ``sbar2`` and ``grid``; if ``x`` holds NaN or infinity.
+        As :func:`neg_elbo` for ``variance``, ``sbar2`` and ``grid``; if ``x`` holds NaN or infinity (errors inside the
+        loop name the step).
     """
-    check_model(model)
-    x = check_batch(x, "x")
     grid = _check_chain(grid, schedule, variance, sbar2)
-    K = grid.shape[0] - 1
-    draw = noise_source(generator if noise is None else noise, K)
-    for k in range(K):
-        t, s = grid[k], grid[k + 1]
-        with torch.no_grad():
-            x0_hat = predict(model, x, t, schedule, "x0", cond)
-        if k == K - 1:
-            x = x0_hat
+    rule = ddim_rule(1.0) if variance == "posterior" else ancestral_rule(variance, sbar2)  # posterior = DDPM (eq. 4.9)
+    yield from run(model, x, grid, schedule, rule, cond=cond, noise=generator if noise is None else noise)
+
+
+def ancestral_rule(variance: str = "analytic", sbar2: SBar2 | None = None) -> Rule:
+    r"""The ancestral step with the posterior mean and a chosen reverse variance (lesson 7, eq. 7.2) as a rule of the
+    one loop: mean $c_t x_t + c_0\hat x_0$, variance $v$ of :func:`reverse_step_variance`; the last step returns
+    $\hat x_0$.
+
+    Parameters
+    ----------
+    variance : {"upper", "analytic"}
+        The reverse variance (``"posterior"``, DDPM, is the DDIM-family rule with $\eta = 1$:
+        :func:`~diffmath.samplers.ddim_rule`).
+    sbar2 : Tensor of shape (K,) or callable, optional
+        For ``"analytic"``: $\bar s^2$ per step, or ``sbar2(x, t)`` (e.g. an :class:`NPRVariance`).
+
+    Returns
+    -------
+    Rule
+        ``rule(pair, x, step, state) -> (mean, std, state)``.
+
+    Raises
+    ------
+    ValueError
+        If ``variance`` is unknown or ``"analytic"`` gets no ``sbar2``; a step raises it when $\bar s^2$ is negative
+        or not finite.
+    """
+    check_choice(variance, "variance", ("upper", "analytic"))
+    if variance == "analytic" and sbar2 is None:
+        raise ValueError('the "analytic" variance needs sbar2 (see sbar2_estimate or exact_sbar2)')
+
+    def rule(pair, x, step, state):
+        if step.last:
+            return pair.x0, 0.0, state
+        ratio = step.a_t / step.a_s
+        beta2 = max(step.b_t**2 - ratio**2 * step.b_s**2, 0.0)  # the one-step variance ("upper")
+        coef_xt, coef_x0 = ratio * step.b_s**2 / step.b_t**2, step.a_s * beta2 / step.b_t**2
+        mean = coef_xt * x + coef_x0 * pair.x0
+        if variance == "upper":
+            return mean, math.sqrt(beta2), state
+        post_var = step.b_s**2 * beta2 / step.b_t**2
+        if callable(sbar2):
+            sb = sbar2(x, torch.full((x.shape[0],), step.t, dtype=x.dtype, device=x.device))
         else:
-            post = posterior(schedule, t, s)
-            v = per_sample(_step_variance(schedule, t, s, variance, sbar2, k, x).to(x.dtype), x, "variance")
-            x = post.coef_xt * x + post.coef_x0 * x0_hat + v.sqrt() * draw(k, x)
-        yield SamplerStep(k, float(s), x, x0_hat)
+            sb = sbar2[step.index]
+        sb = check_coefficient(sb, "sbar2", x)
+        return mean, per_sample(post_var + coef_x0**2 * sb, x, "variance").sqrt(), state
+
+    return rule
 
 
 class NPRLoss:
@@ -493,16 +538,12 @@ class NPRLoss:
     TypeError
         If ``mean_model`` does not follow the one interface or ``schedule`` is not a Schedule.
     ValueError
-        If ``data_var`` is not positive.
+        If ``data_var`` is not a finite number > 0.
     """
 
     def __init__(self, mean_model: Model, schedule: Schedule, data_var: float) -> None:
         self.mean_model = check_model(mean_model)
-        if not isinstance(schedule, Schedule):
-            raise TypeError(f"schedule must be a Schedule, got {type(schedule).__name__}")
-        if not data_var > 0:
-            raise ValueError(f"data_var must be positive, got {data_var}")
-        self.schedule, self.data_var = schedule, float(data_var)
+        self.schedule, self.data_var = check_schedule(schedule), check_positive(data_var, "data_var")
 
     def __call__(self, net: nn.Module, x0: Tensor, generator: torch.Generator, cond: Tensor | None = None) -> Tensor:
         t, _, xt = noise_batch(x0, self.schedule, generator)
@@ -534,17 +575,15 @@ class NPRVariance:
     Raises
     ------
     TypeError
-        If ``net`` is not callable.
+        If ``net`` is not callable or ``schedule`` is not a Schedule.
     ValueError
-        If ``data_var`` is not positive.
+        If ``data_var`` is not a finite number > 0.
     """
 
     def __init__(self, net: nn.Module, schedule: Schedule, data_var: float) -> None:
         if not callable(net):
             raise TypeError(f"net must be callable as net(x, t), got {type(net).__name__}")
-        if not data_var > 0:
-            raise ValueError(f"data_var must be positive, got {data_var}")
-        self.net, self.schedule, self.data_var = net, schedule, float(data_var)
+        self.net, self.schedule, self.data_var = net, check_schedule(schedule), check_positive(data_var, "data_var")
 
     def __call__(self, x: Tensor, t: Tensor | float) -> Tensor:
         t_ = as_tensor(t, "t", x)

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffmath._validate import check_dtype
+
 Generator = torch.Generator | None
 
 
@@ -71,7 +73,7 @@ def _check_int(value: object, name: str, low: int) -> int:
 
 
 def _out(x: Tensor, dtype: torch.dtype | None) -> Tensor:
-    return x.to(dtype or torch.get_default_dtype())
+    return x.to(check_dtype(dtype) or torch.get_default_dtype())
 
 
 def _uniform(n: int, generator: Generator, low: float = 0.0, high: float = 1.0) -> Tensor:
@@ -152,8 +154,11 @@ def shapes(
     ValueError
         If ``n`` is not a positive integer, ``size`` is not an integer >= 12, or ``correlate`` is malformed (not two
         known attributes with known values and a ``p`` in [0, 1], or stripes asked for with ``stripes=False``).
+    TypeError
+        If ``dtype`` is not a floating dtype.
     """
     n, size = _check_int(n, "n", 1), _check_int(size, "size", 12)
+    check_dtype(dtype)
     names = dict(ATTRIBUTES["shapes"])
     if not stripes:
         names["stripes"] = ("plain",)
@@ -241,12 +246,15 @@ def digits(
     ValueError
         If ``n`` is not ``None`` or an integer in [1, size of the split], ``size`` is not an integer >= 8, or
         ``split`` is unknown.
+    TypeError
+        If ``dtype`` is not a floating dtype.
     ImportError
         If scikit-learn is not installed.
     """
     size = _check_int(size, "size", 8)
+    check_dtype(dtype)
     splits = {"all": slice(None), "train": slice(0, DIGITS_TEST_START), "test": slice(DIGITS_TEST_START, None)}
-    if split not in splits:
+    if not isinstance(split, str) or split not in splits:
         raise ValueError(f"split must be one of {tuple(splits)}, got {split!r}")
     images, target, order = _digits_all()
     if split != "all":
@@ -275,7 +283,7 @@ def _glyph_mask(char: str, font: str) -> Tensor:
 
     face = FT2Font(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", GLYPH_FONTS[font]))
     if face.get_char_index(ord(char)) == 0:
-        raise ValueError(f"font {font!r} has no glyph for {char!r}")
+        raise ValueError(f"chars holds {char!r}: font {font!r} has no glyph for it")
     face.set_size(_GLYPH_EM, 72)
     face.set_text(char, 0.0)
     face.draw_glyphs_to_bitmap(antialiased=True)
@@ -326,8 +334,11 @@ def glyphs(
     ValueError
         If ``n`` is not a positive integer, ``size`` is not an integer >= 8, or ``chars`` is not a non-empty string
         of distinct characters that every font can draw.
+    TypeError
+        If ``dtype`` is not a floating dtype.
     """
     n, size = _check_int(n, "n", 1), _check_int(size, "size", 8)
+    check_dtype(dtype)
     if not isinstance(chars, str) or not chars or len(set(chars)) != len(chars) or chars.isspace():
         raise ValueError(f"chars must be a non-empty string of distinct characters, got {chars!r}")
     fonts = tuple(GLYPH_FONTS)
@@ -385,8 +396,8 @@ def image_dataset(name: str, n: int | None, size: int, generator: Generator = No
     ValueError
         If ``name`` is unknown, ``n`` is ``None`` for a generated set, or the data set rejects its arguments.
     """
-    if name not in IMAGE_DATASETS:
-        raise ValueError(f"unknown image data set {name!r}; expected one of {tuple(IMAGE_DATASETS)}")
+    if not isinstance(name, str) or name not in IMAGE_DATASETS:
+        raise ValueError(f"unknown image data set {name!r}: name must be one of {tuple(IMAGE_DATASETS)}")
     if n is None and name != "digits":
         raise ValueError(f"{name!r} images are generated: n must be a positive integer, got None")
     return IMAGE_DATASETS[name](n, size=size, generator=generator, **kwargs)

@@ -12,14 +12,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from diffmath._validate import check_dtype, check_positive
 from diffmath.exact import GaussianMixture
 
 Generator = torch.Generator | None
 
 
-def _check_n(n: object) -> int:
+def _check_n(n: object, name: str = "n") -> int:
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+        raise ValueError(f"{name} must be a positive integer, got {n!r}")
     return n
 
 
@@ -34,7 +35,7 @@ def _normal(n: int, generator: Generator, *shape: int) -> Tensor:
 
 
 def _out(x: Tensor, dtype: torch.dtype | None) -> Tensor:
-    return x.to(dtype or torch.get_default_dtype())
+    return x.to(check_dtype(dtype) or torch.get_default_dtype())
 
 
 def eight_gaussians_mixture(radius: float = 2.0, std: float = 0.15, num_modes: int = 8) -> GaussianMixture:
@@ -57,10 +58,10 @@ def eight_gaussians_mixture(radius: float = 2.0, std: float = 0.15, num_modes: i
     Raises
     ------
     ValueError
-        If ``radius`` or ``std`` is not positive, or ``num_modes`` < 1.
+        If ``radius`` or ``std`` is not a positive finite number, or ``num_modes`` is not a positive integer.
     """
-    if not radius > 0 or not std > 0:
-        raise ValueError(f"radius and std must be positive, got {radius}, {std}")
+    radius, std = check_positive(radius, "radius"), check_positive(std, "std")
+    num_modes = _check_n(num_modes, "num_modes")
     ang = 2 * math.pi * torch.arange(num_modes, dtype=torch.float64) / num_modes
     means = radius * torch.stack([torch.cos(ang), torch.sin(ang)], 1)
     w = torch.full((num_modes,), 1.0 / num_modes, dtype=torch.float64)
@@ -95,9 +96,13 @@ def random_mixture(
     Raises
     ------
     ValueError
-        If ``num_components`` or ``dim`` is not a positive integer, or ``cov`` is unknown.
+        If ``num_components`` or ``dim`` is not a positive integer, ``cov`` is unknown, or ``scale`` is not a
+        positive finite number.
     """
-    K, d = _check_n(num_components), _check_n(dim)
+    K, d = _check_n(num_components, "num_components"), _check_n(dim, "dim")
+    scale = check_positive(scale, "scale")
+    if cov not in ("full", "diag", "isotropic"):
+        raise ValueError(f"cov must be 'full', 'diag' or 'isotropic', got {cov!r}")
     means = scale * _normal(K, generator, d)
     w = -torch.log(_uniform(K, generator, 2)).sum(1)  # Gamma(2, 1) draws
     w = w / w.sum()
@@ -147,7 +152,10 @@ def eight_gaussians(
     ------
     ValueError
         If ``n`` is not a positive integer, or ``radius`` or ``std`` is not positive.
+    TypeError
+        If ``dtype`` is not a floating dtype.
     """
+    check_dtype(dtype)
     x, k = eight_gaussians_mixture(radius, std).sample(
         _check_n(n), generator, dtype=torch.float64, return_components=True
     )
@@ -176,8 +184,11 @@ def swiss_roll(n: int, generator: Generator = None, noise: float = 0.25, dtype: 
     Raises
     ------
     ValueError
-        If ``n`` is not a positive integer.
+        If ``n`` is not a positive integer or ``noise`` is not a non-negative finite number.
+    TypeError
+        If ``dtype`` is not a floating dtype.
     """
+    noise = check_positive(noise, "noise", allow_zero=True)
     r = 1.5 * math.pi * (1 + 2 * _uniform(_check_n(n), generator))
     x = torch.cat([r * torch.cos(r), r * torch.sin(r)], 1) + noise * _normal(n, generator, 2)
     return _out(x / 5.0, dtype)
@@ -209,9 +220,11 @@ def moons(
     Raises
     ------
     ValueError
-        If ``n`` is not a positive integer.
+        If ``n`` is not a positive integer or ``noise`` is not a non-negative finite number.
+    TypeError
+        If ``dtype`` is not a floating dtype.
     """
-    n = _check_n(n)
+    n, noise = _check_n(n), check_positive(noise, "noise", allow_zero=True)
     upper = _uniform(n, generator) < 0.5
     ang = math.pi * _uniform(n, generator)
     x_up = torch.cat([torch.cos(ang), torch.sin(ang)], 1)
@@ -251,12 +264,15 @@ def rings(
     Raises
     ------
     ValueError
-        If ``n`` is not a positive integer, or ``radii`` is not a non-empty sequence of positive numbers.
+        If ``n`` is not a positive integer, ``radii`` is not a non-empty sequence of positive finite numbers, or
+        ``noise`` is not a non-negative finite number.
+    TypeError
+        If ``dtype`` is not a floating dtype.
     """
-    n = _check_n(n)
-    r = torch.tensor(radii, dtype=torch.float64)
-    if r.dim() != 1 or (r <= 0).any():
-        raise ValueError("radii must be a non-empty sequence of positive numbers")
+    n, noise = _check_n(n), check_positive(noise, "noise", allow_zero=True)
+    if isinstance(radii, (str, Tensor)) or not hasattr(radii, "__len__") or len(radii) == 0:
+        raise ValueError(f"radii must be a non-empty sequence of positive numbers, got {radii!r}")
+    r = torch.tensor([check_positive(v, "radii") for v in radii], dtype=torch.float64)
     idx = torch.multinomial(r / r.sum(), n, replacement=True, generator=generator)
     ang = 2 * math.pi * _uniform(n, generator)
     x = r[idx, None] * torch.cat([torch.cos(ang), torch.sin(ang)], 1)
@@ -284,6 +300,8 @@ def checkerboard(n: int, generator: Generator = None, dtype: torch.dtype | None 
     ------
     ValueError
         If ``n`` is not a positive integer.
+    TypeError
+        If ``dtype`` is not a floating dtype.
     """
     n = _check_n(n)
     x1 = 4 * _uniform(n, generator) - 2
@@ -314,9 +332,11 @@ def pinwheel(n: int, generator: Generator = None, num_arms: int = 5, dtype: torc
     Raises
     ------
     ValueError
-        If ``n`` is not a positive integer.
+        If ``n`` or ``num_arms`` is not a positive integer.
+    TypeError
+        If ``dtype`` is not a floating dtype.
     """
-    n = _check_n(n)
+    n, num_arms = _check_n(n), _check_n(num_arms, "num_arms")
     arm = torch.randint(0, num_arms, (n,), generator=generator).double()
     feats = _normal(n, generator, 2) * torch.tensor([0.3, 0.05], dtype=torch.float64)
     feats[:, 0] += 1.0
@@ -369,7 +389,7 @@ def sample(
         without labels.
     """
     if not isinstance(name, str) or name not in TOYS:
-        raise ValueError(f"unknown toy {name!r}; expected one of {tuple(TOYS)}")
+        raise ValueError(f"unknown toy {name!r}: name must be one of {tuple(TOYS)}")
     if labels:
         if name not in LABELLED:
             raise ValueError(f"toy {name!r} has no labels; labelled toys: {tuple(LABELLED)}")
