@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from diffmath.models import Model, check_model
+from diffmath._validate import as_tensor, check_batch
+from diffmath.models import Model, check_input_dtype, check_model
 from diffmath.notation import PREDICTIONS, from_pair, to_pair
 from diffmath.schedules import Schedule
 
@@ -95,7 +96,11 @@ def _base(part: Model) -> Model:
 def _check_output(out: object, shape: torch.Size, i: int) -> Tensor:
     if not isinstance(out, Tensor) or out.shape != shape:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"model {i} of the combination returned {got}; expected a tensor of shape {tuple(shape)}")
+        raise ValueError(
+            f"model returned {got} (part {i} of the combination); expected a tensor of shape {tuple(shape)}"
+        )
+    if not torch.isfinite(out).all():
+        raise ValueError(f"model returned NaN or inf (part {i} of the combination); check the model and its inputs")
     return out
 
 
@@ -166,7 +171,7 @@ class Combine:
         ----------
         x : Tensor, shape (B, ...)
             The noisy batch.
-        t : Tensor, shape () or (B,)
+        t : float or Tensor of shape () or (B,)
             Its time.
         cond : Tensor, optional
             The condition of the parts that are not :class:`Conditioned`.
@@ -175,9 +180,24 @@ class Combine:
         -------
         list of Tensor or None
             One prediction per part, ``None`` where the weight is 0.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating tensor, ``t`` not a real number or tensor, or ``cond`` not a tensor.
+        ValueError
+            If ``x`` has fewer than 2 dimensions or holds NaN or infinity, ``t`` has the wrong shape, or a part
+            returns a tensor of another shape than ``x`` or NaN.
         """
+        x = check_batch(x, "x")
         B = x.shape[0]
-        t = t.expand(B) if t.dim() == 0 else t
+        t = as_tensor(t, "t", x)
+        if t.dim() == 0:
+            t = t.expand(B)
+        elif t.shape != (B,):
+            raise ValueError(f"t must be a scalar or have shape (B,) = ({B},), got {tuple(t.shape)}")
+        if cond is not None and not isinstance(cond, Tensor):
+            raise TypeError(f"cond must be a torch.Tensor or None, got {type(cond).__name__}")
         calls = {}  # id(network) -> [(part index, condition)]
         for i, (m, w) in enumerate(zip(self.models, self.weights, strict=True)):
             if w != 0:
@@ -186,6 +206,7 @@ class Combine:
         out: list[Tensor | None] = [None] * len(self.models)
         for group in calls.values():
             net = _base(self.models[group[0][0]])
+            check_input_dtype(net, x)
             conds = [c for _, c in group]
             if len(group) > 1 and all(isinstance(c, Tensor) and c.shape == conds[0].shape for c in conds):
                 xk = x.repeat(len(group), *[1] * (x.dim() - 1))

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from diffmath._validate import as_tensor, check_batch, check_int, check_positive, check_schedule, per_sample
-from diffmath.models import Model, call_model, check_model, predict
+from diffmath.compose import Combine, Conditioned
+from diffmath.models import Model, check_model, predict
 from diffmath.nets import MLP
 from diffmath.schedules import Schedule
 from diffmath.training import noise_batch
@@ -127,11 +128,13 @@ def classifier_gradient(log_prob: LogProb, x: Tensor, t: Tensor, y: Tensor) -> T
     return grad
 
 
-class ClassifierFree:
+class ClassifierFree(Combine):
     r"""Classifier-free guidance of a conditional model (lesson 9, eq. 9.12):
     $(1 + w)\,f(x, t, y) - w\,f(x, t, \varnothing)$ in the model's own parameterisation.
 
-    The combination is affine with weights summing to one, so it is the same in eps, x0, v or velocity units.
+    The combination is affine with weights summing to one, so it is the same in eps, x0, v or velocity units: it is
+    ``Combine([model, Conditioned(model, null)], [1 + w, -w], space=model.prediction)``, one call of the network on a
+    batch of 2B (lesson 9, sec. 9.5).
 
     Parameters
     ----------
@@ -139,35 +142,35 @@ class ClassifierFree:
         A conditional model that accepts ``cond = null`` for the unconditional prediction.
     scale : float
         $w \ge 0$ (0: the conditional model itself).
-    null : int
-        The label of the null condition (diffmath's networks and exact models use -1).
+    null : Tensor or int
+        The null condition, any tensor (broadcast as in :class:`~diffmath.compose.Conditioned`); an int is a label
+        (diffmath's networks and exact models use -1).
 
     Raises
     ------
     TypeError
-        If ``model`` does not follow the one interface or ``null`` is not an integer.
+        If ``model`` does not follow the one interface or ``null`` is not a tensor or an integer.
     ValueError
         If ``scale`` is not a finite number >= 0, or ``model.prediction`` is unknown; a call raises it when ``cond``
         is not a tensor, or when the model's output is not a finite tensor of the shape of ``x`` (the checks of
         :func:`~diffmath.models.predict`).
     """
 
-    def __init__(self, model: Model, scale: float, null: int = -1) -> None:
-        self.model = check_model(model)
-        if isinstance(null, bool) or not isinstance(null, int):
-            raise TypeError(f"null must be an integer label (the unconditional class, e.g. -1), got {null!r}")
-        self.prediction, self.scale, self.null = model.prediction, _scale(scale), null
+    def __init__(self, model: Model, scale: float, null: Tensor | int = -1) -> None:
+        check_model(model)
+        if isinstance(null, bool) or not isinstance(null, (int, Tensor)):
+            raise TypeError(
+                f"null must be a tensor or an integer label (the unconditional class, e.g. -1), got {null!r}"
+            )
+        self.model, self.scale, self.null = model, _scale(scale), null
+        super().__init__([model, Conditioned(model, null)], [1 + self.scale, -self.scale], space=model.prediction)
 
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         if not isinstance(cond, Tensor):
             raise ValueError(
                 f"classifier-free guidance needs the labels y as cond, shape (B,), got {type(cond).__name__}"
             )
-        cond_out = call_model(self.model, x, t, cond)
-        if self.scale == 0:
-            return cond_out
-        uncond = call_model(self.model, x, t, torch.full_like(cond, self.null))
-        return (1 + self.scale) * cond_out - self.scale * uncond
+        return super().__call__(x, t, cond)
 
 
 class NoisyClassifier(nn.Module):

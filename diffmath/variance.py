@@ -27,6 +27,7 @@ from diffmath._validate import (
     check_coefficient,
     check_int,
     check_nonempty,
+    check_output,
     check_positive,
     check_schedule,
     check_time,
@@ -550,7 +551,7 @@ class NPRLoss:
         bound = per_sample(sbar2_bounds(self.schedule, t, self.data_var), x0, "t")
         with torch.no_grad():
             target = (x0 - predict(self.mean_model, xt, t, self.schedule, "x0", cond)) ** 2 / bound
-        return ((net(xt, t, cond) - target) ** 2).mean()
+        return ((check_output(net(xt, t, cond), xt) - target) ** 2).mean()
 
     def __repr__(self) -> str:
         return f"NPRLoss({type(self.mean_model).__name__}, {self.schedule.name}, data_var={self.data_var:.6g})"

@@ -119,5 +119,20 @@ def test_combine_bad_input():
         Combine([], [])
     bad = lambda x, t, c=None: x[:, :1]  # noqa: E731
     bad.prediction = "eps"
-    with pytest.raises(ValueError, match=r"model 1 of the combination returned \(64, 1\)"):
+    with pytest.raises(ValueError, match=r"model returned \(64, 1\) \(part 1 of the combination\)"):
         Combine([m, bad], [1.0, 1.0])(X, torch.full((64,), 0.5, dtype=f64))
+
+
+def test_classifier_free_guidance_is_a_combination_with_any_null_tensor():
+    """ClassifierFree is Combine([m, Conditioned(m, null)], [1 + w, -w]); the null may be any tensor (here the label
+    -1 given as a tensor of shape (1,)), and a null that fits no batch is refused at the call, naming its shape."""
+    from diffmath.guidance import ClassifierFree
+
+    net = Counting(TWO.model(VP, "eps"))
+    tt = torch.full((64,), 0.4, dtype=f64)
+    out = ClassifierFree(net, 2.0, null=torch.tensor([-1]))(X, tt, Y)
+    assert net.batches == [128]
+    want = 3 * net.model(X, tt, Y) - 2 * net.model(X, tt, torch.full_like(Y, -1))
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"got \(2,\)"):
+        ClassifierFree(net, 2.0, null=torch.ones(2))(X, tt, Y)

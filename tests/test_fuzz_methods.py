@@ -795,3 +795,13 @@ GOOD = [c for c in CASES if c.fn not in SKIP_GOOD]
 def test_the_good_arguments_of_each_case_are_accepted(case):
     """The fuzz perturbs one argument of a call that works: otherwise a refusal would prove nothing."""
     check_outcome(case.fn, names=(), expect=lambda r: None, **case.good)
+
+
+def test_npr_loss_refuses_a_wrong_shaped_network_output():
+    """NPR's second stage shares the objectives' output check: a (B, 1) output would broadcast against its target."""
+    from diffmath.variance import NPRLoss
+
+    ring = td.eight_gaussians_mixture()
+    loss = NPRLoss(ring.model(dm.VPLinear(), "eps"), dm.VPLinear(), data_var=2.0)
+    with pytest.raises(ValueError, match=r"returned shape \(8, 1\)"):
+        loss(lambda x, t, c=None: x[:, :1], ring.sample(8, torch.Generator().manual_seed(0)), torch.Generator())
