@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from diffmath._validate import at_step, check_batch, check_finite, check_output, check_schedule, check_time
+from diffmath._validate import check_batch, check_finite, check_output, check_schedule, check_time
 from diffmath.models import Model, check_input_dtype, check_model
 from diffmath.notation import Pair
 from diffmath.schedules import Schedule
@@ -353,38 +353,40 @@ def run(
     c = schedule.coefficients(g)
     table = [[math.nan] * len(g) if v is None else v.tolist() for v in (c.a, c.b, c.da, c.db)]  # discrete: no da, db
     times, gx = g.tolist(), g.to(device=x.device, dtype=x.dtype)
-    num_steps, batch = len(times) - 1, x.shape[0]
+    num_steps = len(times) - 1
     draw = noise_source(noise, num_steps)
     state = {} if state is None else state
 
-    def evaluate(y: Tensor, at: str, step: Step, ends: dict) -> Pair:
+    columns = list(zip(*table, strict=True))  # (a, b, da, db) at each grid point
+
+    def evaluate(y: Tensor, at: str, step: Step) -> Pair:
         nonlocal state
-        pair = denoise(model, y, *ends[at], cond)
+        j = step.index + (at == "s")
+        time = gx[j].expand(y.shape[0])
+        pair = denoise(model, y, time, columns[j], cond)
         if on_pair is not None:
             pair, state = on_pair(pair, y, step, state)
         return pair
 
     with torch.set_grad_enabled(grad):
         for i in tqdm(range(num_steps), disable=not progress, desc=desc, leave=False):
-            with at_step(i, times[i], times[i + 1]):
-                ends = {
-                    "t": (gx[i].expand(batch), tuple(v[i] for v in table)),
-                    "s": (gx[i + 1].expand(batch), tuple(v[i + 1] for v in table)),
-                }
-                step = Step(i, num_steps, times[i], times[i + 1], *ends["t"][1], *ends["s"][1])
-                step.denoise_at = functools.partial(evaluate, step=step, ends=ends)
-                pair = step.denoise_at(x, "t")
+            step = Step(i, num_steps, times[i], times[i + 1], *columns[i], *columns[i + 1])
+            step.denoise_at = functools.partial(evaluate, step=step)
+            try:
+                pair = evaluate(x, "t", step)
                 mean, std, state = rule(pair, x, step, state)
                 if on_mean is not None:
                     mean, state = on_mean(mean, x, step, state)
                 x = mean if isinstance(std, (int, float)) and std == 0 else mean + std * draw(i, x)
                 if (check_every and (i + 1) % check_every == 0) or i == num_steps - 1:
                     _check_state(x)
+            except ValueError as err:
+                raise ValueError(f"at step {i} (t={times[i]:g} -> {times[i + 1]:g}): {err}") from err
             yield SamplerStep(i, times[i + 1], x, pair.x0)
 
 
 def _check_state(x: Tensor) -> None:
-    if not torch.isfinite(x).all():
+    if not math.isfinite(x.sum().item()):  # NaN and inf reach the sum: one reduction, one sync
         raise ValueError(
             "model returned NaN or inf, or the step diverged: the sampler state is not finite; check the model, "
             "its inputs and the time grid"
