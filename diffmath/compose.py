@@ -1,4 +1,4 @@
-r"""Models that compose (lesson 9, sec. 9.5): bind a condition, add several models' predictions.
+r"""Models that compose (lesson 9, sec. 9.8): bind a condition, add several models' predictions.
 
 A weighted sum of scores is the score of a product of (tempered) densities, $\nabla\log\prod_i p_i^{w_i} =
 \sum_i w_i\nabla\log p_i$, and since $\hat\varepsilon = -b_t\,s$ at one time the same sum holds in eps units. The sum
@@ -22,7 +22,7 @@ from diffmath.schedules import Schedule
 
 
 class Conditioned:
-    r"""``model`` with its condition bound (lesson 9, sec. 9.5): ``Conditioned(model, c)(x, t) = model(x, t, c)``.
+    r"""``model`` with its condition bound (lesson 9, sec. 9.8): ``Conditioned(model, c)(x, t) = model(x, t, c)``.
 
     Parameters
     ----------
@@ -48,7 +48,7 @@ class Conditioned:
         self.cond = torch.tensor(cond) if isinstance(cond, int) else cond
 
     def condition(self, batch: int, like: Tensor | None = None) -> Tensor | None:
-        """The bound condition for a batch of ``batch`` samples (lesson 9, sec. 9.5).
+        """The bound condition for a batch of ``batch`` samples (lesson 9, sec. 9.8).
 
         Parameters
         ----------
@@ -105,7 +105,7 @@ def _check_output(out: object, shape: torch.Size, i: int) -> Tensor:
 
 
 class Combine:
-    r"""A weighted sum of models' predictions, itself a model (lesson 9, eq. 9.14):
+    r"""A weighted sum of models' predictions, itself a model (lesson 9, eq. 9.13):
     $f(x, t) = \sum_i w_i f_i(x, t)$ in ``space`` units.
 
     Calls of the same network (the same object, bare or :class:`Conditioned`, with tensor conditions) are batched
@@ -165,7 +165,7 @@ class Combine:
         self.last_parts: list[Tensor | None] = []
 
     def parts(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> list[Tensor | None]:
-        r"""Every part's prediction at $(x, t)$ in ``space`` units (lesson 9, eq. 9.14).
+        r"""Every part's prediction at $(x, t)$ in ``space`` units (lesson 9, eq. 9.13).
 
         Parameters
         ----------

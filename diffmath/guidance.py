@@ -134,7 +134,7 @@ class ClassifierFree(Combine):
 
     The combination is affine with weights summing to one, so it is the same in eps, x0, v or velocity units: it is
     ``Combine([model, Conditioned(model, null)], [1 + w, -w], space=model.prediction)``, one call of the network on a
-    batch of 2B (lesson 9, sec. 9.5).
+    batch of 2B (lesson 9, sec. 9.8).
 
     Parameters
     ----------

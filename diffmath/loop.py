@@ -1,4 +1,4 @@
-r"""The one sampler loop (lesson 4, sec. 4.6): every sampler is an update rule run by :func:`run`.
+r"""The one sampler loop (lesson 4, sec. 4.8): every sampler is an update rule run by :func:`run`.
 
 A step from time $t$ to $s$ has three parts, and only the middle one differs between samplers:
 
@@ -149,12 +149,12 @@ def check_grid(grid: object, schedule: Schedule) -> Tensor:
 
 
 Rule = Callable[[Pair, Tensor, "Step", dict], tuple[Tensor, "Tensor | float", dict]]
-"""An update rule: ``rule(pair, x, step, state) -> (mean, std, state)`` (lesson 4, sec. 4.6)."""
+"""An update rule: ``rule(pair, x, step, state) -> (mean, std, state)`` (lesson 4, sec. 4.8)."""
 
 
 @dataclass
 class Step:
-    r"""One step of a grid, from ``t = grid[index]`` to ``s = grid[index + 1]`` (lesson 4, sec. 4.6).
+    r"""One step of a grid, from ``t = grid[index]`` to ``s = grid[index + 1]`` (lesson 4, sec. 4.8).
 
     The schedule's coefficients at both ends are Python floats, computed once for the whole grid in float64: a rule
     uses them without creating tensors or touching the device (``nan`` for $\dot a, \dot b$ of a discrete schedule).
@@ -294,7 +294,7 @@ def run(
     check_every: int = 1,
     checked_grid: Tensor | None = None,
 ) -> Iterator[SamplerStep]:
-    r"""Run an update rule along ``grid`` (lesson 4, sec. 4.6), yielding each step's state.
+    r"""Run an update rule along ``grid`` (lesson 4, sec. 4.8), yielding each step's state.
 
     Parameters
     ----------
@@ -394,7 +394,7 @@ def _check_state(x: Tensor) -> None:
 
 
 def final(steps: Iterator[SamplerStep]) -> Tensor:
-    """The state after the last of a sampler's steps (lesson 4, sec. 4.6).
+    """The state after the last of a sampler's steps (lesson 4, sec. 4.8).
 
     Parameters
     ----------

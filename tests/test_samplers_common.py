@@ -12,6 +12,7 @@ import diffmath as dm
 import toydata as td
 from diffmath.ode import ode_sample
 from diffmath.sde import predictor_corrector, reverse_sde
+from diffmath.variance import analytic_ddpm
 
 SU = dm.su_linear(1000)
 VP = dm.VPLinear()
@@ -33,6 +34,14 @@ SAMPLERS = [
     ("ode-dpm++2m-discrete", SU, lambda m, x, g, gen: ode_sample(m, x, g, SU, "dpm++2m")),
     ("reverse-sde", VP, lambda m, x, g, gen: _last(reverse_sde(m, x, g, VP, 1.0, generator=gen))),
     ("predictor-corrector", VP, lambda m, x, g, gen: _last(predictor_corrector(m, x, g, VP, generator=gen))),
+    # Euler in sigma is the DDIM rule; Heun in sigma is the rule pfgm_sample runs from its prior (lesson 13)
+    ("ode-heun-sigma", VP, lambda m, x, g, gen: ode_sample(m, x, g, VP, "heun", variable="sigma")),
+    ("ancestral-upper", SU, lambda m, x, g, gen: _last(analytic_ddpm(m, x, g, SU, "upper", generator=gen))),
+    (
+        "ancestral-analytic",  # lesson 7's rule; sbar2 = 0 is the perfect-denoiser limit (the posterior variance)
+        SU,
+        lambda m, x, g, gen: _last(analytic_ddpm(m, x, g, SU, "analytic", lambda y, t: torch.zeros(len(y)), gen)),
+    ),
 ]
 IDS = [s[0] for s in SAMPLERS]
 
