@@ -45,6 +45,8 @@ class Schedule:
 
     name: str = "schedule"
     discrete: bool = False
+    #: True where $a_t^2 + b_t^2 = 1$ for every $t$ (then $g_t^2 = -2 f_t$, lesson 5, eq. 5.6)
+    variance_preserving: bool = False
     t_max: float = 1.0
 
     def _coefficients(self, t: Tensor) -> Coefficients:  # pragma: no cover - abstract
@@ -150,6 +152,38 @@ class Schedule:
             schedule.
         """
         return self.coefficients(t).b
+
+    def drift_diffusion(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        r"""Drift and squared diffusion $(f_t, g_t^2)$ of the forward SDE with these marginals (lesson 5, eq. 5.6).
+
+        $f_t = \dot a_t / a_t$ and $g_t^2 = 2 b_t\dot b_t - 2 f_t b_t^2$. Where $a_t^2 + b_t^2 = 1$ the second reduces
+        to $g_t^2 = -2 f_t$ (differentiate $b_t^2 = 1 - a_t^2$: $2 b_t\dot b_t = -2 a_t\dot a_t$), which stays finite
+        at $t = 0$ where $b_0 = 0$ and $\dot b_0 = \infty$ would give $0\cdot\infty$; for VP-linear it is $\beta(t)$.
+
+        Parameters
+        ----------
+        t : float or Tensor of any shape
+            Times in $[0, t_{\max}]$.
+
+        Returns
+        -------
+        (f, g2) : tuple of Tensor
+            $f_t$ and $g_t^2$, of the shape of ``t`` ($-\infty$ and $+\infty$ where $a_t = 0$).
+
+        Raises
+        ------
+        TypeError
+            If the schedule is discrete (it has no $\dot a_t, \dot b_t$), or ``t`` is not a real number or tensor.
+        ValueError
+            If ``t`` holds NaN or infinity or lies outside $[0, t_{\max}]$.
+        """
+        if self.discrete:
+            raise TypeError(f"the SDE view needs a continuous schedule, got {self.name!r}")
+        c = self.coefficients(t)
+        f = c.da / c.a
+        if self.variance_preserving:
+            return f, -2.0 * f
+        return f, 2.0 * c.b * (c.db - f * c.b)
 
     def log_snr(self, t: Tensor | float) -> Tensor:
         r"""Log signal-to-noise ratio $\lambda_t = \log(a_t^2 / b_t^2)$ (lesson 0, eq. 0.8).
@@ -287,38 +321,63 @@ class DiscreteSchedule(Schedule):
     In Su's notation one step is $x_t = \alpha_t x_{t-1} + \beta_t \varepsilon_t$ with $\alpha_t^2 + \beta_t^2 = 1$,
     so $a_t = \bar\alpha_t = \prod_{s \le t} \alpha_s$ and $b_t = \bar\beta_t = \sqrt{1 - \bar\alpha_t^2}$.
 
+    Everything is float64 and free of cancellation: $\log\alpha_t = \tfrac12\log(1 - \beta_t^2)$ by ``log1p`` where
+    $\beta_t < \alpha_t$, $\bar\beta_t = \sqrt{-\operatorname{expm1}(2\sum_{s\le t}\log\alpha_s)}$, and without
+    ``betas``, $\beta_t = \sqrt{(1-\alpha_t)(1+\alpha_t)}$ ($1 - \alpha_t$ is exact for $\alpha_t \ge \tfrac12$).
+
     Parameters
     ----------
     alphas : Tensor, shape (T,)
-        Per-step $\alpha_t \in (0, 1)$ for $t = 1..T$ (Ho's $\sqrt{1-\beta_t}$).
+        Per-step $\alpha_t \in (0, 1)$ for $t = 1..T$ (Ho's $\sqrt{1-\beta^{\mathrm{Ho}}_t}$).
     name : str
         Label used in messages and plots.
+    betas : Tensor, shape (T,), optional
+        Per-step $\beta_t = \sqrt{1 - \alpha_t^2}$ (Ho's $\sqrt{\beta^{\mathrm{Ho}}_t}$), when known more precisely
+        than ``alphas`` can give it: a rounded $\alpha_t \approx 1$ fixes $1 - \alpha_t^2$ to only about
+        $16 + \log_{10}(1 - \alpha_t^2)$ digits.
 
     Raises
     ------
     TypeError
-        If ``alphas`` is not a real tensor.
+        If ``alphas`` or ``betas`` is not a real tensor.
     ValueError
-        If ``alphas`` is not 1-D and non-empty, holds NaN or infinity, or has an entry outside $(0, 1)$.
+        If ``alphas`` is not 1-D and non-empty, holds NaN or infinity, or has an entry outside $(0, 1)$; or
+        ``betas`` is not of the same shape, has an entry outside $(0, 1)$, or misses $\alpha_t^2 + \beta_t^2 = 1$
+        by more than $10^{-12}$.
     """
 
     discrete = True
+    variance_preserving = True
 
-    def __init__(self, alphas: Tensor, name: str = "discrete") -> None:
+    def __init__(self, alphas: Tensor, name: str = "discrete", betas: Tensor | None = None) -> None:
         alphas = as_tensor(alphas, "alphas").to(torch.float64)
         if alphas.dim() != 1 or alphas.numel() < 1:
             raise ValueError(f"alphas must be a 1-D tensor of length T >= 1, got shape {tuple(alphas.shape)}")
         check_finite(alphas, "alphas")
         if (alphas <= 0).any() or (alphas >= 1).any():
             raise ValueError("every per-step alpha_t must lie in the open interval (0, 1)")
+        if betas is None:
+            betas = torch.sqrt((1.0 - alphas) * (1.0 + alphas))
+        else:
+            betas = as_tensor(betas, "betas").to(torch.float64)
+            if betas.shape != alphas.shape:
+                raise ValueError(
+                    f"betas must have the shape of alphas, {tuple(alphas.shape)}; got {tuple(betas.shape)}"
+                )
+            check_finite(betas, "betas")
+            if (betas <= 0).any() or (betas >= 1).any():
+                raise ValueError("every per-step beta_t must lie in the open interval (0, 1)")
+            if ((alphas**2 + betas**2 - 1.0).abs() > 1e-12).any():
+                raise ValueError("alphas and betas must satisfy alpha_t^2 + beta_t^2 = 1 (to 1e-12)")
         self.name = name
         self.T = alphas.numel()
         self.t_max = float(self.T)
-        one = torch.ones(1, dtype=torch.float64)
+        one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
         #: per-step alpha_t and beta_t for t = 0..T (entry 0 is alpha_0 = 1, beta_0 = 0, never used by a step)
         self.alphas = torch.cat([one, alphas])
-        self.betas = torch.sqrt(torch.clamp(1.0 - self.alphas**2, min=0.0))
-        log_abar = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.log(alphas), 0)])
+        self.betas = torch.cat([zero, betas])
+        log_alpha = torch.where(betas < alphas, 0.5 * torch.log1p(-(betas**2)), torch.log(alphas))
+        log_abar = torch.cat([zero, torch.cumsum(log_alpha, 0)])
         #: abar_t = a_t and bbar_t = b_t on t = 0..T
         self.abar = torch.exp(log_abar)
         self.bbar = torch.sqrt(-torch.expm1(2.0 * log_abar))
@@ -376,8 +435,8 @@ def su_linear(T: int = 1000) -> DiscreteSchedule:
         If ``T`` is not a positive integer.
     """
     _check_T(T)
-    t = torch.arange(1, T + 1, dtype=torch.float64)
-    return DiscreteSchedule(torch.sqrt(1.0 - 0.02 * t / T), name=f"su-linear(T={T})")
+    beta_ho = 0.02 * torch.arange(1, T + 1, dtype=torch.float64) / T
+    return DiscreteSchedule(torch.sqrt(1.0 - beta_ho), name=f"su-linear(T={T})", betas=torch.sqrt(beta_ho))
 
 
 def ho_linear(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DiscreteSchedule:
@@ -403,7 +462,7 @@ def ho_linear(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -
     if not 0 < beta_start <= beta_end < 1:
         raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
     beta_ho = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
-    return DiscreteSchedule(torch.sqrt(1.0 - beta_ho), name=f"ho-linear(T={T})")
+    return DiscreteSchedule(torch.sqrt(1.0 - beta_ho), name=f"ho-linear(T={T})", betas=torch.sqrt(beta_ho))
 
 
 def cosine(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> DiscreteSchedule:
@@ -431,11 +490,17 @@ def cosine(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Discrete
         If ``T`` is not a positive integer.
     """
     _check_T(T)
-    t = torch.arange(0, T + 1, dtype=torch.float64)
-    f = torch.cos(0.5 * math.pi * (t / T + s) / (1 + s)) ** 2
-    abar2 = f / f[0]
-    beta_ho = torch.clamp(1.0 - abar2[1:] / abar2[:-1], max=max_beta)
-    return DiscreteSchedule(torch.sqrt(1.0 - beta_ho), name=f"cosine(T={T})")
+    t = torch.arange(1, T + 1, dtype=torch.float64)
+    k = 0.5 * math.pi / (1 + s)  # the angle is x_t = k (t/T + s), and cos x_t = sin(k (T - t)/T)
+    cos_t, cos_prev = torch.sin(k * (T - t) / T), torch.sin(k * (T - t + 1) / T)
+    # 1 - cos^2 x_t / cos^2 x_{t-1} = sin(x_t - x_{t-1}) sin(x_t + x_{t-1}) / cos^2 x_{t-1}: no cancellation near t = 0;
+    # sin(x_t + x_{t-1}) = sin(pi - x_t - x_{t-1}), taking the smaller angle keeps its digits where x_t + x_{t-1} ~ pi
+    angle = torch.minimum(k * ((2 * t - 1) / T + 2 * s), k * (2 * T - 2 * t + 1) / T)
+    beta_ho = math.sin(k / T) * torch.sin(angle) / cos_prev**2
+    clipped = beta_ho > max_beta
+    alphas = torch.where(clipped, math.sqrt(1.0 - max_beta), cos_t / cos_prev)
+    betas = torch.sqrt(torch.clamp(beta_ho, max=max_beta))
+    return DiscreteSchedule(alphas, name=f"cosine(T={T})", betas=betas)
 
 
 def _check_T(T: object) -> None:
@@ -466,6 +531,8 @@ class VPLinear(Schedule):
         Unless ``0 <= beta_min <= beta_max`` and ``beta_max > 0``.
     """
 
+    variance_preserving = True
+
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
         if not 0 <= beta_min <= beta_max or beta_max <= 0:
             raise ValueError(f"need 0 <= beta_min <= beta_max and beta_max > 0, got {beta_min}, {beta_max}")
@@ -486,6 +553,11 @@ class VPCosine(Schedule):
     r"""Continuous cosine schedule $a_t = \cos(\tfrac{\pi}{2}\tfrac{t+s}{1+s})/\cos(\tfrac{\pi}{2}\tfrac{s}{1+s})$,
     $b_t = \sqrt{1-a_t^2}$ (lesson 0, eq. 0.12).
 
+    With $k = \tfrac{\pi}{2(1+s)}$ and $c_0 = \cos(ks)$ it evaluates $b_t = \sqrt{\sin(kt)\sin(k(t+2s))}/c_0$ while
+    $a_t > \tfrac12$, the same number without the cancellation of $1 - a_t^2$ near $t = 0$ (lesson 0, eq. 0.12a), and
+    $\sqrt{(1-a_t)(1+a_t)}$ after, so that $b_1 = 1$ exactly. $\dot b_0 = \infty$ for $s > 0$ ($b_t \propto \sqrt t$)
+    and $\dot b_0 = \pi/2$ for $s = 0$ ($b_t = \sin kt$).
+
     Parameters
     ----------
     s : float
@@ -497,6 +569,8 @@ class VPCosine(Schedule):
         If ``s < 0`` (or NaN).
     """
 
+    variance_preserving = True
+
     def __init__(self, s: float = 0.008) -> None:
         if not s >= 0:
             raise ValueError(f"s must be >= 0, got {s}")
@@ -505,11 +579,15 @@ class VPCosine(Schedule):
 
     def _coefficients(self, t: Tensor) -> Coefficients:
         k = 0.5 * math.pi / (1 + self.s)
-        c0 = math.cos(k * self.s)
-        a = torch.clamp(torch.sin(k * (1.0 - t)) / c0, min=0.0)  # = cos(k (t + s)) / c0, exactly 0 at t = 1
-        b = torch.sqrt(torch.clamp(1.0 - a * a, min=0.0))
+        c0 = math.sin(k)  # = cos(k s), in the form that makes a_0 = 1 exactly
+        a = torch.clamp(torch.sin(k * (1.0 - t)) / c0, min=0.0, max=1.0)  # = cos(k (t + s)) / c0, exactly 0 at t = 1
+        # 1 - a^2 = (cos^2(k s) - cos^2(k (t + s))) / c0^2 = sin(k t) sin(k (t + 2 s)) / c0^2: no cancellation at t ~ 0;
+        # once a <= 1/2, (1 - a)(1 + a) cancels nothing either (1 - a is exact) and gives b_1 = 1 exactly
+        b_near_data = torch.sqrt(torch.sin(k * t)) * torch.sqrt(torch.sin(k * (t + 2 * self.s))) / c0
+        b = torch.where(a > 0.5, b_near_data, torch.sqrt((1.0 - a) * (1.0 + a)))
         da = -k * torch.sin(k * (t + self.s)) / c0
-        return Coefficients(a, b, da, _vp_db(a, da, b, math.inf))
+        db0 = math.inf if self.s > 0 else k  # s = 0: b_t = sin(k t), so db/dt = k cos(k t) = pi/2 at t = 0
+        return Coefficients(a, b, da, _vp_db(a, da, b, db0))
 
 
 class VE(Schedule):

@@ -113,13 +113,12 @@ def forward_sde(
     g = _continuous(schedule).check_t(grid.to(torch.float64))
     for i in range(len(g) - 1):
         t, dt = g[i].item(), (g[i + 1] - g[i]).item()
-        f, g2 = (v.to(x.dtype) for v in sde_coefficients(schedule, t))
+        f, g2 = (v.to(x.dtype) for v in schedule.drift_diffusion(t))  # finite at t = 0 on VP (g^2 = -2 f)
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         x = x + f * x * dt + torch.sqrt(g2 * dt) * z
         yield SamplerStep(i, g[i + 1].item(), x, x0)
 
 
-@torch.no_grad()
 def reverse_sde(
     model: Model,
     x: Tensor,

@@ -81,19 +81,24 @@ def test_ch1_constant_by_monte_carlo(t):
 
 def test_ch1_and_ch3_samplers_agree():
     """Chapter 1's rebuild x_{t-1} = (x_t - beta_t eps1)/alpha_t with its optimal eps1 = (beta_t/bbar_t) E[eps|x_t]
-    follows the same trajectory as the DDPM step (eta = 1) under the same noise (1e-10)."""
+    is the DDPM step (eta = 1) under the same noise: from the same state, every one of the 1000 steps agrees to 1e-12.
+    (Compared along two separate trajectories they drift apart by rounding only: the reverse dynamics amplify a 1e-15
+    step difference about 400-fold between t = 100 and t = 10, so the end states agree to about 1e-10.)"""
     gmm, sched = td.eight_gaussians_mixture(), dm.su_linear(1000)
     model = gmm.model(sched, "eps")
     g = torch.Generator().manual_seed(2)
-    x1 = x3 = torch.randn(500, 2, generator=g, dtype=f64)
+    x = torch.randn(500, 2, generator=g, dtype=f64)
+    worst = 0.0
     for t in range(1000, 0, -1):
         z = torch.randn(500, 2, generator=g, dtype=f64)
         alpha, beta = (v.item() for v in sched.step(t))
-        eps1 = beta / sched.b(t).item() * model(x1, torch.tensor(float(t), dtype=f64))
+        eps1 = beta / sched.b(t).item() * model(x, torch.tensor(float(t), dtype=f64))
         sigma = sched.b(t - 1).item() * beta / sched.b(t).item()
-        x1 = (x1 - beta * eps1) / alpha + sigma * z
-        x3, _ = dm.ddim_step(model, x3, float(t), float(t - 1), sched, eta=1.0, noise=z)
-    torch.testing.assert_close(x1, x3, rtol=1e-10, atol=1e-10)
+        x1 = (x - beta * eps1) / alpha + sigma * z
+        x3, _ = dm.ddim_step(model, x, float(t), float(t - 1), sched, eta=1.0, noise=z)
+        worst = max(worst, ((x1 - x3).abs() / (1 + x3.abs())).max().item())
+        x = x3
+    assert worst < 1e-12, worst
 
 
 def test_erratum_1_18_abar_T():
