@@ -72,9 +72,7 @@ def sde_coefficients(schedule: Schedule, t: Tensor | float) -> tuple[Tensor, Ten
     ValueError
         If ``t`` holds NaN or infinity or lies outside $[0, 1]$.
     """
-    c = _continuous(schedule).coefficients(t)
-    f = c.da / c.a
-    return f, 2 * c.b * c.db - 2 * f * c.b**2
+    return _continuous(schedule).drift_diffusion(t)  # g^2 = -2 f exactly on VP schedules: finite at t = 0
 
 
 def forward_sde(

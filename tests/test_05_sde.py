@@ -94,3 +94,15 @@ def test_sde_bad_input():
                 -1.0,
             )
         )
+
+
+def test_sde_coefficients_are_finite_at_the_data_end():
+    """On VP schedules g_t^2 = beta(t) = -2 f_t is finite at t = 0 (eq. 5.21); the general form 2b(db - f b) would be
+    0 * inf there."""
+    from diffmath.sde import sde_coefficients
+
+    for sched, beta0 in ((dm.VPLinear(0.1, 20.0), 0.1), (dm.VPCosine(0.008), None)):
+        f, g2 = sde_coefficients(sched, torch.tensor(0.0, dtype=torch.float64))
+        assert torch.isfinite(f) and torch.isfinite(g2) and abs((g2 + 2 * f).item()) < 1e-15
+        if beta0 is not None:
+            assert abs(g2.item() - beta0) < 1e-14
