@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 import diffmath as dm
-from diffmath.metrics import frechet_distance, train_attribute_classifier
-from diffmath.recipes import objective
+from diffmath.metrics import frechet_distance
+from diffmath.recipes import objective, train_attribute_classifier
 from diffmath.training import train
 from diffmath.unet import UNet, num_parameters
 from toydata.images import shapes

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -37,10 +36,12 @@ from diffmath._validate import (
     check_real,
     check_schedule,
 )
+from diffmath.device import unwrap
 from diffmath.exact import GaussianMixture
 from diffmath.models import Model, check_model, predict
 from diffmath.ode import ode_sample, solve_ode
 from diffmath.schedules import Coefficients, LinearPath, Schedule, get_schedule
+from diffmath.training import _check_trainable, as_draws, fit
 
 COUPLINGS: tuple[str, ...] = ("independent", "ot")
 """Couplings of data and prior samples in :class:`FlowMatchingLoss`: independent draws, or minibatch optimal transport."""
@@ -991,17 +992,18 @@ class FlowMatchingLoss:
         self.coupling, self.paired = coupling, bool(paired)
 
     def __call__(self, model: nn.Module, batch: Tensor, generator: torch.Generator, cond: Tensor | None = None):
-        if getattr(model, "prediction", None) != "velocity":
-            raise ValueError(f"flow matching trains a 'velocity' model, got {getattr(model, 'prediction', None)!r}")
+        kind, draws = getattr(unwrap(model), "prediction", None), as_draws(generator)
+        if kind != "velocity":
+            raise ValueError(f"flow matching trains a 'velocity' model, got {kind!r}")
         if self.paired:
             x0, x1 = _split_pairs(batch)
         else:
             x0 = check_nonempty(check_batch(batch, "batch"), "batch")
-            x1 = self.path.sample_prior(x0.shape, generator, x0.dtype)
+            x1 = draws.draw(self.path.sample_prior, x0.shape, x0.dtype, x0.device)
             if self.coupling == "ot":
                 x1 = minibatch_ot(x0, x1)
         B = x0.shape[0]
-        t = self.path.t_max * (1.0 - torch.rand(B, generator=generator, dtype=x0.dtype))
+        t = self.path.t_max * (1.0 - draws.rand((B,), x0.dtype, x0.device))
         xt, target = self.path._point_and_target(x0, x1, t)
         return ((check_output(model(xt, t, cond), xt) - target) ** 2).mean()
 
@@ -1029,11 +1031,12 @@ class DistillationLoss:
         self.path = as_path(schedule)
 
     def __call__(self, model: nn.Module, batch: Tensor, generator: torch.Generator, cond: Tensor | None = None):
-        if getattr(model, "prediction", None) != "velocity":
-            raise ValueError(f"distillation trains a 'velocity' model, got {getattr(model, 'prediction', None)!r}")
+        kind = getattr(unwrap(model), "prediction", None)
+        if kind != "velocity":
+            raise ValueError(f"distillation trains a 'velocity' model, got {kind!r}")
         x0, x1 = _split_pairs(batch)
         T = self.path.t_max
-        t = torch.full((x0.shape[0],), T, dtype=x0.dtype)
+        t = torch.full((x0.shape[0],), T, dtype=x0.dtype, device=x0.device)
         return ((check_output(model(x1, t, cond), x1) - (x1 - x0) / T) ** 2).mean()
 
     def __repr__(self) -> str:
@@ -1361,8 +1364,6 @@ def reflow(
     ValueError
         If ``rounds`` is not a positive integer, or as :func:`~diffmath.training.fit`.
     """
-    from diffmath.training import _check_trainable, fit
-
     if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
         raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
     check_model(model)
@@ -1422,8 +1423,6 @@ def distill(
     ValueError
         As :func:`reflow_pairs` and :func:`~diffmath.training.fit`.
     """
-    from diffmath.training import _check_trainable, fit
-
     if student is None:
         _check_trainable(teacher, "teacher", frozen_ok=True)  # the student is its unfrozen copy
     else:
@@ -1432,101 +1431,3 @@ def distill(
     student = copy.deepcopy(teacher).requires_grad_(True) if student is None else student
     state = fit(student, pairs, None, steps, loss=DistillationLoss(schedule), **train_kwargs)
     return (state.ema if state.ema is not None else state.model).eval()
-
-
-def reflow_toy(
-    recipe: str,
-    rounds: int = 1,
-    num_pairs: int = 10000,
-    steps: int = 1500,
-    num_steps: int = 50,
-    method: str = "heun",
-    progress: bool = True,
-    folder: str | Path | None = None,
-) -> list:
-    r"""A toy recipe's rectified flow and its reflows, trained once and cached (lesson 17, eq. 17.9).
-
-    Round 0 is :func:`~diffmath.recipes.train_toy` of ``recipe``; round $k$ couples ``num_pairs`` prior samples
-    (seed = the recipe's seed + $k$) with round $k-1$'s ODE endpoints and retrains from its weights. Each round is
-    cached under the hash of (recipe, round, settings), written atomically, resumed from its checkpoint.
-
-    Parameters
-    ----------
-    recipe : str
-        A flow-matching recipe of :data:`~diffmath.recipes.TOY_RECIPES` (e.g. ``"eight-gaussians-rf"``).
-    rounds : int
-        Reflow rounds $k \ge 0$.
-    num_pairs : int
-        Pairs per round.
-    steps : int
-        Optimiser steps per round (batch size, learning rate and EMA of the recipe).
-    num_steps : int
-        Solver steps for the pairs.
-    method : {"euler", "heun", "dpm++2m"}
-        Solver for the pairs.
-    progress : bool
-        Show tqdm progress while training.
-    folder : path, optional
-        Cache folder (default :func:`~diffmath.recipes.cache_dir`).
-
-    Returns
-    -------
-    list of ToyModel
-        Rounds 0..``rounds``: ``[1-RF, 2-RF, ...]``; ``data`` of round $k \ge 1$ holds its pairs.
-
-    Raises
-    ------
-    ValueError
-        If the recipe is unknown or does not train a velocity model, ``rounds`` is negative, or as
-        :func:`~diffmath.recipes.train_toy`.
-    """
-    from diffmath._io import file_lock
-    from diffmath.nets import MLP
-    from diffmath.recipes import ToyModel, cache_dir, recipe_hash, toy_recipe, train_toy
-    from diffmath.training import fit, read_checkpoint, save_atomic
-
-    if not isinstance(rounds, int) or rounds < 0:
-        raise ValueError(f"rounds must be a non-negative integer, got {rounds!r}")
-    base = train_toy(recipe, progress=progress, folder=folder)
-    if base.config["prediction"] != "velocity":
-        raise ValueError(f"recipe {recipe!r} does not train a velocity model")
-    folder = Path(folder) if folder is not None else cache_dir()
-    out, current = [base], base
-    settings = {"num_pairs": num_pairs, "steps": steps, "num_steps": num_steps, "method": method}
-    for k in range(1, rounds + 1):
-        config = {**toy_recipe(recipe), "reflow_round": k, "reflow": settings}
-        path = folder / f"{recipe}-reflow{k}-{recipe_hash(config)}.pt"
-        g = torch.Generator().manual_seed(config["seed"] + k)
-        z1 = torch.randn(num_pairs, *base.data.shape[1:], generator=g, dtype=base.data.dtype)
-        model = MLP(base.data.shape[1], config["hidden"], config["depth"], "velocity", base.schedule.t_max)
-        with file_lock(path):  # one process trains and stores a round; another asking for it waits, then loads it
-            if path.exists():
-                stored = read_checkpoint(path, ("config", "model", "pairs", "losses"))
-                if stored["config"] != config:
-                    raise ValueError(f"cached reflow {path} was made by another recipe; delete it to retrain")
-                model.load_state_dict(stored["model"])
-                current = ToyModel(model.eval(), base.schedule, stored["pairs"], config, path, stored["losses"])
-                out.append(current)
-                continue
-            pairs = reflow_pairs(current.model, z1, base.schedule, num_steps, method)
-            model.load_state_dict(current.model.state_dict())
-            ckpt = path.with_suffix(".ckpt")
-            state = fit(
-                model,
-                pairs,
-                None,
-                steps,
-                batch_size=config["batch_size"],
-                lr=config["lr"],
-                ema_decay=config["ema_decay"],
-                seed=config["seed"] + k,
-                checkpoint=ckpt,
-                progress=progress,
-                loss=FlowMatchingLoss(base.schedule, paired=True),
-            )
-            final = (state.ema if state.ema is not None else state.model).eval()
-            save_atomic({"config": config, "model": final.state_dict(), "pairs": pairs, "losses": state.losses}, path)
-            ckpt.unlink(missing_ok=True)
-        current = ToyModel(final, base.schedule, pairs, config, path, state.losses)
-        out.append(current)
-    return out

@@ -3,8 +3,6 @@ attribute classifier that judges samples, a Frechet distance in its feature spac
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 
@@ -283,116 +281,6 @@ class _AttributeLoss:
         return f"attribute_cross_entropy({names}; shift={self.shift})"
 
 
-_CLASSIFIER_RECIPE = {
-    "n_data": 20000,
-    "data_seed": 1000,
-    "width": 32,
-    "features": 128,
-    "steps": 600,
-    "batch_size": 64,
-    "lr": 3e-3,
-    "ema_decay": 0.99,
-    "seed": 0,
-}
-
-
-def _classifier_data(dataset: str, size: int, n: int, seed: int):
-    from toydata.images import ATTRIBUTES, digits, image_dataset
-
-    if dataset not in ATTRIBUTES:
-        raise ValueError(f"unknown image data set {dataset!r}; expected one of {tuple(ATTRIBUTES)}")
-    if dataset == "digits":
-        return digits(size=size, split="train")
-    return image_dataset(dataset, n, size, torch.Generator().manual_seed(seed))
-
-
-def train_attribute_classifier(
-    dataset: str,
-    size: int = 16,
-    n: int = 20000,
-    steps: int = 600,
-    progress: bool = True,
-    folder: str | Path | None = None,
-) -> AttributeClassifier:
-    r"""Train (or load from the cache) the attribute classifier of an image data set, by recipe (lesson 20, eq. 20.1).
-
-    The recipe: ``n`` real images (seed 1000, apart from any seed a test or sampler uses; for ``"digits"`` the fixed
-    training split, 1438 images, whatever ``n``), Adam at lr 3e-3 with cosine decay, batch 128, EMA 0.99, and the sum
-    of the per-attribute cross-entropies as loss, run by :func:`~diffmath.training.train`. The EMA weights are stored in
-    the cache folder under a name holding the hash of the configuration, and loaded on later calls. The classifier
-    only judges samples; nothing in the library guides sampling with it.
-
-    Parameters
-    ----------
-    dataset : {"shapes", "digits", "glyphs"}
-        The data set (see ``toydata.ATTRIBUTES``).
-    size : int
-        Image size in pixels.
-    n : int
-        Training images of a generated data set.
-    steps : int
-        Optimiser steps.
-    progress : bool
-        Show tqdm progress while training.
-    folder : path, optional
-        Cache folder (default :func:`diffmath.recipes.cache_dir`).
-
-    Returns
-    -------
-    AttributeClassifier
-        The EMA model in eval mode.
-
-    Raises
-    ------
-    ValueError
-        If ``dataset`` is unknown, the data set rejects ``size`` or ``n``, the cached file was made by another
-        configuration or is unreadable, or training diverges.
-    """
-    from diffmath._io import file_lock
-    from diffmath.recipes import cache_dir, recipe_hash
-    from diffmath.training import fit, read_checkpoint, save_atomic
-    from toydata.images import ATTRIBUTES
-
-    if not isinstance(dataset, str) or dataset not in ATTRIBUTES:
-        raise ValueError(f"unknown image data set {dataset!r}: dataset must be one of {tuple(ATTRIBUTES)}")
-    config = {**_CLASSIFIER_RECIPE, "name": f"classifier-{dataset}", "dataset": dataset, "size": size, "steps": steps}
-    config["n_data"] = None if dataset == "digits" else n
-    config["shift"] = size // 8 if dataset == "digits" else 0  # a fixed set of 1438 digits: augment by translation
-    data = _classifier_data(dataset, size, n, config["data_seed"])
-    attributes = {a: len(v) for a, v in ATTRIBUTES[dataset].items()}
-    torch.manual_seed(config["seed"])
-    model = AttributeClassifier(data.images.shape[1], size, attributes, config["width"], config["features"])
-    folder = Path(folder) if folder is not None else cache_dir()
-    path = folder / f"classifier-{dataset}-{size}-{recipe_hash(config)}.pt"
-    with file_lock(path):  # one process trains and stores it; another asking for it waits, then loads it
-        if path.exists():
-            stored = read_checkpoint(path, ("config", "model", "losses"))
-            if stored["config"] != config:
-                raise ValueError(f"cached classifier {path} was made by another recipe; delete it to retrain")
-            model.load_state_dict(stored["model"])
-            return model.eval()
-        loss = _AttributeLoss(attributes, config["shift"])
-        ckpt = path.with_suffix(".ckpt")
-        state = fit(
-            model,
-            data.images.float(),
-            None,
-            steps,
-            batch_size=config["batch_size"],
-            lr=config["lr"],
-            ema_decay=config["ema_decay"],
-            seed=config["seed"],
-            labels=loss.encode(data.labels),
-            checkpoint=ckpt,
-            checkpoint_every=500,
-            progress=progress,
-            loss=loss,
-        )
-        save_atomic({"config": config, "model": state.ema.state_dict(), "losses": state.losses}, path)
-        ckpt.unlink(missing_ok=True)
-    return state.ema.eval()
-
-
 def _check_classifier(classifier: object) -> AttributeClassifier:
     if not isinstance(classifier, AttributeClassifier):
         raise TypeError(f"classifier must be an AttributeClassifier, got {type(classifier).__name__}")
@@ -412,7 +300,7 @@ def attribute_accuracy(classifier: AttributeClassifier, images: Tensor, labels: 
     Parameters
     ----------
     classifier : AttributeClassifier
-        A classifier trained on real data (:func:`train_attribute_classifier`).
+        A classifier trained on real data (:func:`~diffmath.recipes.train_attribute_classifier`).
     images : Tensor, shape (B, C, H, W)
         Images in [-1, 1].
     labels : dict of str to Tensor

@@ -33,9 +33,11 @@ from diffmath._validate import (
     check_schedule,
     per_sample,
 )
+from diffmath.device import unwrap
 from diffmath.models import check_model
 from diffmath.notation import Pair, check_prediction, from_pair, to_pair
 from diffmath.schedules import Schedule
+from diffmath.training import as_draws
 
 _CHUNK = 1 << 22  # elements of a (B, N, d) difference computed directly (more accurate than the matmul expansion)
 
@@ -927,7 +929,7 @@ class PoissonLoss:
         self.z_range = z_range
         if z_range is not None:  # a table of ln(b/a) on a fine t grid, inverted by interpolation (no bisection)
             t_tab = float(schedule.t_max) * torch.linspace(0.0, 1.0, 8193, dtype=torch.float64) ** 4
-            sig = schedule._sigma(t_tab)
+            sig = schedule.sigma(t_tab)
             keep = torch.isfinite(sig) & (sig > 0)
             self._t_tab, self._log_sigma_tab = t_tab[keep], torch.log(sig[keep])
             if not (self._log_sigma_tab.diff() > 0).all() or not (
@@ -937,21 +939,25 @@ class PoissonLoss:
 
     def __call__(self, model: nn.Module, x0: Tensor, generator: torch.Generator, cond: Tensor | None = None) -> Tensor:
         x0 = check_nonempty(check_batch(x0, "x0"), "x0")
-        kind = _check_poisson_prediction(check_model(model).prediction)
+        kind, draws = _check_poisson_prediction(check_model(unwrap(model)).prediction), as_draws(generator)
         B = x0.shape[0]
-        u = torch.rand(B, generator=generator, dtype=x0.dtype)
+        u = draws.rand((B,), x0.dtype, x0.device)
         if self.z_range is None:
             t = self.schedule.t_max * (1.0 - u)
         else:  # z = b/a log-uniform on z_range: the times the log-z sampling grid visits (eq. 13.17)
             lo, hi = math.log(self.z_range[0]), math.log(self.z_range[1])
             log_z = lo + (hi - lo) * u.double()
-            tab, t_tab = self._log_sigma_tab, self._t_tab
+            tab, t_tab = self._log_sigma_tab.to(u.device), self._t_tab.to(u.device)
             i = torch.searchsorted(tab, log_z).clamp(1, tab.shape[0] - 1)
             w = (log_z - tab[i - 1]) / (tab[i] - tab[i - 1])
             t = (t_tab[i - 1] + w * (t_tab[i] - t_tab[i - 1])).to(x0.dtype)
         c_t = self.schedule.coefficients(t)
         a, b = (per_sample(v, x0, n) for v, n in ((c_t.a, "a"), (c_t.b, "b")))
-        c = multivariate_cauchy(B, tuple(x0.shape[1:]), generator, x0.dtype, self.max_radius)
+
+        def cauchy(shape, g, dtype):
+            return multivariate_cauchy(shape[0], tuple(shape[1:]), g, dtype, self.max_radius)
+
+        c = draws.draw(cauchy, x0.shape, x0.dtype, x0.device)
         x = a * x0 + b * c
         if self.target == "batch":
             with torch.no_grad():  # b_t may round to 0 near t = 0: the posterior is then the charge x0 itself
@@ -1035,12 +1041,12 @@ def pfgm_sample(
     shape, dtype = _shape(event_shape), check_dtype(dtype)
     t_start = float(schedule.t_max)
     if z_max is None:
-        z_max = schedule._sigma(torch.tensor(t_start, dtype=torch.float64)).item()
+        z_max = schedule.sigma(torch.tensor(t_start, dtype=torch.float64)).item()
         if not math.isfinite(z_max):
             raise ValueError(f"b/a is infinite at t_max on {schedule.name!r}: pass z_max")
     else:
         z_max = check_positive(z_max, "z_max")
-        t_start = schedule._t_of_sigma(torch.tensor([z_max], dtype=torch.float64), 0.0, t_start).item()
+        t_start = schedule.t_of_sigma(torch.tensor([z_max], dtype=torch.float64), 0.0, t_start).item()
     a = schedule.coefficients(t_start).a.item()
     x = a * sample_prior(n, shape, z_max, generator, torch.float64, max_radius)
     x = x.to(dtype or torch.get_default_dtype())

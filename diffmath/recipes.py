@@ -1,28 +1,35 @@
-r"""Named, reproducible training recipes for toy models, cached by the hash of their configuration (lesson 3, sec. 3.6).
+r"""Named, reproducible training recipes, cached by the hash of their configuration (lesson 3, sec. 3.6).
 
 ``train_toy("swiss-roll-ddpm")`` trains once (seconds on one CPU thread), stores the EMA weights under the cache
 folder (``$DIFFMATH_CACHE``, default ``~/.cache/diffmath``) in a file named after the recipe and the hash of its
-configuration, and loads them on every later call. An interrupted run resumes from its checkpoint.
+configuration, and loads them on every later call. An interrupted run resumes from its checkpoint. Every trained
+artefact of the library goes through the one flow :func:`cached` (look up, else train, store atomically, under a
+per-file lock): the toy recipes (:func:`train_toy`), their reflows (:func:`reflow_toy`, lesson 17), the image
+recipes (:func:`train_image`, lesson 20) and the attribute classifier that judges image samples
+(:func:`train_attribute_classifier`, lesson 20).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from diffmath._io import file_lock
+from diffmath._io import atomic_write, file_lock
+from diffmath.flows import FlowMatchingLoss, reflow_pairs
+from diffmath.metrics import AttributeClassifier, _AttributeLoss
 from diffmath.nets import MLP
+from diffmath.pfgm import PoissonLoss
 from diffmath.schedules import Schedule, get_schedule
-from diffmath.training import TrainStep, fit, read_checkpoint, save_atomic, train
+from diffmath.training import DiffusionLoss, TrainStep, fit, read_checkpoint, save_atomic, train
+from diffmath.unet import UNet
 
-_CACHED = ("config", "model", "losses")  # the entries of a cached recipe file
+_CACHED = ("model", "losses")  # the entries of a cached recipe file besides its configuration
 
 _BASE = {
     "n_data": 20000,
@@ -56,13 +63,13 @@ _PFGM = {  # lesson 13: Poisson flow as the path a x0 + b c (c Cauchy, clipped) 
     "objective": "pfgm",
     "objective_kwargs": {"max_radius": 5.0, "target": "batch", "z_range": [0.002, 40.0]},
 }
-OBJECTIVES: dict[str, str] = {
-    "diffusion": "diffmath.training:DiffusionLoss",
-    "pfgm": "diffmath.pfgm:PoissonLoss",
-    "flow-matching": "diffmath.flows:FlowMatchingLoss",
+OBJECTIVES: dict[str, Callable] = {
+    "diffusion": DiffusionLoss,
+    "pfgm": PoissonLoss,
+    "flow-matching": FlowMatchingLoss,
 }
-"""Training objectives a recipe can name: ``"module:Factory"``, called as ``Factory(schedule, **objective_kwargs)``
-to give the ``loss`` of :func:`~diffmath.training.train`."""
+"""Training objectives a recipe can name: each a factory, called as ``Factory(schedule, **objective_kwargs)`` to give
+the ``loss`` of :func:`~diffmath.training.train`."""
 TOY_RECIPES: dict[str, dict] = {
     "swiss-roll-ddpm": {**_BASE, "toy": "swiss-roll"},
     "eight-gaussians-ddpm": {**_BASE, "toy": "eight-gaussians"},
@@ -180,6 +187,56 @@ def recipe_hash(config: dict) -> str:
     return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def cached(path: str | Path, config: dict, keys: tuple[str, ...], train: Callable[[Path], dict]) -> dict:
+    r"""The one cached-training flow (lesson 3, sec. 3.6): load ``path`` if it is stored, else train and store it.
+
+    Under a lock on ``<path>.lock`` (:func:`~diffmath._io.file_lock`): an existing ``path`` is read with
+    :func:`~diffmath.training.read_checkpoint` (tensors and plain data only, its SHA-256 checked) and must hold
+    ``config``; otherwise ``train(checkpoint)`` runs, with ``checkpoint = path.with_suffix(".ckpt")`` for its
+    resumable checkpoints, ``{"config": config, **train(checkpoint)}`` is written with
+    :func:`~diffmath.training.save_atomic` and the checkpoint is removed. A second process asking for the same file
+    waits for the lock, then loads what the first stored. Every recipe of the library goes through here.
+
+    Parameters
+    ----------
+    path : str or Path
+        The stored file, named after the recipe and its :func:`recipe_hash`.
+    config : dict
+        The configuration, stored with the payload and compared on loading.
+    keys : tuple of str
+        The entries the file holds besides ``"config"`` (e.g. ``("model", "losses")``).
+    train : callable
+        ``train(checkpoint: Path) -> dict``: trains and returns the entries of ``keys``.
+
+    Returns
+    -------
+    dict
+        ``"config"`` and the entries of ``keys``, loaded or freshly trained.
+
+    Raises
+    ------
+    ValueError
+        If the stored file was made by another configuration, is unreadable (corrupted, or not tensors and plain
+        data) or lacks one of ``keys``; or as ``train``.
+    """
+    path = Path(path)
+    with file_lock(path):  # one process trains and stores the file; another asking for it waits, then loads it
+        if path.exists():
+            return _stored(path, config, keys)
+        checkpoint = path.with_suffix(".ckpt")
+        payload = {"config": config, **train(checkpoint)}
+        save_atomic(payload, path)
+        checkpoint.unlink(missing_ok=True)
+    return payload
+
+
+def _stored(path: Path, config: dict, keys: tuple[str, ...]) -> dict:
+    stored = read_checkpoint(path, ("config", *keys))
+    if stored["config"] != config:
+        raise ValueError(f"stored file {path} was made by another recipe; delete it to retrain")
+    return stored
+
+
 def train_toy(recipe: str | dict, progress: bool = True, folder: str | Path | None = None) -> ToyModel:
     r"""Train (or load from the cache) a toy MLP by recipe (lesson 3, eq. 3.14).
 
@@ -224,15 +281,8 @@ def train_toy(recipe: str | dict, progress: bool = True, folder: str | Path | No
         data = sample(config["toy"], config["n_data"], data_gen)
     torch.manual_seed(config["seed"])
     model = MLP(2, config["hidden"], config["depth"], config["prediction"], schedule.t_max, num_classes=num_classes)
-    with file_lock(path):  # one process trains and stores the recipe; another asking for it waits, then loads it
-        if path.exists():
-            stored = read_checkpoint(path, _CACHED)
-            if stored["config"] != config:
-                raise ValueError(f"cached model {path} was made by another recipe; delete it to retrain")
-            model.load_state_dict(stored["model"])
-            return ToyModel(model.eval(), schedule, data, config, path, stored["losses"], labels)
-        ckpt = path.with_suffix(".ckpt")
-        loss = objective(config.get("objective", "diffusion"), schedule, **config.get("objective_kwargs", {}))
+
+    def run(checkpoint: Path) -> dict:
         state = fit(
             model,
             data,
@@ -242,17 +292,19 @@ def train_toy(recipe: str | dict, progress: bool = True, folder: str | Path | No
             lr=config["lr"],
             ema_decay=config["ema_decay"],
             seed=config["seed"],
-            checkpoint=ckpt,
+            checkpoint=checkpoint,
             checkpoint_every=500,
             progress=progress,
-            loss=loss,
+            loss=objective(config.get("objective", "diffusion"), schedule, **config.get("objective_kwargs", {})),
             labels=labels,
             label_dropout=config.get("label_dropout", 0.0),
         )
         final = state.ema if state.ema is not None else state.model
-        save_atomic({"config": config, "model": final.state_dict(), "losses": state.losses}, path)
-        ckpt.unlink(missing_ok=True)
-    return ToyModel(final.eval(), schedule, data, config, path, state.losses, labels)
+        return {"model": final.state_dict(), "losses": state.losses}
+
+    stored = cached(path, config, _CACHED, run)
+    model.load_state_dict(stored["model"])
+    return ToyModel(model.eval(), schedule, data, config, path, stored["losses"], labels)
 
 
 def objective(name: str, schedule: Schedule, **kwargs: object):
@@ -279,8 +331,98 @@ def objective(name: str, schedule: Schedule, **kwargs: object):
     """
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; expected one of {tuple(OBJECTIVES)}")
-    module, factory = OBJECTIVES[name].split(":")
-    return getattr(importlib.import_module(module), factory)(schedule, **kwargs)
+    return OBJECTIVES[name](schedule, **kwargs)
+
+
+def reflow_toy(
+    recipe: str,
+    rounds: int = 1,
+    num_pairs: int = 10000,
+    steps: int = 1500,
+    num_steps: int = 50,
+    method: str = "heun",
+    progress: bool = True,
+    folder: str | Path | None = None,
+) -> list:
+    r"""A toy recipe's rectified flow and its reflows, trained once and cached (lesson 17, eq. 17.9).
+
+    Round 0 is :func:`train_toy` of ``recipe``; round $k$ couples ``num_pairs`` prior samples
+    (seed = the recipe's seed + $k$) with round $k-1$'s ODE endpoints and retrains from its weights. Each round is
+    cached under the hash of (recipe, round, settings), written atomically, resumed from its checkpoint.
+
+    Parameters
+    ----------
+    recipe : str
+        A flow-matching recipe of :data:`TOY_RECIPES` (e.g. ``"eight-gaussians-rf"``).
+    rounds : int
+        Reflow rounds $k \ge 0$.
+    num_pairs : int
+        Pairs per round.
+    steps : int
+        Optimiser steps per round (batch size, learning rate and EMA of the recipe).
+    num_steps : int
+        Solver steps for the pairs.
+    method : {"euler", "heun", "dpm++2m"}
+        Solver for the pairs.
+    progress : bool
+        Show tqdm progress while training.
+    folder : path, optional
+        Cache folder (default :func:`cache_dir`).
+
+    Returns
+    -------
+    list of ToyModel
+        Rounds 0..``rounds``: ``[1-RF, 2-RF, ...]``; ``data`` of round $k \ge 1$ holds its pairs.
+
+    Raises
+    ------
+    ValueError
+        If the recipe is unknown or does not train a velocity model, ``rounds`` is negative, or as
+        :func:`train_toy`.
+    """
+    if not isinstance(rounds, int) or rounds < 0:
+        raise ValueError(f"rounds must be a non-negative integer, got {rounds!r}")
+    base = train_toy(recipe, progress=progress, folder=folder)
+    if base.config["prediction"] != "velocity":
+        raise ValueError(f"recipe {recipe!r} does not train a velocity model")
+    folder = Path(folder) if folder is not None else cache_dir()
+    settings = {"num_pairs": num_pairs, "steps": steps, "num_steps": num_steps, "method": method}
+    out = [base]
+    for k in range(1, rounds + 1):
+        out.append(_reflow_round(base, out[-1], k, settings, folder, progress))
+    return out
+
+
+def _reflow_round(base: ToyModel, previous: ToyModel, k: int, settings: dict, folder: Path, progress: bool) -> ToyModel:
+    """Round ``k`` of :func:`reflow_toy`: ``previous`` retrained on its own ODE pairs, through :func:`cached`."""
+    config = {**base.config, "reflow_round": k, "reflow": settings}
+    path = folder / f"{config['name']}-reflow{k}-{recipe_hash(config)}.pt"
+    model = MLP(base.data.shape[1], config["hidden"], config["depth"], "velocity", base.schedule.t_max)
+
+    def run(checkpoint: Path) -> dict:
+        g = torch.Generator().manual_seed(config["seed"] + k)
+        z1 = torch.randn(settings["num_pairs"], *base.data.shape[1:], generator=g, dtype=base.data.dtype)
+        pairs = reflow_pairs(previous.model, z1, base.schedule, settings["num_steps"], settings["method"])
+        model.load_state_dict(previous.model.state_dict())
+        state = fit(
+            model,
+            pairs,
+            None,
+            settings["steps"],
+            batch_size=config["batch_size"],
+            lr=config["lr"],
+            ema_decay=config["ema_decay"],
+            seed=config["seed"] + k,
+            checkpoint=checkpoint,
+            progress=progress,
+            loss=FlowMatchingLoss(base.schedule, paired=True),
+        )
+        final = state.ema if state.ema is not None else state.model
+        return {"model": final.state_dict(), "pairs": pairs, "losses": state.losses}
+
+    stored = cached(path, config, ("model", "pairs", "losses"), run)
+    model.load_state_dict(stored["model"])
+    return ToyModel(model.eval(), base.schedule, stored["pairs"], config, path, stored["losses"])
 
 
 # ---------------------------------------------------------------------------------------------------------- images
@@ -411,7 +553,6 @@ def image_setup(config: dict) -> tuple[torch.nn.Module, Schedule, torch.Tensor, 
     ValueError
         If the configuration names an unknown data set, schedule or conditioning attribute.
     """
-    from diffmath.unet import UNet
     from toydata.images import image_dataset
 
     data_gen = torch.Generator().manual_seed(config["data_seed"])
@@ -469,26 +610,19 @@ def train_image(recipe: str | dict, progress: bool = True, folder: str | Path | 
     folder = Path(folder) if folder is not None else cache_dir()
     filename = f"{config['name']}-{recipe_hash(config)}.pt"
     model, schedule, data, labels = image_setup(config)
-    path = folder / filename
-    if (COMMITTED / filename).exists():
-        return _stored_image(COMMITTED / filename, config, model, schedule, data, labels)
-    with file_lock(path):  # one process trains and stores the recipe; another asking for it waits, then loads it
-        if path.exists():
-            return _stored_image(path, config, model, schedule, data, labels)
-        ckpt = path.with_suffix(".ckpt")
-        *_, state = image_training(config, model, schedule, data, labels, ckpt, progress)
+
+    def run(checkpoint: Path) -> dict:
+        *_, state = image_training(config, model, schedule, data, labels, checkpoint, progress)
         final = state.ema if state.ema is not None else state.model
         weights = {k: v.half() if v.is_floating_point() else v for k, v in final.state_dict().items()}
-        save_atomic({"config": config, "model": weights, "losses": state.losses}, path)
-        ckpt.unlink(missing_ok=True)
-    final.load_state_dict({k: v.float() for k, v in weights.items()})
-    return ImageModel(final.eval(), schedule, data, labels, config, path, state.losses)
+        return {"model": weights, "losses": state.losses}
 
-
-def _stored_image(path, config, model, schedule, data, labels) -> ImageModel:
-    stored = read_checkpoint(path, _CACHED)
-    if stored["config"] != config:
-        raise ValueError(f"stored model {path} was made by another recipe; delete it to retrain")
+    path = COMMITTED / filename
+    if path.exists():  # shipped with the package: read only, no lock
+        stored = _stored(path, config, _CACHED)
+    else:
+        path = folder / filename
+        stored = cached(path, config, _CACHED, run)
     model.load_state_dict({k: v.float() for k, v in stored["model"].items()})
     return ImageModel(model.eval(), schedule, data, labels, config, path, stored["losses"])
 
@@ -572,8 +706,6 @@ def loss_curve_figure(losses: list[float], path: str | Path, title: str = "") ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from diffmath._io import atomic_write
-
     if not len(losses):
         raise ValueError("losses must hold at least one value")
     x = torch.tensor(losses, dtype=torch.float64)
@@ -588,3 +720,106 @@ def loss_curve_figure(losses: list[float], path: str | Path, title: str = "") ->
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return Path(path)
+
+
+# ------------------------------------------------------------------------------------ attribute classifier (lesson 20)
+_CLASSIFIER_RECIPE = {
+    "n_data": 20000,
+    "data_seed": 1000,
+    "width": 32,
+    "features": 128,
+    "steps": 600,
+    "batch_size": 64,
+    "lr": 3e-3,
+    "ema_decay": 0.99,
+    "seed": 0,
+}
+
+
+def _classifier_data(dataset: str, size: int, n: int, seed: int):
+    from toydata.images import ATTRIBUTES, digits, image_dataset
+
+    if dataset not in ATTRIBUTES:
+        raise ValueError(f"unknown image data set {dataset!r}; expected one of {tuple(ATTRIBUTES)}")
+    if dataset == "digits":
+        return digits(size=size, split="train")
+    return image_dataset(dataset, n, size, torch.Generator().manual_seed(seed))
+
+
+def train_attribute_classifier(
+    dataset: str,
+    size: int = 16,
+    n: int = 20000,
+    steps: int = 600,
+    progress: bool = True,
+    folder: str | Path | None = None,
+) -> AttributeClassifier:
+    r"""Train (or load from the cache) the attribute classifier of an image data set, by recipe (lesson 20, eq. 20.1).
+
+    The recipe: ``n`` real images (seed 1000, apart from any seed a test or sampler uses; for ``"digits"`` the fixed
+    training split, 1438 images, whatever ``n``), Adam at lr 3e-3 with cosine decay, batch 64, EMA 0.99, and the sum
+    of the per-attribute cross-entropies as loss, run by :func:`~diffmath.training.train`. The EMA weights are stored in
+    the cache folder under a name holding the hash of the configuration, and loaded on later calls. The classifier
+    only judges samples; nothing in the library guides sampling with it.
+
+    Parameters
+    ----------
+    dataset : {"shapes", "digits", "glyphs"}
+        The data set (see ``toydata.ATTRIBUTES``).
+    size : int
+        Image size in pixels.
+    n : int
+        Training images of a generated data set.
+    steps : int
+        Optimiser steps.
+    progress : bool
+        Show tqdm progress while training.
+    folder : path, optional
+        Cache folder (default :func:`cache_dir`).
+
+    Returns
+    -------
+    AttributeClassifier
+        The EMA model in eval mode.
+
+    Raises
+    ------
+    ValueError
+        If ``dataset`` is unknown, the data set rejects ``size`` or ``n``, the cached file was made by another
+        configuration or is unreadable, or training diverges.
+    """
+    from toydata.images import ATTRIBUTES
+
+    if not isinstance(dataset, str) or dataset not in ATTRIBUTES:
+        raise ValueError(f"unknown image data set {dataset!r}: dataset must be one of {tuple(ATTRIBUTES)}")
+    config = {**_CLASSIFIER_RECIPE, "name": f"classifier-{dataset}", "dataset": dataset, "size": size, "steps": steps}
+    config["n_data"] = None if dataset == "digits" else n
+    config["shift"] = size // 8 if dataset == "digits" else 0  # a fixed set of 1438 digits: augment by translation
+    data = _classifier_data(dataset, size, n, config["data_seed"])
+    attributes = {a: len(v) for a, v in ATTRIBUTES[dataset].items()}
+    torch.manual_seed(config["seed"])
+    model = AttributeClassifier(data.images.shape[1], size, attributes, config["width"], config["features"])
+    folder = Path(folder) if folder is not None else cache_dir()
+    path = folder / f"classifier-{dataset}-{size}-{recipe_hash(config)}.pt"
+
+    def run(checkpoint: Path) -> dict:
+        loss = _AttributeLoss(attributes, config["shift"])
+        state = fit(
+            model,
+            data.images.float(),
+            None,
+            steps,
+            batch_size=config["batch_size"],
+            lr=config["lr"],
+            ema_decay=config["ema_decay"],
+            seed=config["seed"],
+            labels=loss.encode(data.labels),
+            checkpoint=checkpoint,
+            checkpoint_every=500,
+            progress=progress,
+            loss=loss,
+        )
+        return {"model": state.ema.state_dict(), "losses": state.losses}
+
+    model.load_state_dict(cached(path, config, _CACHED, run)["model"])
+    return model.eval()

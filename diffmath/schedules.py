@@ -265,7 +265,7 @@ class Schedule:
             g = t_end + (t0 - t_end) * u**2
         elif spacing in ("karras", "log-snr"):
             t1 = t_end + 1.0 if self.discrete else t_end + 1e-3 * (t0 - t_end)
-            s_hi, s_lo = (self._sigma(torch.tensor(v, dtype=torch.float64)) for v in (t0, t1))
+            s_hi, s_lo = (self.sigma(torch.tensor(v, dtype=torch.float64)) for v in (t0, t1))
             if not torch.isfinite(s_hi):
                 raise ValueError(f"b/a is infinite at t_start={t0:g} (a = 0): pass a smaller t_start")
             if spacing == "karras":
@@ -274,7 +274,7 @@ class Schedule:
             else:
                 frac = torch.linspace(1.0, 0.0, num_steps, dtype=torch.float64)
                 sig = torch.exp(torch.log(s_lo) + (torch.log(s_hi) - torch.log(s_lo)) * frac)
-            g = torch.cat([self._t_of_sigma(sig, t1, t0), torch.tensor([float(t_end)], dtype=torch.float64)])
+            g = torch.cat([self.t_of_sigma(sig, t1, t0), torch.tensor([float(t_end)], dtype=torch.float64)])
             g[0] = t0
         else:
             raise ValueError(f"spacing must be 'uniform', 'quadratic', 'karras' or 'log-snr', got {spacing!r}")
@@ -284,17 +284,44 @@ class Schedule:
                 g[i] = max(g[i].item(), g[i + 1].item() + 1)
         if (g[1:] >= g[:-1]).any():
             raise ValueError(
-                f"the {spacing!r} grid piles up at t_start (b/a = {self._sigma(torch.tensor(t0, dtype=torch.float64)).item():.3g} "
+                f"the {spacing!r} grid piles up at t_start (b/a = {self.sigma(torch.tensor(t0, dtype=torch.float64)).item():.3g} "
                 "there): pass a t_start where b/a is moderate (e.g. <= 100) or use fewer steps"
             )
         return g
 
-    def _sigma(self, t: Tensor) -> Tensor:
-        c = self._coefficients(t)
+    def sigma(self, t: Tensor | float) -> Tensor:
+        r"""The noise-to-signal ratio $\sigma_t = b_t / a_t$ (lesson 4, eq. 4.14; PFGM's $z$, lesson 13).
+
+        Parameters
+        ----------
+        t : float or Tensor
+            Time(s) on the schedule.
+
+        Returns
+        -------
+        Tensor
+            $b_t/a_t$ in float64 (``inf`` where $a_t = 0$).
+        """
+        c = self.coefficients(t)
         return c.b / c.a
 
-    def _t_of_sigma(self, sigma: Tensor, lo: float, hi: float) -> Tensor:
-        """Invert the increasing map t -> b_t/a_t on [lo, hi] by bisection (continuous in t, even for discrete tables)."""
+    def t_of_sigma(self, sigma: Tensor, lo: float = 0.0, hi: float | None = None) -> Tensor:
+        r"""The time with $b_t/a_t = \sigma$ on $[lo, hi]$ (lesson 4, eq. 4.14): bisection on the increasing map,
+        piecewise linear between the integer times of a discrete schedule.
+
+        Parameters
+        ----------
+        sigma : Tensor
+            Target ratios.
+        lo, hi : float
+            The bracket (``hi`` defaults to ``t_max``).
+
+        Returns
+        -------
+        Tensor
+            The times, float64, to about $2^{-64}$ of the bracket.
+        """
+        hi = float(self.t_max) if hi is None else hi
         a = torch.full_like(sigma, lo)
         b = torch.full_like(sigma, hi)
         for _ in range(64):
@@ -305,10 +332,10 @@ class Schedule:
 
     def _sigma_cont(self, t: Tensor) -> Tensor:
         if not self.discrete:
-            return self._sigma(t)
+            return self.sigma(t)
         lo = torch.floor(t).clamp(0, self.t_max - 1)
         frac = t - lo
-        s0, s1 = self._sigma(lo), self._sigma(lo + 1)
+        s0, s1 = self.sigma(lo), self.sigma(lo + 1)
         return s0 + frac * (s1 - s0)  # piecewise-linear between the integer times
 
     def __repr__(self) -> str:

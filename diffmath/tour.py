@@ -202,7 +202,8 @@ def _pfgm_section(axes, gmm: GaussianMixture, fresh: torch.Tensor, n: int, seed:
 def _flow_section(axes, gmm: GaussianMixture, fresh: torch.Tensor, x_T: torch.Tensor, progress: bool) -> list[dict]:
     """Rectified flow (lesson 17): the 1-RF of recipe ``eight-gaussians-rf`` and its reflow (2-RF), Euler in 1 and 4
     steps from the same prior draws (eq. 17.10); reflow straightens the paths, so one step suffices."""
-    from diffmath.flows import reflow_toy, sample_flow
+    from diffmath.flows import sample_flow
+    from diffmath.recipes import reflow_toy
 
     t0 = time.perf_counter()
     rf1, rf2 = reflow_toy("eight-gaussians-rf", rounds=1, progress=progress)

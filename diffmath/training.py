@@ -19,12 +19,169 @@ from tqdm import tqdm
 
 from diffmath._io import content_sha256, load_data, save_data
 from diffmath._validate import check_batch, check_nonempty, check_output
+from diffmath.device import autocast, check_precision, resolve_device, unwrap
 from diffmath.models import check_model
 from diffmath.notation import Pair, from_pair
 from diffmath.schedules import Schedule
 
 LossFn = Callable[[nn.Module, Tensor, "torch.Generator", "Tensor | None"], Tensor]
 """A training objective ``loss(model, batch, generator, cond) -> scalar``: what :func:`train` minimises."""
+
+
+class Draws:
+    r"""The one source of an objective's randomness (lesson 3, sec. 3.6): draws the *global* batch from one
+    generator and keeps this rank's slice, so ``world_size`` processes of local batch $B$ together see exactly what
+    one process of batch ``world_size`` $\cdot B$ sees.
+
+    Draws happen on the generator's device (the CPU for torch's global generator, ``generator=None``) and are then
+    moved to the requested device, so a CUDA run with a CPU generator trains on the CPU run's times and noise.
+
+    Parameters
+    ----------
+    generator : torch.Generator, optional
+        Source of randomness (``None``: torch's global generator).
+    rank : int
+        This process's index in ``0..world_size - 1``.
+    world_size : int
+        Number of processes sharing the global batch.
+
+    Raises
+    ------
+    TypeError
+        If ``generator`` is neither a ``torch.Generator`` nor ``None``.
+    ValueError
+        If ``world_size`` is not a positive integer or ``rank`` not an integer in ``[0, world_size)``.
+    """
+
+    def __init__(self, generator: torch.Generator | None = None, rank: int = 0, world_size: int = 1) -> None:
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
+            raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+        if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be an integer in [0, {world_size}), got {rank!r}")
+        self.generator, self.rank, self.world_size = generator, rank, world_size
+
+    def draw(
+        self,
+        fn: Callable[[tuple[int, ...], torch.Generator | None, torch.dtype | None], Tensor],
+        shape: tuple[int, ...],
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Draw ``fn(global_shape, generator, dtype)`` for the global batch and keep this rank's rows.
+
+        Parameters
+        ----------
+        fn : callable
+            ``fn(shape, generator, dtype) -> Tensor`` of that shape (a prior's ``sample``, a Cauchy sampler, ...).
+        shape : tuple of int
+            The local shape ``(B, ...)``; the global draw has ``world_size * B`` rows.
+        dtype : torch.dtype, optional
+            Dtype of the draw (``fn``'s default when ``None``).
+        device : torch.device or str, optional
+            Where the result goes (the generator's device when ``None``).
+
+        Returns
+        -------
+        Tensor, shape ``shape``
+            Rows ``rank * B`` to ``(rank + 1) * B`` of the global draw.
+        """
+        B = shape[0]
+        out = fn((B * self.world_size, *shape[1:]), self.generator, dtype)
+        if self.world_size > 1:
+            out = out[self.rank * B : (self.rank + 1) * B]
+        return out if device is None else out.to(device)
+
+    def _on(self) -> torch.device:
+        return self.generator.device if self.generator is not None else torch.device("cpu")
+
+    def randn(self, shape: tuple[int, ...], dtype: torch.dtype | None = None, device=None) -> Tensor:
+        """Standard normal draws of the local ``shape`` (B, ...), as :meth:`draw`.
+
+        Parameters
+        ----------
+        shape : tuple of int
+            ``(B, ...)``.
+        dtype : torch.dtype, optional
+            Floating dtype (torch's default when ``None``).
+        device : torch.device or str, optional
+            Where the result goes.
+
+        Returns
+        -------
+        Tensor, shape ``shape``
+            This rank's slice of the global draw.
+        """
+        return self.draw(lambda s, g, d: torch.randn(s, generator=g, dtype=d, device=self._on()), shape, dtype, device)
+
+    def rand(self, shape: tuple[int, ...], dtype: torch.dtype | None = None, device=None) -> Tensor:
+        """Uniform draws on [0, 1) of the local ``shape`` (B, ...), as :meth:`draw`.
+
+        Parameters
+        ----------
+        shape : tuple of int
+            ``(B, ...)``.
+        dtype : torch.dtype, optional
+            Floating dtype (torch's default when ``None``).
+        device : torch.device or str, optional
+            Where the result goes.
+
+        Returns
+        -------
+        Tensor, shape ``shape``
+            This rank's slice of the global draw.
+        """
+        return self.draw(lambda s, g, d: torch.rand(s, generator=g, dtype=d, device=self._on()), shape, dtype, device)
+
+    def randint(self, low: int, high: int, shape: tuple[int, ...], device=None) -> Tensor:
+        """Integers uniform on ``low..high - 1`` (int64) of the local ``shape`` (B, ...), as :meth:`draw`.
+
+        Parameters
+        ----------
+        low, high : int
+            The range, ``high`` excluded.
+        shape : tuple of int
+            ``(B, ...)``.
+        device : torch.device or str, optional
+            Where the result goes.
+
+        Returns
+        -------
+        Tensor, shape ``shape``
+            This rank's slice of the global draw.
+        """
+        on = self._on()
+        return self.draw(lambda s, g, d: torch.randint(low, high, s, generator=g, device=on), shape, None, device)
+
+    def __repr__(self) -> str:
+        return f"Draws(rank={self.rank}, world_size={self.world_size})"
+
+
+def as_draws(source: Draws | torch.Generator | None) -> Draws:
+    """The :class:`Draws` an objective draws from (lesson 3, sec. 3.6): ``source`` itself, or a plain generator
+    (or ``None``, torch's global one) wrapped as a single process's draws.
+
+    Parameters
+    ----------
+    source : Draws or torch.Generator or None
+        What the objective was given as ``generator``.
+
+    Returns
+    -------
+    Draws
+        The draws.
+
+    Raises
+    ------
+    TypeError
+        If ``source`` is none of these.
+    """
+    if isinstance(source, Draws):
+        return source
+    if source is None or isinstance(source, torch.Generator):
+        return Draws(source)
+    raise TypeError(f"generator must be a torch.Generator, a Draws or None, got {type(source).__name__}")
 
 
 @dataclass
@@ -58,7 +215,7 @@ def diffusion_loss(
     model: nn.Module,
     x0: Tensor,
     schedule: Schedule,
-    generator: torch.Generator | None = None,
+    generator: Draws | torch.Generator | None = None,
     cond: Tensor | None = None,
 ) -> Tensor:
     r"""Monte Carlo estimate of $\mathbb E_{t, x_0, \varepsilon}\|f_\theta(x_t, t) - \text{target}\|^2 / d$
@@ -76,8 +233,9 @@ def diffusion_loss(
         A minibatch of data.
     schedule : Schedule
         The forward process.
-    generator : torch.Generator, optional
-        Source of the times and the noise.
+    generator : torch.Generator or Draws, optional
+        Source of the times and the noise (a :class:`Draws` to keep one rank's slice of a global batch); they are
+        created on ``x0``'s device in its dtype.
     cond : Tensor, optional
         Condition passed to the model.
 
@@ -96,15 +254,15 @@ def diffusion_loss(
         ``"velocity"`` on a discrete schedule), or the model returns a tensor of another shape than its input (a
         (B, 1) or (1, d) output would broadcast against the target and train on nonsense).
     """
-    check_model(model)
+    kind = check_model(unwrap(model)).prediction
     t, eps, xt = _noise(_check_x0(x0, schedule), schedule, generator)
     c = schedule.coefficients(t)
-    target = from_pair(Pair(x0, eps), model.prediction, c.a, c.b, c.da, c.db)
+    target = from_pair(Pair(x0, eps), kind, c.a, c.b, c.da, c.db)
     return ((check_output(model(xt, t, cond), xt) - target) ** 2).mean()
 
 
 def noise_batch(
-    x0: Tensor, schedule: Schedule, generator: torch.Generator | None = None
+    x0: Tensor, schedule: Schedule, generator: Draws | torch.Generator | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""Draw a training time per sample and noise it: $x_t = a_t x_0 + b_t\varepsilon$ (lesson 3, eq. 3.14).
 
@@ -117,8 +275,9 @@ def noise_batch(
         A minibatch of data.
     schedule : Schedule
         The forward process.
-    generator : torch.Generator, optional
-        Source of the times and the noise.
+    generator : torch.Generator or Draws, optional
+        Source of the times and the noise (a :class:`Draws` to keep one rank's slice of a global batch); they are
+        created on ``x0``'s device in its dtype.
 
     Returns
     -------
@@ -141,13 +300,13 @@ def _check_x0(x0: object, schedule: object) -> Tensor:
     return check_nonempty(check_batch(x0, "x0"), "x0")
 
 
-def _noise(x0: Tensor, schedule: Schedule, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
-    B = x0.shape[0]
+def _noise(x0: Tensor, schedule: Schedule, generator: Draws | torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    draws, B = as_draws(generator), x0.shape[0]
     if schedule.discrete:
-        t = torch.randint(1, int(schedule.t_max) + 1, (B,), generator=generator).to(x0.dtype)
+        t = draws.randint(1, int(schedule.t_max) + 1, (B,), x0.device).to(x0.dtype)
     else:
-        t = schedule.t_max * (1.0 - torch.rand(B, generator=generator, dtype=x0.dtype))
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+        t = schedule.t_max * (1.0 - draws.rand((B,), x0.dtype, x0.device))
+    eps = draws.randn(x0.shape, x0.dtype, x0.device)
     c = schedule.coefficients(t)
     view = (B,) + (1,) * (x0.dim() - 1)
     return t, eps, c.a.reshape(view) * x0 + c.b.reshape(view) * eps
@@ -172,7 +331,9 @@ class DiffusionLoss:
             raise TypeError(f"schedule must be a Schedule, got {type(schedule).__name__}")
         self.schedule = schedule
 
-    def __call__(self, model: nn.Module, x0: Tensor, generator: torch.Generator, cond: Tensor | None = None) -> Tensor:
+    def __call__(
+        self, model: nn.Module, x0: Tensor, generator: Draws | torch.Generator, cond: Tensor | None = None
+    ) -> Tensor:
         return diffusion_loss(model, x0, self.schedule, generator, cond)
 
     def __repr__(self) -> str:
@@ -194,6 +355,8 @@ def train(
     checkpoint_every: int = 500,
     progress: bool = True,
     loss: LossFn | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "float32",
 ) -> Iterator[TrainStep]:
     r"""Train ``model`` on ``data`` with :func:`diffusion_loss` (or any other objective), yielding every step
     (lesson 3, eq. 3.14).
@@ -234,6 +397,13 @@ def train(
         ``loss(model, batch, generator, cond) -> Tensor`` of shape (): the objective on a minibatch of ``data``
         rows, drawing its randomness from ``generator``. Default: :func:`diffusion_loss` on ``schedule``. Its
         ``repr`` enters the checkpoint fingerprint, so give it a stable, informative one.
+    device : {"cpu", "auto"} or str or torch.device
+        Where the model (moved in place), the data, the EMA and every draw live (``"auto"`` is CUDA when
+        available; :func:`~diffmath.device.resolve_device`). The generator stays on the CPU, so a run draws the
+        same minibatches, times and noise on every device; checkpoints are portable across devices.
+    precision : {"float32", "bf16"}
+        ``"bf16"`` runs the loss under bfloat16 autocast (:func:`~diffmath.device.autocast`); weights, optimiser and
+        EMA stay in the model's dtype.
 
     Yields
     ------
@@ -252,10 +422,12 @@ def train(
         ``checkpoint_every`` is not a positive integer, ``lr`` is not a positive finite number, ``ema_decay`` lies
         outside (0, 1), ``label_dropout`` outside [0, 1), ``labels`` is not an integer tensor of shape (N,) or
         (N, L), both ``schedule`` and ``loss`` are ``None``, the checkpoint is unreadable or comes from another
-        model or settings, or the loss becomes NaN or infinite.
+        model or settings, the loss becomes NaN or infinite, ``device`` is not a device (or CUDA is asked for and
+        absent), or ``precision`` is unknown.
     """
+    dev, precision = resolve_device(device), check_precision(precision)
     if loss is None:
-        check_model(model)
+        check_model(unwrap(model))
         if schedule is None:
             raise ValueError("train needs a schedule (for diffusion_loss) or a loss function")
         loss = DiffusionLoss(schedule)
@@ -285,18 +457,23 @@ def train(
         or labels.is_complex()
     ):
         raise ValueError(f"labels must be an integer tensor of shape (N,) or (N, L) with N = {data.shape[0]}")
+    bare = unwrap(model)
     dtype = next(model.parameters()).dtype
     data = data.to(dtype)
+    fingerprint = _fingerprint(bare, objective, batch_size, lr, ema_decay, seed, data, labels, label_dropout)
+    model.to(dev)
+    data = data.to(dev)
+    labels = None if labels is None else labels.to(dev)
     gen = torch.Generator().manual_seed(seed)
+    draws = Draws(gen)
     opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
-    ema = copy.deepcopy(model).requires_grad_(False) if ema_decay is not None else None
-    params = list(model.parameters())
+    ema = copy.deepcopy(bare).requires_grad_(False) if ema_decay is not None else None
+    params = list(bare.parameters())
     ema_params = list(ema.parameters()) if ema is not None else []
-    fingerprint = _fingerprint(model, objective, batch_size, lr, ema_decay, seed, data, labels, label_dropout)
     start, losses = 0, []
     if checkpoint is not None and Path(checkpoint).exists():
-        start, losses = _load(checkpoint, fingerprint, model, ema, opt, sched, gen)
+        start, losses = _load(checkpoint, fingerprint, bare, ema, opt, sched, gen)
     if start >= steps:  # a finished run: report its final state once
         model.eval()
         yield TrainStep(start, losses[-1] if losses else math.nan, model, ema.eval() if ema else None, losses)
@@ -304,13 +481,14 @@ def train(
     model.train()
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="train", leave=False)
     for k in bar:
-        idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen)
+        idx = draws.randint(0, data.shape[0], (batch_size,), dev)
         cond = None
         if labels is not None:
             cond = labels[idx].clone()
             if label_dropout > 0:
-                cond[torch.rand(batch_size, generator=gen) < label_dropout] = -1
-        value = loss(model, data[idx], gen, cond)
+                cond[draws.rand((batch_size,), device=dev) < label_dropout] = -1
+        with autocast(dev, precision):
+            value = loss(model, data[idx], gen, cond)
         if not isinstance(value, Tensor) or value.dim() != 0 or not value.requires_grad:
             got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
             raise TypeError(f"loss must return a scalar tensor that depends on the model's parameters, got {got}")
@@ -327,7 +505,7 @@ def train(
         if k % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
         if checkpoint is not None and ((k + 1) % checkpoint_every == 0 or k + 1 == steps):
-            _save(checkpoint, fingerprint, k + 1, model, ema, opt, sched, gen, losses)
+            _save(checkpoint, fingerprint, k + 1, bare, ema, opt, sched, gen, losses)
         yield TrainStep(k + 1, losses[-1], model, ema, losses)
     model.eval()
     if ema is not None:
@@ -366,7 +544,8 @@ def fit(model: nn.Module, data: Tensor, schedule: Schedule | None, steps: int, *
         Total optimiser steps.
     **kwargs
         Further arguments of :func:`train` (``batch_size``, ``lr``, ``ema_decay``, ``seed``, ``labels``,
-        ``label_dropout``, ``checkpoint``, ``checkpoint_every``, ``progress``, ``loss``).
+        ``label_dropout``, ``checkpoint``, ``checkpoint_every``, ``progress``, ``loss``, ``device``,
+        ``precision``).
 
     Returns
     -------

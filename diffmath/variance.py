@@ -34,6 +34,7 @@ from diffmath._validate import (
     per_sample,
 )
 from diffmath.ddpm import gaussian_kl, posterior
+from diffmath.device import unwrap
 from diffmath.exact import GaussianMixture
 from diffmath.loop import Noise, Rule, SamplerStep, check_grid, run
 from diffmath.models import Model, check_model, predict
@@ -543,7 +544,7 @@ class NPRLoss:
     """
 
     def __init__(self, mean_model: Model, schedule: Schedule, data_var: float) -> None:
-        self.mean_model = check_model(mean_model)
+        self.mean_model = check_model(unwrap(mean_model))
         self.schedule, self.data_var = check_schedule(schedule), check_positive(data_var, "data_var")
 
     def __call__(self, net: nn.Module, x0: Tensor, generator: torch.Generator, cond: Tensor | None = None) -> Tensor:

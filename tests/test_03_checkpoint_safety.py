@@ -18,10 +18,16 @@ import torch
 
 import diffmath._io as dio
 from diffmath.cli import main
-from diffmath.flows import reflow_toy
-from diffmath.metrics import train_attribute_classifier
 from diffmath.nets import MLP
-from diffmath.recipes import image_recipe, recipe_hash, toy_recipe, train_image, train_toy
+from diffmath.recipes import (
+    image_recipe,
+    recipe_hash,
+    reflow_toy,
+    toy_recipe,
+    train_attribute_classifier,
+    train_image,
+    train_toy,
+)
 from diffmath.schedules import get_schedule
 from diffmath.training import fit, read_checkpoint, save_atomic
 

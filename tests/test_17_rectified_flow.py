@@ -16,12 +16,12 @@ from diffmath.flows import (
     gmm_velocity,
     reflow,
     reflow_pairs,
-    reflow_toy,
     sample_flow,
     straightness,
 )
 from diffmath.metrics import mmd_rbf, sliced_w1
 from diffmath.ode import ode_sample
+from diffmath.recipes import reflow_toy
 
 f64 = torch.float64
 LIN = dm.LinearPath()

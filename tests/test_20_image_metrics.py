@@ -14,8 +14,8 @@ from diffmath.metrics import (
     gaussian_frechet,
     psnr,
     ssim,
-    train_attribute_classifier,
 )
+from diffmath.recipes import train_attribute_classifier
 
 
 def gen(seed):

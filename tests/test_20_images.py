@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import diffmath as dm
-from diffmath.metrics import frechet_distance, train_attribute_classifier
+from diffmath.metrics import frechet_distance
 from diffmath.ode import ode_sample
 from diffmath.pfgm import pfgm_sample
 from diffmath.recipes import (
@@ -25,6 +25,7 @@ from diffmath.recipes import (
     objective,
     read_checkpoint,
     recipe_hash,
+    train_attribute_classifier,
     train_image,
 )
 from diffmath.training import fit
@@ -234,7 +235,7 @@ def test_classifier_free_guidance_raises_the_shape_accuracy():
     noise for both), CFG at w = 3 makes the attribute classifier read the asked-for shape more often than w = 0.
     Measured: 0.758 -> 0.840 (real images: 0.96; the SE of the paired difference is about 0.035)."""
     from diffmath.guidance import ClassifierFree
-    from diffmath.metrics import attribute_accuracy, train_attribute_classifier
+    from diffmath.metrics import attribute_accuracy
 
     im = train_image("shapes-ddpm", progress=False)
     clf = train_attribute_classifier("shapes", size=16, progress=False)

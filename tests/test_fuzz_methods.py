@@ -43,7 +43,7 @@ from torch import nn
 
 import diffmath as dm
 import toydata as td
-from diffmath import flows, greens, heat, metrics, nets, pfgm, training, unet
+from diffmath import flows, greens, heat, metrics, nets, pfgm, recipes, training, unet
 from diffmath.training import diffusion_loss, fit
 
 F32, F64 = torch.float32, torch.float64
@@ -721,7 +721,7 @@ for fn in (metrics.psnr, metrics.ssim):
 add(
     "metrics", metrics.ssim, {"x": IMG, "y": IMG.roll(1, 0)}, "window", st.one_of(bad_ints(3), st.sampled_from([4, 17]))
 )
-add("metrics", metrics.train_attribute_classifier, {"dataset": "shapes"}, "dataset", bad_names(td.IMAGE_DATASETS))
+add("recipes", recipes.train_attribute_classifier, {"dataset": "shapes"}, "dataset", bad_names(td.IMAGE_DATASETS))
 
 # ---- toydata -----------------------------------------------------------------------------------------------------
 for fn in td.TOYS.values():
@@ -764,7 +764,7 @@ ID = {"name": "shapes", "n": 2, "size": 12}
 add("toydata", td.image_dataset, ID, "name", bad_names(td.IMAGE_DATASETS))
 add("toydata", td.image_dataset, ID, "n", st.just(None))
 
-SKIP_GOOD = {metrics.train_attribute_classifier}  # its good call trains (or loads) a cached classifier
+SKIP_GOOD = {recipes.train_attribute_classifier}  # its good call trains (or loads) a cached classifier
 
 
 def outcome(case: Case, value: object) -> tuple[str, str]:
