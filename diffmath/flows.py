@@ -936,10 +936,10 @@ def minibatch_ot(x0: Tensor, x1: Tensor) -> Tensor:
     _same(x0, x1)
     B = x0.shape[0]
     cost = torch.cdist(x0.flatten(1).double(), x1.flatten(1).double()) ** 2
-    rows, cols = linear_sum_assignment(cost.numpy())
+    rows, cols = linear_sum_assignment(cost.cpu().numpy())  # scipy's exact assignment runs on the host
     perm = torch.empty(B, dtype=torch.long)
     perm[torch.from_numpy(rows)] = torch.from_numpy(cols)
-    return x1[perm]
+    return x1[perm.to(x1.device)]
 
 
 def _split_pairs(pairs: Tensor) -> tuple[Tensor, Tensor]:
