@@ -33,7 +33,7 @@ from diffmath.notation import Pair
 from diffmath.schedules import Schedule
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SamplerStep:
     r"""What a sampler yields after each step: the step index, the time reached, the state and the denoised guess.
 
@@ -152,7 +152,7 @@ Rule = Callable[[Pair, Tensor, "Step", dict], tuple[Tensor, "Tensor | float", di
 """An update rule: ``rule(pair, x, step, state) -> (mean, std, state)`` (lesson 4, sec. 4.8)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Step:
     r"""One step of a grid, from ``t = grid[index]`` to ``s = grid[index + 1]`` (lesson 4, sec. 4.8).
 
