@@ -408,11 +408,21 @@ class DiscreteSchedule(Schedule):
         #: abar_t = a_t and bbar_t = b_t on t = 0..T
         self.abar = torch.exp(log_abar)
         self.bbar = torch.sqrt(-torch.expm1(2.0 * log_abar))
+        self._tables: dict[torch.device, tuple[Tensor, ...]] = {}
 
     def _coefficients(self, t: Tensor) -> Coefficients:
         idx = t.long()
         dtype = t.dtype if t.is_floating_point() else torch.float64
-        return Coefficients(self.abar[idx].to(dtype), self.bbar[idx].to(dtype))
+        abar, bbar, _, _ = self._on(idx.device)
+        return Coefficients(abar[idx].to(dtype), bbar[idx].to(dtype))
+
+    def _on(self, device: torch.device) -> tuple[Tensor, ...]:
+        """The float64 tables (abar, bbar, alphas, betas) on ``device``, moved there once and cached."""
+        if device.type == "cpu":
+            return self.abar, self.bbar, self.alphas, self.betas
+        if device not in self._tables:
+            self._tables[device] = tuple(v.to(device) for v in (self.abar, self.bbar, self.alphas, self.betas))
+        return self._tables[device]
 
     def step(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
         r"""Per-step $(\alpha_t, \beta_t)$ of $x_t = \alpha_t x_{t-1} + \beta_t\varepsilon_t$ (lesson 0, eq. 0.9), $t \ge 1$.
@@ -439,7 +449,8 @@ class DiscreteSchedule(Schedule):
             raise ValueError("a single forward step is defined for t = 1..T only")
         dtype = t_.dtype if t_.is_floating_point() else torch.float64
         idx = t_.long()
-        return self.alphas[idx].to(dtype), self.betas[idx].to(dtype)
+        _, _, alphas, betas = self._on(idx.device)
+        return alphas[idx].to(dtype), betas[idx].to(dtype)
 
 
 def su_linear(T: int = 1000) -> DiscreteSchedule:

@@ -191,3 +191,15 @@ def test_draws_refuse_what_they_cannot_use():
         as_draws(7)
     d = Draws(torch.Generator())
     assert as_draws(d) is d and as_draws(None).generator is None
+
+
+def test_discrete_schedule_tables_follow_the_times_device():
+    """A discrete schedule's tables are moved to the device of the times once and cached there (checked with torch's
+    "meta" device, which has shapes but no data: the lookup must not mix a CPU table with other-device indices)."""
+    sched = dm.su_linear(1000)
+    t = torch.tensor([3.0, 500.0], device="meta")
+    c = sched._coefficients(t)
+    assert c.a.device.type == "meta" and c.b.device.type == "meta" and c.a.shape == (2,)
+    assert sched._on(torch.device("meta")) is sched._on(torch.device("meta"))  # cached, not copied per call
+    cpu = sched._coefficients(torch.tensor([3.0, 500.0], dtype=torch.float64))
+    assert torch.equal(cpu.a, sched.abar[[3, 500]]) and torch.equal(cpu.b, sched.bbar[[3, 500]])
