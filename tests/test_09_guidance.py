@@ -17,7 +17,7 @@ from diffmath.training import fit
 
 f64 = torch.float64
 VP = dm.VPLinear(0.0, 20.0)
-# two classes: Gaussians at (+-0.6, 0) with variance 0.25 (the notes' ch.9 example)
+# two classes: Gaussians at (+-0.6, 0) with variance 0.25 (lesson 9's example)
 TWO = dm.GaussianMixture(
     torch.tensor([0.5, 0.5], dtype=f64),
     torch.tensor([[0.6, 0.0], [-0.6, 0.0]], dtype=f64),
@@ -55,7 +55,7 @@ def _guided_samples(gamma, n=4000, seed=0, steps=200):
 
 def test_gamma_one_samples_the_class_conditional():
     """With gamma = 1 and exact scores, DDPM (1000 steps) samples N((0.6, 0), 0.25 I): mean and variance within 4
-    standard errors (N = 3000; the notes measured mean 0.602, var 0.252; 200 steps leave a 10% variance bias)."""
+    standard errors (N = 3000; 200 steps leave a 10% variance bias)."""
     x = _guided_samples(1.0, n=3000, steps=1000)
     n = x.shape[0]
     assert abs(x[:, 0].mean().item() - 0.6) < 4 * math.sqrt(0.25 / n)

@@ -91,8 +91,8 @@ def test_euler_on_the_exact_flow_has_order_one():
 
 def test_cost_identity_holds_for_the_exact_flow():
     """E||Z1 - Z0||^2 = E||X1 - X0||^2 - V(X) - S(Z) (eq. 17.12) for the ring's exact 1-RF, N = 4000 independent pairs,
-    Heun 100 steps: the residual is within 4 standard errors of 0, and the terms lie in the notes' ranges
-    (E||X1 - X0||^2 = 6.045 exactly; measured V 3.75, S 1.44, E||Z1 - Z0||^2 0.88; notes 3.722, 1.436, 0.884)."""
+    Heun 100 steps: the residual is within 4 standard errors of 0, and the terms lie in their asserted ranges
+    (E||X1 - X0||^2 = 6.045 exactly; measured V 3.75, S 1.44, E||Z1 - Z0||^2 0.88)."""
     g = torch.Generator().manual_seed(0)
     x0, x1 = RING.sample(4000, g, dtype=f64), torch.randn(4000, 2, generator=g, dtype=f64)
     ci = cost_identity(GMMFlow(RING), x0, x1, LIN, g, num_steps=100)
