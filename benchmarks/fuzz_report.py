@@ -1,15 +1,16 @@
-"""Fuzz report: per module, how the bad calls of ``tests/test_fuzz_core.py`` end (DESIGN.md, principle 9).
+"""Fuzz report: per module, how the bad calls of ``tests/test_fuzz_core.py`` (the core API) and
+``tests/test_fuzz_methods.py`` (the methods API and toydata) end (DESIGN.md, principle 9).
 
-Each bad call is *good* (a valid result, or a ValueError/TypeError from diffmath naming the argument at fault),
-*unhelpful* (another exception type, a raw torch/scipy error, a message that does not name the argument) or *silent*
-(a returned result that is NaN, of the wrong shape, or should have been refused). The cases and strategies come from
-this checkout's ``tests/``; the library comes from wherever ``import diffmath`` finds it, so a before/after table is
+Each bad call is *good* (a valid result, or a ValueError/TypeError from diffmath/toydata naming the argument at
+fault), *unhelpful* (another exception, or one that does not name the argument) or *silent* (nonsense accepted, a
+NaN or wrong-shaped result). The cases come from this tree's tests; the library from ``PYTHONPATH`` if set, so the
+same table can be printed for an older checkout:
 
-    git worktree add /tmp/before HEAD
     OMP_NUM_THREADS=1 PYTHONPATH=/tmp/before python benchmarks/fuzz_report.py   # before
     OMP_NUM_THREADS=1 python benchmarks/fuzz_report.py                          # after
 
-Add ``-v`` to list the unhelpful and silent calls. Not a test: it prints a table (about a minute on one thread).
+``--suite core`` or ``--suite methods`` prints one suite; ``-v`` lists the unhelpful and silent calls. Not a test:
+it prints a table (about a minute and a half on one thread).
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import fuzzing
+import test_fuzz_core
+import test_fuzz_methods
 import torch
-from test_fuzz_core import CASES, outcome, run_case
 
 import diffmath
+import toydata
 
 VERDICTS = ("good", "unhelpful", "silent")
 
@@ -33,23 +37,29 @@ VERDICTS = ("good", "unhelpful", "silent")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="list each unhelpful or silent call")
-    verbose = parser.parse_args().verbose
+    parser.add_argument("--suite", choices=("all", "core", "methods"), default="all")
+    args = parser.parse_args()
+    verbose = args.verbose
+    suites = {"core": [test_fuzz_core], "methods": [test_fuzz_methods]}.get(
+        args.suite, [test_fuzz_core, test_fuzz_methods]
+    )
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     counts: dict[str, Counter] = defaultdict(Counter)
 
     def recorder(case):
         def record(value: object) -> None:
-            verdict, detail = outcome(case, value)
+            verdict, detail = fuzzing.outcome(case, value)
             counts[case.module][verdict] += 1
             if verbose and verdict != "good":
                 print(f"{verdict:9s} {case.id} {case.arg}={str(value)[:40]!r}: {detail[:160]}")
 
         return record
 
-    for case in CASES:
-        run_case(case, recorder(case))
-    print(f"diffmath from {Path(diffmath.__file__).parent}")
+    for suite in suites:
+        for case in suite.CASES:
+            suite.run_case(case, recorder(case))
+    print(f"diffmath from {Path(diffmath.__file__).parent}, toydata from {Path(toydata.__file__).parent}")
     print(f"{'module':10s} {'calls':>6s} " + " ".join(f"{v:>10s}" for v in VERDICTS))
     total: Counter = Counter()
     for module, c in counts.items():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -222,3 +223,66 @@ def bad_labels(batch: int, num_classes: int) -> st.SearchStrategy:
     """Class labels (``cond``) that must be refused: floats, out of range, wrong shape, not tensors."""
     y = torch.zeros(batch, dtype=torch.long)
     return st.sampled_from([y.float(), y + num_classes, y - 2, y[:-1], y.reshape(-1, 1), y.numpy(), y.tolist(), "0"])
+
+
+# ---- the case tables of the fuzz suites ----------------------------------------------------------------------------
+def same(v: object) -> Callable:
+    """``expect``: the result (or a sampler's last state) has the shape of the drawn input ``v``."""
+    return lambda r: shaped(*v.shape)(r[-1].x if isinstance(r, list) and r else r)
+
+
+def rows(v: object) -> Callable:
+    """``expect``: the result is led by a tensor of shape (B,) for the drawn batch ``v``."""
+    return lambda r: shaped(v.shape[0])(r)
+
+
+@dataclass
+class Case:
+    """One fuzzed argument: ``fn(**good)`` works; ``fn(**{**good, arg: value})`` for values drawn from ``strategy``
+    must be refused (``expect`` REFUSE) or give a result that ``expect(value)`` accepts."""
+
+    module: str
+    fn: Callable
+    good: dict
+    arg: str
+    strategy: st.SearchStrategy
+    expect: Callable | None = REFUSE
+    also: tuple[str, ...] = field(default=())
+
+    @property
+    def id(self) -> str:
+        owner = getattr(self.fn, "__self__", None)
+        if owner is not None:
+            name = f"{type(owner).__name__}.{self.fn.__name__}"
+        else:
+            name = getattr(self.fn, "__qualname__", f"{type(self.fn).__name__}.__call__")
+        return f"{self.module}.{name}:{self.arg}:{self.strategy_name}"
+
+    @property
+    def strategy_name(self) -> str:
+        return "edge" if self.expect is not REFUSE else "bad"
+
+
+class Cases(list):
+    """A suite's table of :class:`Case` rows."""
+
+    def add(self, module: str, fn: Callable, good: dict, arg: str, strategy, expect=REFUSE, also=()) -> None:
+        self.append(Case(module, fn, good, arg, strategy, expect, also))
+
+    def batch(self, module: str, fn: Callable, good: dict, arg: str, expect=same, also=(), fixed_shape=True) -> None:
+        """A batch argument: bad tensors must be refused, edge batches give a result shaped by ``expect`` or a
+        refusal."""
+        self.add(module, fn, good, arg, bad_tensors(good[arg], fixed_shape), also=also)
+        if expect is not None:
+            self.add(module, fn, good, arg, edge_tensors(good[arg]), expect, also)
+
+
+def outcome(case: Case, value: object) -> tuple[str, str]:
+    """``(verdict, detail)`` of calling ``case.fn`` with ``value`` for ``case.arg`` (see :func:`classify`)."""
+    expect = REFUSE if case.expect is REFUSE else case.expect(value)
+    return classify(case.fn, (), {**case.good, case.arg: value}, (case.arg, *case.also), expect)
+
+
+def assert_good(case: Case, value: object) -> None:
+    verdict, detail = outcome(case, value)
+    assert verdict == "good", f"{case.id} with {case.arg}={value!r}: {verdict}: {detail}"

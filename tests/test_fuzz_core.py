@@ -8,14 +8,14 @@ names the argument at fault; never another exception type, a raw torch error, Na
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import pytest
 import torch
 from fuzzing import (
     FUZZ,
-    REFUSE,
+    Cases,
     FakeModel,
+    assert_good,
     bad_covariances,
     bad_grids,
     bad_labels,
@@ -27,9 +27,10 @@ from fuzzing import (
     bad_times,
     bad_weights,
     check_outcome,
-    classify,
     edge_tensors,
     finite,
+    rows,
+    same,
     shaped,
 )
 from hypothesis import given
@@ -52,16 +53,6 @@ G_VP, G_SU = VP.grid(3), SU.grid(3)
 Y = torch.tensor([0, 1, -1])
 
 
-def same(v: object) -> Callable:
-    """``expect``: the result (or a sampler's last state) has the shape of the drawn input ``v``."""
-    return lambda r: shaped(*v.shape)(r[-1].x if isinstance(r, list) and r else r)
-
-
-def rows(v: object) -> Callable:
-    """``expect``: the result is led by a tensor of shape (B,) for the drawn batch ``v``."""
-    return lambda r: shaped(v.shape[0])(r)
-
-
 def per_component(k: int) -> Callable:
     """``expect``: a finite result of shape (B, k) for the drawn batch."""
     return lambda v: shaped(v.shape[0], k)
@@ -82,42 +73,8 @@ def any_finite(v: object) -> Callable:
     return finite
 
 
-@dataclass
-class Case:
-    module: str
-    fn: Callable
-    good: dict
-    arg: str
-    strategy: st.SearchStrategy
-    expect: Callable | None = REFUSE
-    also: tuple[str, ...] = field(default=())
-
-    @property
-    def id(self) -> str:
-        owner = getattr(self.fn, "__self__", None)
-        if owner is not None:
-            name = f"{type(owner).__name__}.{self.fn.__name__}"
-        else:
-            name = getattr(self.fn, "__qualname__", f"{type(self.fn).__name__}.__call__")
-        return f"{self.module}.{name}:{self.arg}:{self.strategy_name}"
-
-    @property
-    def strategy_name(self) -> str:
-        return "edge" if self.expect is not REFUSE else "bad"
-
-
-CASES: list[Case] = []
-
-
-def add(module: str, fn: Callable, good: dict, arg: str, strategy, expect=REFUSE, also: tuple[str, ...] = ()) -> None:
-    CASES.append(Case(module, fn, good, arg, strategy, expect, also))
-
-
-def batch(module: str, fn: Callable, good: dict, arg: str, expect=same, also=(), fixed_shape: bool = True) -> None:
-    """A batch argument: bad tensors must be refused, edge batches give a result shaped by ``expect`` or a refusal."""
-    add(module, fn, good, arg, bad_tensors(good[arg], fixed_shape), also=also)
-    if expect is not None:
-        add(module, fn, good, arg, edge_tensors(good[arg]), expect, also)
+CASES = Cases()
+add, batch = CASES.add, CASES.batch
 
 
 def cfg(model, x, t, cond):
@@ -456,13 +413,7 @@ add("ddpm", ddpm.kl_weight, KW, "sigma", bad_reals(0.0, allow_low=False, several
 add("ddpm", ddpm.kl_weight, KW, "t", DISCRETE_T)
 
 
-def outcome(case: Case, value: object) -> tuple[str, str]:
-    """``(verdict, detail)`` of calling ``case.fn`` with ``value`` for ``case.arg`` (see ``fuzzing.classify``)."""
-    expect = REFUSE if case.expect is REFUSE else case.expect(value)
-    return classify(case.fn, (), {**case.good, case.arg: value}, (case.arg, *case.also), expect)
-
-
-def run_case(case: Case, on_value: Callable[[object], None]) -> None:
+def run_case(case, on_value: Callable[[object], None]) -> None:
     """Call ``on_value`` on each value hypothesis draws from ``case.strategy`` (the same values for every caller:
     ``derandomize`` seeds from the source of ``run``)."""
 
@@ -474,14 +425,9 @@ def run_case(case: Case, on_value: Callable[[object], None]) -> None:
     run()
 
 
-def _assert_good(case: Case, value: object) -> None:
-    verdict, detail = outcome(case, value)
-    assert verdict == "good", f"{case.id} with {case.arg}={value!r}: {verdict}: {detail}"
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_gives_a_valid_result_or_a_clear_error(case):
-    run_case(case, lambda value: _assert_good(case, value))
+    run_case(case, lambda value: assert_good(case, value))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
