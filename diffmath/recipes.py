@@ -123,6 +123,16 @@ class ToyModel:
     labels: torch.Tensor | None = None
 
 
+def _optimiser(config: dict, seed_offset: int = 0) -> dict:
+    """The training settings every recipe passes to :func:`~diffmath.training.train` (lesson 3, sec. 3.6)."""
+    return {
+        "batch_size": config["batch_size"],
+        "lr": config["lr"],
+        "ema_decay": config["ema_decay"],
+        "seed": config["seed"] + seed_offset,
+    }
+
+
 def cache_dir() -> Path:
     """The folder for cached artefacts (lesson 3, sec. 3.6): ``$DIFFMATH_CACHE`` or ``~/.cache/diffmath``.
 
@@ -288,10 +298,7 @@ def train_toy(recipe: str | dict, progress: bool = True, folder: str | Path | No
             data,
             schedule,
             config["steps"],
-            batch_size=config["batch_size"],
-            lr=config["lr"],
-            ema_decay=config["ema_decay"],
-            seed=config["seed"],
+            **_optimiser(config),
             checkpoint=checkpoint,
             checkpoint_every=500,
             progress=progress,
@@ -409,10 +416,7 @@ def _reflow_round(base: ToyModel, previous: ToyModel, k: int, settings: dict, fo
             pairs,
             None,
             settings["steps"],
-            batch_size=config["batch_size"],
-            lr=config["lr"],
-            ema_decay=config["ema_decay"],
-            seed=config["seed"] + k,
+            **_optimiser(config, seed_offset=k),
             checkpoint=checkpoint,
             progress=progress,
             loss=FlowMatchingLoss(base.schedule, paired=True),
@@ -666,10 +670,7 @@ def image_training(
         data,
         schedule,
         config["steps"],
-        batch_size=config["batch_size"],
-        lr=config["lr"],
-        ema_decay=config["ema_decay"],
-        seed=config["seed"],
+        **_optimiser(config),
         checkpoint=checkpoint,
         checkpoint_every=config["checkpoint_every"],
         progress=progress,
@@ -809,10 +810,7 @@ def train_attribute_classifier(
             data.images.float(),
             None,
             steps,
-            batch_size=config["batch_size"],
-            lr=config["lr"],
-            ema_decay=config["ema_decay"],
-            seed=config["seed"],
+            **_optimiser(config),
             labels=loss.encode(data.labels),
             checkpoint=checkpoint,
             checkpoint_every=500,
