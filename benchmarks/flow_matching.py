@@ -41,8 +41,8 @@ from swissroll_task import import_smalldiffusion, swissroll_curve
 import diffmath as dm
 from diffmath.flows import FlowMatchingLoss, reflow_pairs, sample_flow
 from diffmath.metrics import sliced_w1
-from diffmath.nets import MLP
-from diffmath.training import fit
+from diffmath.nets.mlp import MLP
+from diffmath.train.training import fit
 
 NFES = (1, 2, 4, 20)
 

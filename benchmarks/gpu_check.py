@@ -23,10 +23,10 @@ import torch
 import diffmath as dm
 import toydata as td
 from diffmath.metrics import sliced_w1
-from diffmath.nets import MLP
+from diffmath.nets.mlp import MLP
 from diffmath.ode import ode_sample
 from diffmath.recipes import objective, toy_recipe
-from diffmath.training import fit
+from diffmath.train.training import fit
 
 
 def _train(config: dict, data: torch.Tensor, device: str, precision: str, steps: int):

@@ -1,7 +1,7 @@
 """Image benchmark: diffmath's UNet vs a diffusers ``UNet2DModel`` of the same channel widths, on CPU, in one run.
 
 Both networks (randomly initialised from the same seed, no download) train on the same 16 px shapes with the same
-loop (:func:`diffmath.training.train`: v-prediction on the cosine VP schedule, batch 32, Adam 2e-3 with no decay to
+loop (:func:`diffmath.train.training.train`: v-prediction on the cosine VP schedule, batch 32, Adam 2e-3 with no decay to
 speak of, EMA 0.995) for the same wall-clock time; the diffusers model enters through a four-line adapter to the one model interface. We report
 training steps per second, sampling images per second (DPM-Solver++(2M), 20 network evaluations, batch 256) and the
 Frechet distance in the attribute classifier's features (lesson 20, eq. 20.1) of 256 samples to 256 real images,
@@ -25,9 +25,9 @@ from torch import nn
 
 import diffmath as dm
 from diffmath.metrics import frechet_distance
+from diffmath.nets.unet import UNet, num_parameters
 from diffmath.recipes import objective, train_attribute_classifier
-from diffmath.training import train
-from diffmath.unet import UNet, num_parameters
+from diffmath.train.training import train
 from toydata.images import shapes
 
 

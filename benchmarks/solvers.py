@@ -5,7 +5,7 @@ discretisation error. Every solver starts from the same x_T (N(0, I), so sigma_m
 T = 1000) and we report, at NFE = 5, 10, 20, 50 (network evaluations):
 
 - the mean distance of the endpoints to the reference solution of the probability-flow ODE from the same x_T
-  (scipy RK45, rtol 1e-10, in y = x/a and sigma = b/a: ``diffmath.reference.exact_pf_ode``);
+  (scipy RK45, rtol 1e-10, in y = x/a and sigma = b/a: ``diffmath.exact.reference.exact_pf_ode``);
 - the sliced W1 distance of the samples to fresh data (floor: fresh data against fresh data).
 
 diffusers (in the ``[bench]`` extra; no downloads) runs DDIMScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
@@ -31,9 +31,9 @@ import torch
 
 import diffmath as dm
 import toydata as td
+from diffmath.exact.reference import exact_pf_ode
 from diffmath.metrics import sliced_w1
 from diffmath.ode import ode_sample
-from diffmath.reference import exact_pf_ode
 
 NFES = (5, 10, 20, 50)
 OURS = {  # name: (method, grid spacing, steps for an NFE budget)

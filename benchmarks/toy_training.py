@@ -29,11 +29,11 @@ from swissroll_task import import_smalldiffusion, swissroll_curve
 
 import diffmath as dm
 from diffmath.metrics import sliced_w1
-from diffmath.nets import MLP
+from diffmath.nets.mlp import MLP
 from diffmath.ode import nfe
 from diffmath.pfgm import pfgm_sample
 from diffmath.recipes import TOY_RECIPES, objective
-from diffmath.training import fit
+from diffmath.train.training import fit
 
 NFES = (5, 10, 20, 50)
 

@@ -1,27 +1,11 @@
 """diffmath: diffusion generative models derived, implemented and tested, from 2-D toys to images."""
 
-from diffmath import (
-    ddpm,
-    flows,
-    greens,
-    guidance,
-    heat,
-    metrics,
-    nets,
-    ode,
-    pfgm,
-    recipes,
-    reference,
-    sde,
-    training,
-    unet,
-    variance,
-)
-from diffmath.exact import EmpiricalData, ExactModel, GaussianMixture
-from diffmath.models import Model, check_model, predict, predict_pair
-from diffmath.notation import PREDICTIONS, Pair, convert, from_pair, to_pair
-from diffmath.samplers import SamplerStep, check_grid, ddim, ddim_coefficients, ddim_step, sample
-from diffmath.schedules import (
+# the layers (subpackages) first, then the chapter modules that read like the lessons
+from diffmath import core, exact, guide, nets, sampling, train  # isort: skip
+from diffmath import ddpm, flows, greens, heat, metrics, ode, pfgm, recipes, sde, variance  # isort: skip
+from diffmath.core.models import Model, check_model, predict, predict_pair
+from diffmath.core.notation import PREDICTIONS, Pair, convert, from_pair, to_pair
+from diffmath.core.schedules import (
     SCHEDULES,
     VE,
     Coefficients,
@@ -35,6 +19,8 @@ from diffmath.schedules import (
     ho_linear,
     su_linear,
 )
+from diffmath.exact.mixtures import EmpiricalData, ExactModel, GaussianMixture
+from diffmath.sampling.samplers import SamplerStep, check_grid, ddim, ddim_coefficients, ddim_step, sample
 
 __version__ = "0.1.0"
 
@@ -57,16 +43,18 @@ __all__ = [
     "check_grid",
     "check_model",
     "convert",
+    "core",
     "cosine",
     "ddim",
     "ddim_coefficients",
     "ddim_step",
     "ddpm",
+    "exact",
     "flows",
     "from_pair",
     "get_schedule",
     "greens",
-    "guidance",
+    "guide",
     "heat",
     "ho_linear",
     "metrics",
@@ -76,12 +64,11 @@ __all__ = [
     "predict",
     "predict_pair",
     "recipes",
-    "reference",
     "sample",
+    "sampling",
     "sde",
     "su_linear",
     "to_pair",
-    "training",
-    "unet",
+    "train",
     "variance",
 ]

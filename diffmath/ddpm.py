@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from diffmath._validate import (
+from diffmath.core._validate import (
     as_tensor,
     check_batch,
     check_coefficient,
@@ -21,8 +21,8 @@ from diffmath._validate import (
     check_time,
     per_sample,
 )
-from diffmath.exact import GaussianMixture
-from diffmath.schedules import DiscreteSchedule, Schedule
+from diffmath.core.schedules import DiscreteSchedule, Schedule
+from diffmath.exact.mixtures import GaussianMixture
 
 
 def _discrete(schedule: object) -> DiscreteSchedule:
@@ -53,7 +53,7 @@ def forward_step(x_prev: Tensor, t: Tensor | float, schedule: DiscreteSchedule, 
     Raises
     ------
     TypeError
-        If ``schedule`` is not a :class:`~diffmath.schedules.DiscreteSchedule`, or ``t`` is not a real number or
+        If ``schedule`` is not a :class:`~diffmath.core.schedules.DiscreteSchedule`, or ``t`` is not a real number or
         tensor.
         Also if ``x_prev`` or ``eps`` is not a floating tensor.
     ValueError
@@ -130,7 +130,7 @@ def merge_noises(
     Raises
     ------
     TypeError
-        If ``schedule`` is not a :class:`~diffmath.schedules.DiscreteSchedule`, or ``t`` is not a real number or
+        If ``schedule`` is not a :class:`~diffmath.core.schedules.DiscreteSchedule`, or ``t`` is not a real number or
         tensor.
         Also if ``eps_prev`` or ``eps_t`` is not a floating tensor.
     ValueError
@@ -170,7 +170,7 @@ def ch1_constant(schedule: DiscreteSchedule, t: Tensor | float, dim: int) -> Ten
     Raises
     ------
     TypeError
-        If ``schedule`` is not a :class:`~diffmath.schedules.DiscreteSchedule`, or ``t`` is not a real number or
+        If ``schedule`` is not a :class:`~diffmath.core.schedules.DiscreteSchedule`, or ``t`` is not a real number or
         tensor.
     ValueError
         If ``t`` holds NaN or infinity, is not an integer, or lies outside 1..T, or ``dim`` is not an integer >= 1.
@@ -301,7 +301,7 @@ def ddpm_mean(x: Tensor, eps: Tensor, t: Tensor | float, schedule: DiscreteSched
     Raises
     ------
     TypeError
-        If ``schedule`` is not a :class:`~diffmath.schedules.DiscreteSchedule`, or ``t`` is not a real number or
+        If ``schedule`` is not a :class:`~diffmath.core.schedules.DiscreteSchedule`, or ``t`` is not a real number or
         tensor.
         Also if ``x`` or ``eps`` is not a floating tensor.
     ValueError
@@ -339,7 +339,7 @@ def reverse_std(schedule: DiscreteSchedule, t: Tensor | float, kind: str = "post
     ------
     TypeError
         If ``t`` is not a real number or tensor, or ``kind="beta"`` and ``schedule`` is not a
-        :class:`~diffmath.schedules.DiscreteSchedule`.
+        :class:`~diffmath.core.schedules.DiscreteSchedule`.
     ValueError
         If ``kind`` is unknown, or ``t`` holds NaN or infinity, is not an integer, or lies outside 1..T.
     """
@@ -415,7 +415,7 @@ def kl_weight(schedule: DiscreteSchedule, t: Tensor | float, sigma: Tensor | flo
     Raises
     ------
     TypeError
-        If ``schedule`` is not a :class:`~diffmath.schedules.DiscreteSchedule`, or ``t`` is not a real number or
+        If ``schedule`` is not a :class:`~diffmath.core.schedules.DiscreteSchedule`, or ``t`` is not a real number or
         tensor.
     ValueError
         If ``sigma`` is not finite and positive, or ``t`` holds NaN or infinity, is not an integer, or lies outside

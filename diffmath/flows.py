@@ -5,7 +5,7 @@ A **conditional path** moves one data point $x_0$ to a prior sample $x_1$,
 $$x_t = \mu_t(x_0) + \sigma_t\,x_1, \qquad \mu_0(x_0) = x_0,\ \sigma_0 = 0 \qquad\text{(lesson 15, eq. 15.4)},$$
 
 with velocity $\dot\mu_t(x_0) + \dot\sigma_t x_1$. With $\mu_t(x_0) = a_t x_0$, $\sigma_t = b_t$ and a Gaussian prior it
-is a diffusion :class:`~diffmath.schedules.Schedule`; :class:`ConditionalPath` adds any prior and any $\mu_t$. The
+is a diffusion :class:`~diffmath.core.schedules.Schedule`; :class:`ConditionalPath` adds any prior and any $\mu_t$. The
 marginal velocity is the posterior mean of the conditional one (eq. 15.9); a network learns it by regression (the
 flow-matching loss, eq. 15.10). Rectified flow is the straight path $\mu_t = (1-t)x_0$, $\sigma_t = t$; reflow
 retrains it on its own ODE pairs, which straightens the paths (lesson 17, eq. 17.9) and makes one Euler step a
@@ -26,7 +26,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from diffmath._validate import (
+from diffmath.core._validate import (
     as_tensor,
     check_batch,
     check_dtype,
@@ -36,12 +36,12 @@ from diffmath._validate import (
     check_real,
     check_schedule,
 )
-from diffmath.device import unwrap
-from diffmath.exact import GaussianMixture
-from diffmath.models import Model, check_model, predict
+from diffmath.core.device import unwrap
+from diffmath.core.models import Model, check_model, predict
+from diffmath.core.schedules import Coefficients, LinearPath, Schedule, get_schedule
+from diffmath.exact.mixtures import GaussianMixture
 from diffmath.ode import ode_sample, solve_ode
-from diffmath.schedules import Coefficients, LinearPath, Schedule, get_schedule
-from diffmath.training import _check_trainable, as_draws, fit
+from diffmath.train.training import _check_trainable, as_draws, fit
 
 COUPLINGS: tuple[str, ...] = ("independent", "ot")
 """Couplings of data and prior samples in :class:`FlowMatchingLoss`: independent draws, or minibatch optimal transport."""
@@ -296,7 +296,7 @@ class OTPath(Schedule):
     r"""Lipman et al.'s optimal-transport path in our time: $a_t = 1 - t$, $b_t = \sigma_{\min} + (1 - \sigma_{\min})t$
     (lesson 15, eq. 15.12).
 
-    With $\sigma_{\min} = 0$ it is :class:`~diffmath.schedules.LinearPath` (rectified flow); with $\sigma_{\min} > 0$
+    With $\sigma_{\min} = 0$ it is :class:`~diffmath.core.schedules.LinearPath` (rectified flow); with $\sigma_{\min} > 0$
     the data end keeps a little noise, as in Lipman's eq. 20 after $t \to 1 - t$.
 
     Parameters
@@ -360,7 +360,7 @@ class ConditionalPath(Schedule):
     r"""A conditional path $x_t = \mu_t(x_0) + \sigma_t x_1$, $x_1 \sim p_1$ (lesson 15, eq. 15.4).
 
     $\sigma_t$ is the base schedule's $b_t$; $\mu_t(x_0)$ is $a_t x_0$ unless ``mu`` is given. It is itself a
-    :class:`~diffmath.schedules.Schedule` (the base's coefficients), so grids and the ODE solvers of lesson 6 take it
+    :class:`~diffmath.core.schedules.Schedule` (the base's coefficients), so grids and the ODE solvers of lesson 6 take it
     as they are; a model predicting ``"velocity"`` is integrated without conversion.
 
     Parameters
@@ -652,13 +652,13 @@ def gmm_velocity(gmm: GaussianMixture, x: Tensor, t: Tensor | float, cond: Tenso
     Parameters
     ----------
     gmm : GaussianMixture
-        The target (an :class:`~diffmath.exact.EmpiricalData` needs $t > 0$).
+        The target (an :class:`~diffmath.exact.mixtures.EmpiricalData` needs $t > 0$).
     x : Tensor, shape (B, *event_shape)
         Points $x_t$.
     t : float or Tensor of shape (B,)
         Times in $[0, 1]$.
     cond : Tensor of int, shape (B,), optional
-        Class labels, as in :meth:`~diffmath.exact.GaussianMixture.score`.
+        Class labels, as in :meth:`~diffmath.exact.mixtures.GaussianMixture.score`.
 
     Returns
     -------
@@ -668,7 +668,7 @@ def gmm_velocity(gmm: GaussianMixture, x: Tensor, t: Tensor | float, cond: Tenso
     Raises
     ------
     TypeError
-        If ``gmm`` is not a :class:`~diffmath.exact.GaussianMixture` or ``x`` not a floating tensor.
+        If ``gmm`` is not a :class:`~diffmath.exact.mixtures.GaussianMixture` or ``x`` not a floating tensor.
     ValueError
         If ``x`` has the wrong shape or is not finite, ``t`` lies outside $[0, 1]$ or has the wrong shape, or
         $C_k$ is singular (point masses at $t = 0$).
@@ -700,7 +700,7 @@ def gmm_velocity(gmm: GaussianMixture, x: Tensor, t: Tensor | float, cond: Tenso
 
 class GMMFlow:
     r"""The exact rectified flow of a Gaussian mixture, :func:`gmm_velocity`, as a model with the one interface
-    (lesson 17, eq. 17.6); its ``prediction`` is ``"velocity"`` on :class:`~diffmath.schedules.LinearPath`.
+    (lesson 17, eq. 17.6); its ``prediction`` is ``"velocity"`` on :class:`~diffmath.core.schedules.LinearPath`.
 
     Parameters
     ----------
@@ -710,7 +710,7 @@ class GMMFlow:
     Raises
     ------
     TypeError
-        If ``gmm`` is not a :class:`~diffmath.exact.GaussianMixture`.
+        If ``gmm`` is not a :class:`~diffmath.exact.mixtures.GaussianMixture`.
     """
 
     prediction = "velocity"
@@ -834,7 +834,7 @@ class AffineCouplingFlow:
     $M_t = (1-t)A + tI$, so the velocity is $v(x, t) = x_1 - (A x_1 + m)$ and one Euler step from $t = 1$ returns
     $A x_1 + m$ exactly. For a Gaussian target the 1-RF coupling is affine with $A = \Sigma^{1/2}$, so this is its
     2-RF in closed form. A model with the one interface (``prediction = "velocity"``, on
-    :class:`~diffmath.schedules.LinearPath`); events are flattened, so any shape works.
+    :class:`~diffmath.core.schedules.LinearPath`); events are flattened, so any shape works.
 
     Parameters
     ----------
@@ -952,7 +952,7 @@ def _split_pairs(pairs: Tensor) -> tuple[Tensor, Tensor]:
 class FlowMatchingLoss:
     r"""The (conditional) flow-matching loss $\mathbb E_{t, x_0, x_1}\|v_\theta(x_t, t) - \dot\mu_t(x_0) -
     \dot\sigma_t x_1\|^2 / d$ (lesson 15, eq. 15.10; rectified flow's loss, lesson 17, eq. 17.3), an objective
-    for :func:`~diffmath.training.train`.
+    for :func:`~diffmath.train.training.train`.
 
     ``t`` is uniform on $(0, t_{\max}]$. Unpaired, each minibatch of data is coupled with fresh prior samples,
     independently or by :func:`minibatch_ot`; paired (reflow, lesson 17, eq. 17.9), the rows of the training data are
@@ -1069,7 +1069,7 @@ def sample_flow(
     method : {"euler", "heun", "dpm++2m"}
         The solver of :func:`~diffmath.ode.solve_ode`.
     spacing : str
-        Grid spacing of :meth:`~diffmath.schedules.Schedule.grid`.
+        Grid spacing of :meth:`~diffmath.core.schedules.Schedule.grid`.
     cond : Tensor, optional
         Condition for the model.
 
@@ -1081,7 +1081,7 @@ def sample_flow(
     Raises
     ------
     TypeError, ValueError
-        As :func:`~diffmath.ode.solve_ode` and :meth:`~diffmath.schedules.Schedule.grid`.
+        As :func:`~diffmath.ode.solve_ode` and :meth:`~diffmath.core.schedules.Schedule.grid`.
     """
     check_schedule(schedule)
     with torch.no_grad():
@@ -1190,7 +1190,7 @@ def straightness(
     Raises
     ------
     TypeError
-        If ``schedule`` is not a :class:`~diffmath.schedules.Schedule`, or as :func:`sample_flow`.
+        If ``schedule`` is not a :class:`~diffmath.core.schedules.Schedule`, or as :func:`sample_flow`.
     ValueError
         If ``x1`` holds fewer than two samples (the standard error needs two), or the model returns NaN or
         infinity or a tensor of another shape at a step, or as :func:`sample_flow`.
@@ -1266,7 +1266,7 @@ def cost_identity(
     x0, x1 : Tensor, shape (B, ...)
         Coupled samples $(X_0, X_1)$.
     schedule : Schedule, optional
-        The straight path (default :class:`~diffmath.schedules.LinearPath`).
+        The straight path (default :class:`~diffmath.core.schedules.LinearPath`).
     generator : torch.Generator, optional
         Source of the times for $V$.
     num_steps : int
@@ -1327,7 +1327,7 @@ def reflow(
 ) -> list[nn.Module]:
     r"""Reflow (lesson 17, eq. 17.9): ``rounds`` times, couple ``x1`` with its image under the current flow
     (:func:`reflow_pairs`) and retrain a copy of the flow on those pairs (:class:`FlowMatchingLoss`, ``paired=True``)
-    with lesson 3's :func:`~diffmath.training.fit`.
+    with lesson 3's :func:`~diffmath.train.training.fit`.
 
     Each round starts from the previous round's weights (Liu et al. do the same), so few steps suffice.
 
@@ -1348,7 +1348,7 @@ def reflow(
     method : {"euler", "heun", "dpm++2m"}
         Solver for the pairs.
     **train_kwargs
-        Further arguments of :func:`~diffmath.training.fit` (``batch_size``, ``lr``, ``ema_decay``, ``seed``,
+        Further arguments of :func:`~diffmath.train.training.fit` (``batch_size``, ``lr``, ``ema_decay``, ``seed``,
         ``progress``, ...).
 
     Returns
@@ -1360,9 +1360,9 @@ def reflow(
     ------
     TypeError
         If ``model`` does not follow the one interface or is not a torch module with parameters (an exact model
-        cannot be retrained), or as :func:`~diffmath.training.fit`.
+        cannot be retrained), or as :func:`~diffmath.train.training.fit`.
     ValueError
-        If ``rounds`` is not a positive integer, or as :func:`~diffmath.training.fit`.
+        If ``rounds`` is not a positive integer, or as :func:`~diffmath.train.training.fit`.
     """
     if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
         raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
@@ -1408,7 +1408,7 @@ def distill(
     student : nn.Module, optional
         The network to train (default: a copy of the teacher, which must then be trainable).
     **train_kwargs
-        Further arguments of :func:`~diffmath.training.fit`.
+        Further arguments of :func:`~diffmath.train.training.fit`.
 
     Returns
     -------
@@ -1419,9 +1419,9 @@ def distill(
     ------
     TypeError
         If ``student`` (or, without one, ``teacher``) is not a torch module with parameters, or as
-        :func:`reflow_pairs` and :func:`~diffmath.training.fit`.
+        :func:`reflow_pairs` and :func:`~diffmath.train.training.fit`.
     ValueError
-        As :func:`reflow_pairs` and :func:`~diffmath.training.fit`.
+        As :func:`reflow_pairs` and :func:`~diffmath.train.training.fit`.
     """
     if student is None:
         _check_trainable(teacher, "teacher", frozen_ok=True)  # the student is its unfrozen copy

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from diffmath._validate import check_batch, check_finite, check_int, check_positive, check_real
+from diffmath.core._validate import check_batch, check_finite, check_int, check_positive, check_real
 from diffmath.pfgm import sphere_area
 
 PROFILES: tuple[str, ...] = ("gaussian", "cauchy")

@@ -16,9 +16,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from diffmath._validate import check_batch, check_positive, check_real
-from diffmath.exact import GaussianMixture
-from diffmath.schedules import Coefficients, Schedule
+from diffmath.core._validate import check_batch, check_positive, check_real
+from diffmath.core.schedules import Coefficients, Schedule
+from diffmath.exact.mixtures import GaussianMixture
 
 
 class LinearVE(Schedule):
@@ -103,7 +103,7 @@ def heat_residual(
     source : GaussianMixture
         The data distribution $p_0$ (any exact mixture).
     schedule : Schedule
-        A continuous schedule with $a_t = 1$ (e.g. :class:`LinearVE`, :class:`~diffmath.schedules.VE`);
+        A continuous schedule with $a_t = 1$ (e.g. :class:`LinearVE`, :class:`~diffmath.core.schedules.VE`);
         $\sigma_t = b_t$.
     x : Tensor, shape (B, d)
         Points.

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from diffmath._validate import check_batch, check_finite, check_int, check_nonempty, check_positive
-from diffmath.exact import GaussianMixture
+from diffmath.core._validate import check_batch, check_finite, check_int, check_nonempty, check_positive
+from diffmath.exact.mixtures import GaussianMixture
 
 
 def _pair(x: Tensor, y: Tensor, at_least: int = 1) -> tuple[Tensor, Tensor]:
@@ -119,7 +119,7 @@ def mode_weights(gmm: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
     Raises
     ------
     TypeError
-        If ``gmm`` is not a :class:`~diffmath.exact.GaussianMixture` or ``x`` is not a floating tensor.
+        If ``gmm`` is not a :class:`~diffmath.exact.mixtures.GaussianMixture` or ``x`` is not a floating tensor.
     ValueError
         If ``x`` is empty, does not have the mixture's event shape or holds NaN or infinity.
     """

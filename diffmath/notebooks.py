@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from diffmath._io import atomic_write
+from diffmath.core._io import atomic_write
 
 
 def execute(path: str | Path, timeout: int = 600) -> float:

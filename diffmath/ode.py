@@ -19,7 +19,7 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
-from diffmath._validate import (
+from diffmath.core._validate import (
     check_batch,
     check_choice,
     check_dtype,
@@ -29,11 +29,11 @@ from diffmath._validate import (
     check_schedule,
     check_time,
 )
-from diffmath.loop import SamplerStep, Step, check_grid, run
-from diffmath.models import Model, predict
-from diffmath.notation import Pair
-from diffmath.samplers import ddim_rule
-from diffmath.schedules import Schedule
+from diffmath.core.models import Model, predict
+from diffmath.core.notation import Pair
+from diffmath.core.schedules import Schedule
+from diffmath.sampling.loop import SamplerStep, Step, check_grid, run
+from diffmath.sampling.samplers import ddim_rule
 
 SOLVERS: tuple[str, ...] = ("euler", "heun", "dpm++2m")
 
@@ -63,7 +63,7 @@ def pf_ode_drift(model: Model, x: Tensor, t: float | Tensor, schedule: Schedule,
     ------
     TypeError
         If ``model`` does not follow the one interface, ``schedule`` is not a
-        :class:`~diffmath.schedules.Schedule`, or ``x`` is not a floating tensor.
+        :class:`~diffmath.core.schedules.Schedule`, or ``x`` is not a floating tensor.
     ValueError
         If ``x`` or ``t`` is invalid, the model's output has the wrong shape or is not finite, the schedule is
         discrete (no derivatives for a ``"velocity"`` conversion), or the drift is not finite (e.g. $\dot b = \infty$

@@ -9,8 +9,8 @@ It is divergence-free for $z > 0$, $E_z > 0$, and its flux density through the p
 mixture $2E_z = \sum_i w_i P_z(x - x_i)$ with the Poisson kernel $P_z$ (eq. 13.6). Field lines obey
 $\mathrm dx/\mathrm dz = E_x/E_z = (x - \mathbb E[x_0\mid x, z])/z$ (eq. 13.8): the probability-flow ODE of the path
 $x_z = x_0 + z\,c$ with $c$ multivariate Cauchy (eq. 13.10). So a :class:`PoissonField` is an exact model with the
-interface of :class:`~diffmath.exact.GaussianMixture`, and the lesson-6 solvers integrate it on any schedule with
-$a = 1$ (:class:`~diffmath.heat.LinearVE`: $t = z$; :class:`~diffmath.schedules.VE`: $t \propto \ln z$).
+interface of :class:`~diffmath.exact.mixtures.GaussianMixture`, and the lesson-6 solvers integrate it on any schedule with
+$a = 1$ (:class:`~diffmath.heat.LinearVE`: $t = z$; :class:`~diffmath.core.schedules.VE`: $t \propto \ln z$).
 Everything here works on batches of any shape (B, ...).
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from diffmath._validate import (
+from diffmath.core._validate import (
     as_tensor,
     check_batch,
     check_dtype,
@@ -33,11 +33,11 @@ from diffmath._validate import (
     check_schedule,
     per_sample,
 )
-from diffmath.device import unwrap
-from diffmath.models import check_model
-from diffmath.notation import Pair, check_prediction, from_pair, to_pair
-from diffmath.schedules import Schedule
-from diffmath.training import as_draws
+from diffmath.core.device import unwrap
+from diffmath.core.models import check_model
+from diffmath.core.notation import Pair, check_prediction, from_pair, to_pair
+from diffmath.core.schedules import Schedule
+from diffmath.train.training import as_draws
 
 _CHUNK = 1 << 22  # elements of a (B, N, d) difference computed directly (more accurate than the matmul expansion)
 
@@ -116,7 +116,7 @@ class PoissonField:
     r"""The empirical Poisson field of a weighted point set in any dimension, an exact model (lesson 13, eqs.
     13.3-13.8).
 
-    The methods with ``(x, a, b)`` mirror :class:`~diffmath.exact.GaussianMixture`: they describe
+    The methods with ``(x, a, b)`` mirror :class:`~diffmath.exact.mixtures.GaussianMixture`: they describe
     $x_t = a x_0 + b\,c$ with $x_0 \sim \sum_i w_i\delta_{x_i}$ and $c$ multivariate Cauchy, whose density
     is the kernel mixture $\sum_i w_i b^{-d} P_1\big((x - a x_i)/b\big)$; at $a = 1, b = z$ it is the flux density
     $2E_z$ of the field (eq. 13.6). All computations run in ``x``'s dtype (float64 for identities to 1e-9).
@@ -362,7 +362,7 @@ class PoissonField:
         ----------
         schedule : Schedule
             A schedule whose $b_t$ plays $z$ (usually $a_t = 1$: :class:`~diffmath.heat.LinearVE` or
-            :class:`~diffmath.schedules.VE`).
+            :class:`~diffmath.core.schedules.VE`).
         prediction : {"x0", "eps", "v", "velocity"}
             What the model returns.
 
@@ -857,9 +857,9 @@ def prior_tv(
 
 
 class PoissonLoss:
-    r"""PFGM's training objective for :func:`~diffmath.training.train` (lesson 13, eqs. 13.14-13.15).
+    r"""PFGM's training objective for :func:`~diffmath.train.training.train` (lesson 13, eqs. 13.14-13.15).
 
-    Draw $t$ uniform on $(0, t_{\max}]$ (on :class:`~diffmath.schedules.VE` that is $z = b_t$ log-uniform), or
+    Draw $t$ uniform on $(0, t_{\max}]$ (on :class:`~diffmath.core.schedules.VE` that is $z = b_t$ log-uniform), or
     $z = b_t/a_t$ log-uniform on ``z_range`` (eq. 13.18: the heights the log-$z$ sampling grid visits), perturb
     $x = a_t x_0 + b_t c$ with $c$ multivariate Cauchy (radius clipped at ``max_radius``) and regress the model onto
     its own ``prediction`` kind of the target pair:
@@ -883,7 +883,7 @@ class PoissonLoss:
         The clipped law is still a scale family, so its path has the same straight-line ODE (lesson 14); a smaller
         clip shortens the tail the network must fit (eq. 13.19).
     sigma_data : float, optional
-        If given, measure the error on $x_0$ (the model's output converted by :func:`~diffmath.notation.to_pair`)
+        If given, measure the error on $x_0$ (the model's output converted by :func:`~diffmath.core.notation.to_pair`)
         weighted by $1 + \sigma_{\rm data}^2/b_t^2$ (eq. 13.16), so that small $z$, where the samples are decided,
         counts as much as large $z$. With ``prediction="v"`` and $a = 1$, $\hat x_0 = (x - z\hat v)/(1 + z^2)$
         carries a skip connection. Default: plain squared error of the model's own prediction kind.
@@ -1017,7 +1017,7 @@ def pfgm_sample(
     z_max : float, optional
         Height of the prior plane; default $b/a$ at $t_{\max}$ (which must be finite).
     spacing : str
-        Grid spacing of :meth:`~diffmath.schedules.Schedule.grid`.
+        Grid spacing of :meth:`~diffmath.core.schedules.Schedule.grid`.
     generator : torch.Generator, optional
         Source of the prior draws.
     dtype : torch.dtype, optional

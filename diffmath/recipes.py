@@ -20,14 +20,14 @@ from pathlib import Path
 
 import torch
 
-from diffmath._io import atomic_write, file_lock
+from diffmath.core._io import atomic_write, file_lock
+from diffmath.core.schedules import Schedule, get_schedule
 from diffmath.flows import FlowMatchingLoss, reflow_pairs
 from diffmath.metrics import AttributeClassifier, _AttributeLoss
-from diffmath.nets import MLP
+from diffmath.nets.mlp import MLP
+from diffmath.nets.unet import UNet
 from diffmath.pfgm import PoissonLoss
-from diffmath.schedules import Schedule, get_schedule
-from diffmath.training import DiffusionLoss, TrainStep, fit, read_checkpoint, save_atomic, train
-from diffmath.unet import UNet
+from diffmath.train.training import DiffusionLoss, TrainStep, fit, read_checkpoint, save_atomic, train
 
 _CACHED = ("model", "losses")  # the entries of a cached recipe file besides its configuration
 
@@ -69,7 +69,7 @@ OBJECTIVES: dict[str, Callable] = {
     "flow-matching": FlowMatchingLoss,
 }
 """Training objectives a recipe can name: each a factory, called as ``Factory(schedule, **objective_kwargs)`` to give
-the ``loss`` of :func:`~diffmath.training.train`."""
+the ``loss`` of :func:`~diffmath.train.training.train`."""
 TOY_RECIPES: dict[str, dict] = {
     "swiss-roll-ddpm": {**_BASE, "toy": "swiss-roll"},
     "eight-gaussians-ddpm": {**_BASE, "toy": "eight-gaussians"},
@@ -124,7 +124,7 @@ class ToyModel:
 
 
 def _optimiser(config: dict, seed_offset: int = 0) -> dict:
-    """The training settings every recipe passes to :func:`~diffmath.training.train` (lesson 3, sec. 3.6)."""
+    """The training settings every recipe passes to :func:`~diffmath.train.training.train` (lesson 3, sec. 3.6)."""
     return {
         "batch_size": config["batch_size"],
         "lr": config["lr"],
@@ -200,11 +200,11 @@ def recipe_hash(config: dict) -> str:
 def cached(path: str | Path, config: dict, keys: tuple[str, ...], train: Callable[[Path], dict]) -> dict:
     r"""The one cached-training flow (lesson 3, sec. 3.6): load ``path`` if it is stored, else train and store it.
 
-    Under a lock on ``<path>.lock`` (:func:`~diffmath._io.file_lock`): an existing ``path`` is read with
-    :func:`~diffmath.training.read_checkpoint` (tensors and plain data only, its SHA-256 checked) and must hold
+    Under a lock on ``<path>.lock`` (:func:`~diffmath.core._io.file_lock`): an existing ``path`` is read with
+    :func:`~diffmath.train.training.read_checkpoint` (tensors and plain data only, its SHA-256 checked) and must hold
     ``config``; otherwise ``train(checkpoint)`` runs, with ``checkpoint = path.with_suffix(".ckpt")`` for its
     resumable checkpoints, ``{"config": config, **train(checkpoint)}`` is written with
-    :func:`~diffmath.training.save_atomic` and the checkpoint is removed. A second process asking for the same file
+    :func:`~diffmath.train.training.save_atomic` and the checkpoint is removed. A second process asking for the same file
     waits for the lock, then loads what the first stored. Every recipe of the library goes through here.
 
     Parameters
@@ -329,7 +329,7 @@ def objective(name: str, schedule: Schedule, **kwargs: object):
     Returns
     -------
     callable
-        ``loss(model, batch, generator, cond) -> Tensor``, for :func:`~diffmath.training.train`.
+        ``loss(model, batch, generator, cond) -> Tensor``, for :func:`~diffmath.train.training.train`.
 
     Raises
     ------
@@ -640,7 +640,7 @@ def image_training(
     checkpoint: str | Path | None = None,
     progress: bool = True,
 ) -> Iterator[TrainStep]:
-    r"""The training run of an image recipe, step by step: :func:`~diffmath.training.train` with the recipe's
+    r"""The training run of an image recipe, step by step: :func:`~diffmath.train.training.train` with the recipe's
     objective and settings (lesson 20, sec. 20.3; lesson 3, eq. 3.14).
 
     Parameters
@@ -662,7 +662,7 @@ def image_training(
     Raises
     ------
     ValueError
-        As :func:`~diffmath.training.train` and :func:`objective`.
+        As :func:`~diffmath.train.training.train` and :func:`objective`.
     """
     key = config.get("condition_on")
     yield from train(
@@ -759,7 +759,7 @@ def train_attribute_classifier(
 
     The recipe: ``n`` real images (seed 1000, apart from any seed a test or sampler uses; for ``"digits"`` the fixed
     training split, 1438 images, whatever ``n``), Adam at lr 3e-3 with cosine decay, batch 64, EMA 0.99, and the sum
-    of the per-attribute cross-entropies as loss, run by :func:`~diffmath.training.train`. The EMA weights are stored in
+    of the per-attribute cross-entropies as loss, run by :func:`~diffmath.train.training.train`. The EMA weights are stored in
     the cache folder under a name holding the hash of the configuration, and loaded on later calls. The classifier
     only judges samples; nothing in the library guides sampling with it.
 

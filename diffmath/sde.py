@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from diffmath._validate import (
+from diffmath.core._validate import (
     at_step,
     check_batch,
     check_coefficient,
@@ -31,11 +31,11 @@ from diffmath._validate import (
     check_time,
     per_sample,
 )
-from diffmath.exact import GaussianMixture
-from diffmath.loop import Noise, Rule, SamplerStep, Step, run
-from diffmath.models import Model, predict
-from diffmath.notation import Pair
-from diffmath.schedules import Schedule
+from diffmath.core.models import Model, predict
+from diffmath.core.notation import Pair
+from diffmath.core.schedules import Schedule
+from diffmath.exact.mixtures import GaussianMixture
+from diffmath.sampling.loop import Noise, Rule, SamplerStep, Step, run
 
 
 def _continuous(schedule: object) -> Schedule:
@@ -67,7 +67,7 @@ def sde_coefficients(schedule: Schedule, t: Tensor | float) -> tuple[Tensor, Ten
     Raises
     ------
     TypeError
-        If ``schedule`` is not a continuous :class:`~diffmath.schedules.Schedule` (e.g. a discrete one), or ``t`` is not a real
+        If ``schedule`` is not a continuous :class:`~diffmath.core.schedules.Schedule` (e.g. a discrete one), or ``t`` is not a real
         number or tensor.
     ValueError
         If ``t`` holds NaN or infinity or lies outside $[0, 1]$.
@@ -100,7 +100,7 @@ def forward_sde(
     Raises
     ------
     TypeError
-        If ``x0`` is not a floating tensor, or ``schedule`` is not a continuous :class:`~diffmath.schedules.Schedule`.
+        If ``x0`` is not a floating tensor, or ``schedule`` is not a continuous :class:`~diffmath.core.schedules.Schedule`.
     ValueError
         If ``x0`` has fewer than 2 dimensions or holds NaN or infinity, or ``grid`` is not a 1-D strictly increasing
         tensor of at least two times inside $[0, 1]$.
@@ -161,7 +161,7 @@ def reverse_sde(
     progress : bool
         Show a tqdm bar.
     noise : Noise, optional
-        Injected $z$ instead of ``generator``'s draws (:func:`~diffmath.samplers.noise_source`): step ``i`` (from
+        Injected $z$ instead of ``generator``'s draws (:func:`~diffmath.sampling.samplers.noise_source`): step ``i`` (from
         ``grid[i]``) uses draw ``i``; the last step into $b_0 = 0$ uses none.
 
     Yields
@@ -173,7 +173,7 @@ def reverse_sde(
     ------
     TypeError
         If ``model`` does not follow the one interface, ``schedule`` is not a continuous
-        :class:`~diffmath.schedules.Schedule`, ``x`` is not a floating tensor, or ``grid`` is not a tensor.
+        :class:`~diffmath.core.schedules.Schedule`, ``x`` is not a floating tensor, or ``grid`` is not a tensor.
     ValueError
         If ``noise_scale`` is not a finite number >= 0, ``x`` has fewer than 2 dimensions or holds NaN or infinity,
         the grid is not strictly decreasing inside $[0, 1]$, the model's output has the wrong shape or is not
@@ -274,7 +274,7 @@ def langevin_correct(
     ------
     TypeError
         If ``model`` does not follow the one interface, ``schedule`` is not a
-        :class:`~diffmath.schedules.Schedule`, or ``x`` is not a floating tensor.
+        :class:`~diffmath.core.schedules.Schedule`, or ``x`` is not a floating tensor.
     ValueError
         If ``snr`` is not a finite number > 0 or ``steps`` is not an integer >= 1, ``x`` or ``t`` is invalid, or
         the model's output has the wrong shape or is not finite.
@@ -343,7 +343,7 @@ def predictor_corrector(
     ------
     TypeError
         If ``model`` does not follow the one interface, ``schedule`` is not a continuous
-        :class:`~diffmath.schedules.Schedule`, ``x`` is not a floating tensor, or ``grid`` is not a tensor.
+        :class:`~diffmath.core.schedules.Schedule`, ``x`` is not a floating tensor, or ``grid`` is not a tensor.
     ValueError
         As :func:`reverse_sde` and :func:`langevin_correct` (invalid ``noise_scale``, ``snr`` or
         ``corrector_steps``, invalid ``x`` or grid, a model output of the wrong shape or not finite), or if the
@@ -436,7 +436,7 @@ def fokker_planck_residual(
     ------
     TypeError
         If ``source`` is not a mixture, ``x`` is not a floating tensor, or ``schedule`` is not a continuous
-        :class:`~diffmath.schedules.Schedule`.
+        :class:`~diffmath.core.schedules.Schedule`.
     ValueError
         If ``x`` is not of shape (B, d) or holds NaN or infinity, ``t`` is not a single time in the schedule's
         range, ``dt`` is not a finite number > 0, or ``t +- dt`` lies outside $[0, 1]$.

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
-from diffmath._io import atomic_write
-from diffmath.exact import GaussianMixture
-from diffmath.guidance import ClassifierFree
+from diffmath.core._io import atomic_write
+from diffmath.core.schedules import su_linear
+from diffmath.exact.mixtures import GaussianMixture
+from diffmath.guide.guidance import ClassifierFree
 from diffmath.metrics import mmd_rbf, mode_weights, sliced_w1
-from diffmath.samplers import ddim, sample
-from diffmath.schedules import su_linear
+from diffmath.sampling.samplers import ddim, sample
 
 
 def save_figure(fig, path: str | Path) -> Path:

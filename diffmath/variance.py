@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from diffmath._validate import (
+from diffmath.core._validate import (
     as_tensor,
     check_batch,
     check_choice,
@@ -33,14 +33,14 @@ from diffmath._validate import (
     check_time,
     per_sample,
 )
+from diffmath.core.device import unwrap
+from diffmath.core.models import Model, check_model, predict
+from diffmath.core.schedules import Schedule
 from diffmath.ddpm import gaussian_kl, posterior
-from diffmath.device import unwrap
-from diffmath.exact import GaussianMixture
-from diffmath.loop import Noise, Rule, SamplerStep, check_grid, run
-from diffmath.models import Model, check_model, predict
-from diffmath.samplers import ddim_rule
-from diffmath.schedules import Schedule
-from diffmath.training import noise_batch
+from diffmath.exact.mixtures import GaussianMixture
+from diffmath.sampling.loop import Noise, Rule, SamplerStep, check_grid, run
+from diffmath.sampling.samplers import ddim_rule
+from diffmath.train.training import noise_batch
 
 ESTIMATORS: tuple[str, ...] = ("variance", "eps-norm", "residual")
 """Estimators of $\\bar s_t^2$: eq. 7.5 (total variance), eq. 7.6 (noise norm), eq. 7.7 (residual, = eq. 8.1)."""
@@ -443,7 +443,7 @@ def analytic_ddpm(
     cond : Tensor, optional
         Condition passed to the model.
     noise : Noise, optional
-        Injected $z$ instead of ``generator``'s draws (:func:`~diffmath.samplers.noise_source`): one per step, step
+        Injected $z$ instead of ``generator``'s draws (:func:`~diffmath.sampling.samplers.noise_source`): one per step, step
         ``k`` uses draw ``k`` and the last step (into the data) none.
 
     Yields
@@ -473,7 +473,7 @@ def ancestral_rule(variance: str = "analytic", sbar2: SBar2 | None = None) -> Ru
     ----------
     variance : {"upper", "analytic"}
         The reverse variance (``"posterior"``, DDPM, is the DDIM-family rule with $\eta = 1$:
-        :func:`~diffmath.samplers.ddim_rule`).
+        :func:`~diffmath.sampling.samplers.ddim_rule`).
     sbar2 : Tensor of shape (K,) or callable, optional
         For ``"analytic"``: $\bar s^2$ per step, or ``sbar2(x, t)`` (e.g. an :class:`NPRVariance`).
 
@@ -524,7 +524,7 @@ class NPRLoss:
     noise-unit loss (eq. 8.4): the diagonal of $\operatorname{Cov}[x_0\mid x_t]$ when the mean is exact, plus the
     mean's squared error otherwise. Only the weighting over $t$ differs: targets of order one at every $t$, so that
     errors in $g$ are not multiplied by $b_t^2/a_t^2$ near the noise end. Use with
-    :func:`~diffmath.training.train` as ``loss=NPRLoss(mean, schedule, data_var)``.
+    :func:`~diffmath.train.training.train` as ``loss=NPRLoss(mean, schedule, data_var)``.
 
     Parameters
     ----------

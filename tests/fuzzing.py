@@ -211,7 +211,7 @@ def bad_models(dim: int = 2, outputs: bool = True) -> st.SearchStrategy:
 
 def bad_schedules(discrete_ok: bool = True, continuous_ok: bool = True) -> st.SearchStrategy:
     """Things passed as a schedule that are not one (or of the wrong kind)."""
-    from diffmath.schedules import VPLinear, su_linear
+    from diffmath.core.schedules import VPLinear, su_linear
 
     cases = [None, "vp-linear", 1.0, lambda t: t]
     cases += [] if discrete_ok else [su_linear(10)]

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import diffmath.recipes as recipes
+from diffmath.core.schedules import get_schedule
 from diffmath.flows import FlowMatchingLoss
-from diffmath.nets import MLP
+from diffmath.nets.mlp import MLP
 from diffmath.pfgm import PoissonLoss
-from diffmath.schedules import get_schedule
-from diffmath.training import DiffusionLoss, save_atomic
+from diffmath.train.training import DiffusionLoss, save_atomic
 
 PACKAGE = Path(recipes.__file__).parent
 

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-import diffmath._io as dio
+import diffmath.core._io as dio
 from diffmath.cli import main
-from diffmath.nets import MLP
+from diffmath.core.schedules import get_schedule
+from diffmath.nets.mlp import MLP
 from diffmath.recipes import (
     image_recipe,
     recipe_hash,
@@ -28,8 +29,7 @@ from diffmath.recipes import (
     train_image,
     train_toy,
 )
-from diffmath.schedules import get_schedule
-from diffmath.training import fit, read_checkpoint, save_atomic
+from diffmath.train.training import fit, read_checkpoint, save_atomic
 
 SCHED = get_schedule("su-linear", T=100)
 DATA = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
@@ -281,7 +281,7 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
     dotfiles; one of another machine older than an hour goes too."""
     script = textwrap.dedent(f"""
         import os, signal
-        from diffmath._io import atomic_write
+        from diffmath.core._io import atomic_write
 
         def write(tmp):
             with open(tmp, "wb") as fh:
@@ -316,7 +316,7 @@ def test_two_processes_training_one_recipe_share_one_file(tmp_path):
         from pathlib import Path
         import torch
         import diffmath.recipes as recipes
-        from diffmath._io import content_sha256
+        from diffmath.core._io import content_sha256
 
         fit = recipes.fit
 

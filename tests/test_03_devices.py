@@ -9,12 +9,12 @@ from torch import nn
 
 import diffmath as dm
 import toydata as td
-from diffmath.device import autocast, resolve_device, unwrap
-from diffmath.exact import GaussianMixture
+from diffmath.core.device import autocast, resolve_device, unwrap
+from diffmath.exact.mixtures import GaussianMixture
 from diffmath.flows import DistillationLoss, FlowMatchingLoss
-from diffmath.nets import MLP
+from diffmath.nets.mlp import MLP
 from diffmath.pfgm import PoissonLoss
-from diffmath.training import Draws, as_draws, diffusion_loss, fit, noise_batch, read_checkpoint, train
+from diffmath.train.training import Draws, as_draws, diffusion_loss, fit, noise_batch, read_checkpoint, train
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour of a machine without CUDA")
 DATA = td.sample("moons", 256, torch.Generator().manual_seed(0)).float()
@@ -138,7 +138,7 @@ class _Recorder(nn.Module):
 
 
 OBJECTIVES = {
-    "diffusion": ("eps", lambda: dm.training.DiffusionLoss(dm.get_schedule("vp-linear"))),
+    "diffusion": ("eps", lambda: dm.train.training.DiffusionLoss(dm.get_schedule("vp-linear"))),
     "flow-matching": ("velocity", lambda: FlowMatchingLoss("rectified-flow")),
     "poisson": ("x0", lambda: PoissonLoss(dm.get_schedule("vp-linear"))),
 }

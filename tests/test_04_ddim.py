@@ -8,7 +8,7 @@ import torch
 import diffmath as dm
 import toydata as td
 from diffmath.ddpm import ddpm_mean, posterior
-from diffmath.reference import exact_pf_ode
+from diffmath.exact.reference import exact_pf_ode
 
 f64 = torch.float64
 SU = dm.su_linear(1000)

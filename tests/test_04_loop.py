@@ -6,9 +6,9 @@ import torch
 
 import diffmath as dm
 import toydata as td
-from diffmath import loop
-from diffmath.notation import Pair
-from diffmath.samplers import ddim_rule
+from diffmath.core.notation import Pair
+from diffmath.sampling import loop
+from diffmath.sampling.samplers import ddim_rule
 
 f64 = torch.float64
 VP = dm.VPLinear()

@@ -202,9 +202,9 @@ def test_sde_and_ode_machinery_runs_on_a_trained_network():
     (An eps-MLP trained as briefly sends Euler and Heun to |x| ~ 150: at sigma_max = b/a = 148 the eps error is
     multiplied by 148, while DPM-Solver++'s exact linear part is immune; v-prediction has no such weak spot.)"""
     from diffmath.metrics import sliced_w1
-    from diffmath.nets import MLP
+    from diffmath.nets.mlp import MLP
     from diffmath.sde import predictor_corrector
-    from diffmath.training import fit
+    from diffmath.train.training import fit
 
     torch.manual_seed(0)
     net = MLP(2, hidden=64, depth=2, t_max=1.0, prediction="v")

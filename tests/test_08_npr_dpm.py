@@ -5,8 +5,8 @@ import torch
 
 import diffmath as dm
 import toydata as td
-from diffmath.nets import MLP
-from diffmath.training import fit
+from diffmath.nets.mlp import MLP
+from diffmath.train.training import fit
 from diffmath.variance import NPRLoss, NPRVariance, exact_sbar2, neg_elbo, sbar2_estimate
 
 RING = td.eight_gaussians_mixture()

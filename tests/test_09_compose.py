@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import diffmath as dm
-from diffmath.compose import Combine, Conditioned
+from diffmath.guide.compose import Combine, Conditioned
 
 f64 = torch.float64
 VP = dm.VPLinear(0.0, 20.0)
@@ -126,7 +126,7 @@ def test_combine_bad_input():
 def test_classifier_free_guidance_is_a_combination_with_any_null_tensor():
     """ClassifierFree is Combine([m, Conditioned(m, null)], [1 + w, -w]); the null may be any tensor (here the label
     -1 given as a tensor of shape (1,)), and a null that fits no batch is refused at the call, naming its shape."""
-    from diffmath.guidance import ClassifierFree
+    from diffmath.guide.guidance import ClassifierFree
 
     net = Counting(TWO.model(VP, "eps"))
     tt = torch.full((64,), 0.4, dtype=f64)

@@ -8,12 +8,12 @@ import torch
 
 import diffmath as dm
 import toydata as td
-from diffmath.guidance import ClassifierFree, ClassifierGuided, ClassifierLoss, NoisyClassifier, Similarity
-from diffmath.models import predict
+from diffmath.core.models import predict
+from diffmath.guide.guidance import ClassifierFree, ClassifierGuided, ClassifierLoss, NoisyClassifier, Similarity
 from diffmath.ode import ode_sample
 from diffmath.recipes import train_toy
 from diffmath.sde import reverse_sde
-from diffmath.training import fit
+from diffmath.train.training import fit
 
 f64 = torch.float64
 VP = dm.VPLinear(0.0, 20.0)

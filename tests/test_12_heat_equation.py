@@ -70,7 +70,7 @@ def test_log_grid_and_schedule_bad_input():
         LinearVE(0.0)
     with pytest.raises(ValueError, match="t_start > t_min"):
         log_grid(1.0, 2.0, 4)
-    from diffmath.schedules import VPCosine
+    from diffmath.core.schedules import VPCosine
 
     with pytest.raises(ValueError, match="a_t = 1"):
         heat_residual(RING, VPCosine(), GRID, 0.5)

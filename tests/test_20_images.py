@@ -13,6 +13,7 @@ import torch
 
 import diffmath as dm
 from diffmath.metrics import frechet_distance
+from diffmath.nets.unet import UNet, num_parameters
 from diffmath.ode import ode_sample
 from diffmath.pfgm import pfgm_sample
 from diffmath.recipes import (
@@ -28,8 +29,7 @@ from diffmath.recipes import (
     train_attribute_classifier,
     train_image,
 )
-from diffmath.training import fit
-from diffmath.unet import UNet, num_parameters
+from diffmath.train.training import fit
 from toydata.images import digits, shapes
 
 
@@ -234,7 +234,7 @@ def test_classifier_free_guidance_raises_the_shape_accuracy():
     """Sampling the committed shapes-ddpm model with the shape labels (256 samples, 20 DPM-Solver++(2M) steps, the same
     noise for both), CFG at w = 3 makes the attribute classifier read the asked-for shape more often than w = 0.
     Measured: 0.758 -> 0.840 (real images: 0.96; the SE of the paired difference is about 0.035)."""
-    from diffmath.guidance import ClassifierFree
+    from diffmath.guide.guidance import ClassifierFree
     from diffmath.metrics import attribute_accuracy
 
     im = train_image("shapes-ddpm", progress=False)

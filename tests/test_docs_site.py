@@ -37,7 +37,7 @@ PAGES = {
     "notebook": "notebooks/00-notation/",
     "api": "api/notation/",
 }
-API_FUNCTIONS = ["diffmath.notation.convert", "diffmath.schedules.su_linear"]
+API_FUNCTIONS = ["diffmath.core.notation.convert", "diffmath.core.schedules.su_linear"]
 SCREENSHOT_AT = {"notebook": 'img[src^="data:image/png"]'}  # else the top of the page
 
 # A Sphinx role that the site should have turned into a link (docs/hooks/sphinx_roles.py).

@@ -37,7 +37,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import diffmath as dm
-from diffmath import ddpm, guidance, ode, reference, sde, variance
+from diffmath import ddpm, ode, sde, variance
+from diffmath.exact import reference
+from diffmath.guide import guidance
 
 F64 = torch.float64
 VP, SU = dm.VPLinear(), dm.su_linear(100)
@@ -137,7 +139,7 @@ add("models", dm.predict, PR, "kind", bad_names(dm.PREDICTIONS))
 # ---- notation ----------------------------------------------------------------------------------------------------
 EPS = torch.randn(3, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
 TP = {"pred": EPS, "kind": "eps", "x": X, "a": 0.8, "b": 0.6}
-add("notation", dm.notation.check_prediction, {"kind": "eps", "name": "kind"}, "kind", bad_names(dm.PREDICTIONS))
+add("notation", dm.core.notation.check_prediction, {"kind": "eps", "name": "kind"}, "kind", bad_names(dm.PREDICTIONS))
 batch("notation", dm.to_pair, TP, "pred", also=("x",))
 batch("notation", dm.to_pair, TP, "x", also=("pred",))
 add("notation", dm.to_pair, TP, "kind", bad_names(dm.PREDICTIONS))

@@ -42,8 +42,11 @@ from torch import nn
 
 import diffmath as dm
 import toydata as td
-from diffmath import flows, greens, heat, metrics, nets, pfgm, recipes, training, unet
-from diffmath.training import diffusion_loss, fit
+from diffmath import flows, greens, heat, metrics, pfgm, recipes
+from diffmath.nets import mlp as nets
+from diffmath.nets import unet
+from diffmath.train import training
+from diffmath.train.training import diffusion_loss, fit
 
 F32, F64 = torch.float32, torch.float64
 VP, VE, SU, LP = dm.VPLinear(), dm.VE(), dm.su_linear(100), dm.LinearPath()

@@ -127,8 +127,8 @@ _UNETS = {}
 def tiny_unet(sched, dtype):
     """A 2-level UNet on 3x4x4 images (eps-prediction, 1-label conditioning), trained 10 steps so no layer is still
     at its zero initialisation."""
-    from diffmath.training import fit
-    from diffmath.unet import UNet
+    from diffmath.nets.unet import UNet
+    from diffmath.train.training import fit
 
     key = sched.name
     if key not in _UNETS:

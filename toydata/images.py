@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffmath._validate import check_dtype
+from diffmath.core._validate import check_dtype
 
 Generator = torch.Generator | None
 

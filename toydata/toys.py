@@ -12,8 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from diffmath._validate import check_dtype, check_positive
-from diffmath.exact import GaussianMixture
+from diffmath.core._validate import check_dtype, check_positive
+from diffmath.exact.mixtures import GaussianMixture
 
 Generator = torch.Generator | None
 

@@ -1,7 +1,7 @@
 """mkdocs hook: Sphinx cross-reference roles in docstrings become links on the API pages.
 
 The docstrings are numpy style, and some name other objects with Sphinx roles (``:func:`fit```,
-``:class:`~diffmath.exact.ExactModel```), which mkdocstrings leaves as text (":func:" followed by code). This hook
+``:class:`~diffmath.exact.mixtures.ExactModel```), which mkdocstrings leaves as text (":func:" followed by code). This hook
 turns each into a mkdocs-autorefs reference: a full name links to its entry on any page, a bare name to the one entry
 on the same page whose name ends with it, and a name it cannot find stays as code without the role (no warning).
 """

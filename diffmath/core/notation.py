@@ -25,7 +25,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from diffmath._validate import as_tensor, check_batch, check_coefficient, check_like, per_sample
+from diffmath.core._validate import as_tensor, check_batch, check_coefficient, check_like, per_sample
 
 Prediction = Literal["eps", "x0", "score", "v", "velocity"]
 PREDICTIONS: tuple[str, ...] = ("eps", "x0", "score", "v", "velocity")

@@ -18,12 +18,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from diffmath._validate import as_tensor, check_batch, check_int, check_positive, check_schedule, per_sample
-from diffmath.compose import Combine, Conditioned
-from diffmath.models import Model, check_model, predict
-from diffmath.nets import MLP
-from diffmath.schedules import Schedule
-from diffmath.training import noise_batch
+from diffmath.core._validate import as_tensor, check_batch, check_int, check_positive, check_schedule, per_sample
+from diffmath.core.models import Model, check_model, predict
+from diffmath.core.schedules import Schedule
+from diffmath.guide.compose import Combine, Conditioned
+from diffmath.nets.mlp import MLP
+from diffmath.train.training import noise_batch
 
 LogProb = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -143,7 +143,7 @@ class ClassifierFree(Combine):
     scale : float
         $w \ge 0$ (0: the conditional model itself).
     null : Tensor or int
-        The null condition, any tensor (broadcast as in :class:`~diffmath.compose.Conditioned`); an int is a label
+        The null condition, any tensor (broadcast as in :class:`~diffmath.guide.compose.Conditioned`); an int is a label
         (diffmath's networks and exact models use -1).
 
     Raises
@@ -153,7 +153,7 @@ class ClassifierFree(Combine):
     ValueError
         If ``scale`` is not a finite number >= 0, or ``model.prediction`` is unknown; a call raises it when ``cond``
         is not a tensor, or when the model's output is not a finite tensor of the shape of ``x`` (the checks of
-        :func:`~diffmath.models.predict`).
+        :func:`~diffmath.core.models.predict`).
     """
 
     def __init__(self, model: Model, scale: float, null: Tensor | int = -1) -> None:
@@ -175,7 +175,7 @@ class ClassifierFree(Combine):
 
 class NoisyClassifier(nn.Module):
     r"""A time-dependent classifier $p_\phi(y\mid x_t, t)$ for classifier guidance (lesson 9, eq. 9.10): an
-    :class:`~diffmath.nets.MLP` body with ``num_classes`` outputs (logits), trained on noised data by
+    :class:`~diffmath.nets.mlp.MLP` body with ``num_classes`` outputs (logits), trained on noised data by
     :class:`ClassifierLoss`.
 
     Parameters
@@ -245,8 +245,8 @@ class ClassifierLoss:
     r"""Cross-entropy of a noisy classifier on noised labelled data,
     $\mathbb E_{t, x_0, y, \varepsilon}[-\log p_\phi(y\mid a_t x_0 + b_t\varepsilon, t)]$ (lesson 9, eq. 9.10).
 
-    Use with :func:`~diffmath.training.train` and ``labels=``: ``train(clf, x, None, steps, labels=y,
-    loss=ClassifierLoss(schedule))``. Times are drawn as in :func:`~diffmath.training.diffusion_loss`.
+    Use with :func:`~diffmath.train.training.train` and ``labels=``: ``train(clf, x, None, steps, labels=y,
+    loss=ClassifierLoss(schedule))``. Times are drawn as in :func:`~diffmath.train.training.diffusion_loss`.
 
     Parameters
     ----------

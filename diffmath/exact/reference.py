@@ -7,9 +7,9 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
-from diffmath._validate import check_batch, check_ivp, check_schedule
-from diffmath.exact import GaussianMixture
-from diffmath.schedules import Schedule
+from diffmath.core._validate import check_batch, check_ivp, check_schedule
+from diffmath.core.schedules import Schedule
+from diffmath.exact.mixtures import GaussianMixture
 
 
 def exact_pf_ode(

@@ -119,7 +119,7 @@ def check_time(t: object, schedule: object, name: str = "t") -> Tensor:
 
 def check_schedule(schedule: object, name: str = "schedule", discrete: bool | None = None) -> object:
     """Return ``schedule`` after checking it is a diffmath ``Schedule`` (discrete or continuous if asked)."""
-    from diffmath.schedules import Schedule  # schedules imports this module
+    from diffmath.core.schedules import Schedule  # schedules imports this module
 
     if not isinstance(schedule, Schedule):
         raise TypeError(

@@ -2,7 +2,7 @@ r"""The one model interface (lesson 0, sec. 0.5).
 
 A model is any callable ``model(x, t, cond=None)`` on a batch ``x`` of shape ``(B, ...)`` and times ``t`` (a scalar
 or shape ``(B,)``), returning a tensor of the shape of ``x`` that is a prediction of the kind named by its attribute
-``prediction`` (one of ``"eps", "x0", "score", "v", "velocity"``). Exact models (:class:`~diffmath.exact.ExactModel`)
+``prediction`` (one of ``"eps", "x0", "score", "v", "velocity"``). Exact models (:class:`~diffmath.exact.mixtures.ExactModel`)
 and trained networks implement it alike; samplers reach any parameterisation through :func:`predict`.
 """
 
@@ -13,9 +13,9 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from diffmath._validate import as_tensor, check_batch, check_finite, check_output, check_schedule, check_time
-from diffmath.notation import Pair, check_prediction, from_pair, to_pair
-from diffmath.schedules import Schedule
+from diffmath.core._validate import as_tensor, check_batch, check_finite, check_output, check_schedule, check_time
+from diffmath.core.notation import Pair, check_prediction, from_pair, to_pair
+from diffmath.core.schedules import Schedule
 
 
 @runtime_checkable
@@ -89,7 +89,7 @@ def predict(
     Raises
     ------
     TypeError
-        If ``model`` does not follow the one interface, ``schedule`` is not a :class:`~diffmath.schedules.Schedule`,
+        If ``model`` does not follow the one interface, ``schedule`` is not a :class:`~diffmath.core.schedules.Schedule`,
         ``x`` is not a floating tensor (or, for a ``torch.nn.Module`` model, not in its parameters' dtype), or
         ``t`` is not a real number or tensor.
     ValueError

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from diffmath._validate import as_tensor, check_batch, check_finite
-from diffmath.notation import check_prediction
+from diffmath.core._validate import as_tensor, check_batch, check_finite
+from diffmath.core.notation import check_prediction
 
 
 class TimeEmbedding(nn.Module):

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from diffmath._validate import as_tensor, check_batch
-from diffmath.models import Model, check_input_dtype, check_model
-from diffmath.notation import PREDICTIONS, from_pair, to_pair
-from diffmath.schedules import Schedule
+from diffmath.core._validate import as_tensor, check_batch
+from diffmath.core.models import Model, check_input_dtype, check_model
+from diffmath.core.notation import PREDICTIONS, from_pair, to_pair
+from diffmath.core.schedules import Schedule
 
 
 class Conditioned:

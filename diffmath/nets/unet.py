@@ -2,7 +2,7 @@ r"""A small UNet with the one model interface, for images (lesson 20, sec. 20.2)
 
 ``UNet(C)(x, t, cond)`` takes a batch of images of shape (B, C, H, W), times on the schedule's scale and optional
 labels, and returns a tensor of the shape of ``x`` that is a prediction of kind ``.prediction``, exactly as
-:class:`~diffmath.nets.MLP` does for vectors: every sampler, solver and guidance method of the package takes it.
+:class:`~diffmath.nets.mlp.MLP` does for vectors: every sampler, solver and guidance method of the package takes it.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffmath._validate import check_int
-from diffmath.nets import TimeEmbedding, _check_input, _check_labels, _check_times
-from diffmath.notation import check_prediction
+from diffmath.core._validate import check_int
+from diffmath.core.notation import check_prediction
+from diffmath.nets.mlp import TimeEmbedding, _check_input, _check_labels, _check_times
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -160,7 +160,7 @@ class UNet(nn.Module):
     A 3x3 convolution lifts the image to ``channels[0]`` features; each level has ``num_res_blocks`` residual
     blocks (eq. 20.5), optional self-attention (eq. 20.6) and a stride-2 convolution down to the next level; a middle
     block; the way up mirrors it with skip connections and nearest-neighbour upsampling; a zero-initialised 3x3
-    convolution returns ``in_channels`` channels. Time features (:class:`~diffmath.nets.TimeEmbedding`) and one
+    convolution returns ``in_channels`` channels. Time features (:class:`~diffmath.nets.mlp.TimeEmbedding`) and one
     learned embedding per label, with a null token per label, are summed into the embedding $e$ (eq. 20.4) that every
     residual block adds to its features.
 

@@ -27,10 +27,10 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from diffmath._validate import check_batch, check_finite, check_output, check_schedule, check_time
-from diffmath.models import Model, check_input_dtype, check_model
-from diffmath.notation import Pair
-from diffmath.schedules import Schedule
+from diffmath.core._validate import check_batch, check_finite, check_output, check_schedule, check_time
+from diffmath.core.models import Model, check_input_dtype, check_model
+from diffmath.core.notation import Pair
+from diffmath.core.schedules import Schedule
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +204,7 @@ class Step:
 def pair_from(pred: Tensor, kind: str, x: Tensor, a: float, b: float, da: float, db: float) -> Pair:
     r"""$(\hat x_0, \hat\varepsilon)$ from a prediction of ``kind`` with scalar coefficients (lesson 0, eqs. 0.5-0.7).
 
-    The arithmetic of :func:`~diffmath.notation.to_pair` for one time, without its input checks (the loop checks
+    The arithmetic of :func:`~diffmath.core.notation.to_pair` for one time, without its input checks (the loop checks
     once, for the whole grid).
 
     Parameters

@@ -9,7 +9,7 @@ where $\eta = 1$ is DDPM's ancestral step and $\eta = 0$ the deterministic DDIM 
 schedule, and any continuous schedule, is just a different ``grid``.
 
 Every sampler (here and in :mod:`diffmath.ode`, :mod:`diffmath.sde`, :mod:`diffmath.variance`) is an update rule run
-by the one loop, :func:`diffmath.loop.run`. It runs without autograd unless asked (``grad=True``), so a trained
+by the one loop, :func:`diffmath.sampling.loop.run`. It runs without autograd unless asked (``grad=True``), so a trained
 network's graph is not kept across steps; guidance that needs a gradient (lesson 9) turns it back on for its own
 evaluation.
 """
@@ -21,11 +21,11 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from diffmath._validate import as_tensor, check_batch, check_choice, check_like, check_schedule, check_time
-from diffmath.loop import Noise, Rule, SamplerStep, Step, check_grid, noise_source, run
-from diffmath.models import Model, predict_pair
-from diffmath.notation import Pair
-from diffmath.schedules import Schedule
+from diffmath.core._validate import as_tensor, check_batch, check_choice, check_like, check_schedule, check_time
+from diffmath.core.models import Model, predict_pair
+from diffmath.core.notation import Pair
+from diffmath.core.schedules import Schedule
+from diffmath.sampling.loop import Noise, Rule, SamplerStep, Step, check_grid, noise_source, run
 
 __all__ = [
     "Noise",

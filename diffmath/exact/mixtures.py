@@ -18,9 +18,9 @@ import math
 import torch
 from torch import Tensor
 
-from diffmath._validate import as_tensor, check_batch, check_coefficient, check_finite, check_nonempty, per_sample
-from diffmath.notation import Pair, check_prediction, from_pair
-from diffmath.schedules import Schedule
+from diffmath.core._validate import as_tensor, check_batch, check_coefficient, check_finite, check_nonempty, per_sample
+from diffmath.core.notation import Pair, check_prediction, from_pair
+from diffmath.core.schedules import Schedule
 
 _CHUNK = 1 << 22  # elements of a (B, K, d) intermediate processed at once
 
@@ -551,7 +551,7 @@ class GaussianMixture:
         Raises
         ------
         TypeError
-            If ``schedule`` is not a :class:`~diffmath.schedules.Schedule` or ``prediction`` is not a string.
+            If ``schedule`` is not a :class:`~diffmath.core.schedules.Schedule` or ``prediction`` is not a string.
         ValueError
             If ``prediction`` is not one of the five parameterisations.
         """
@@ -688,7 +688,7 @@ class ExactModel:
     ------
     TypeError
         If ``source`` is not a :class:`GaussianMixture`, ``schedule`` not a
-        :class:`~diffmath.schedules.Schedule`, or ``prediction`` not a string; a call raises it if ``x`` is not a
+        :class:`~diffmath.core.schedules.Schedule`, or ``prediction`` not a string; a call raises it if ``x`` is not a
         floating tensor or ``t`` not a real number or tensor.
     ValueError
         If ``prediction`` is not one of the five parameterisations; a call raises it if ``x`` or ``t`` holds NaN

@@ -17,12 +17,12 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from diffmath._io import content_sha256, load_data, save_data
-from diffmath._validate import check_batch, check_nonempty, check_output
-from diffmath.device import autocast, check_precision, resolve_device, unwrap
-from diffmath.models import check_model
-from diffmath.notation import Pair, from_pair
-from diffmath.schedules import Schedule
+from diffmath.core._io import content_sha256, load_data, save_data
+from diffmath.core._validate import check_batch, check_nonempty, check_output
+from diffmath.core.device import autocast, check_precision, resolve_device, unwrap
+from diffmath.core.models import check_model
+from diffmath.core.notation import Pair, from_pair
+from diffmath.core.schedules import Schedule
 
 LossFn = Callable[[nn.Module, Tensor, "torch.Generator", "Tensor | None"], Tensor]
 """A training objective ``loss(model, batch, generator, cond) -> scalar``: what :func:`train` minimises."""
@@ -248,7 +248,7 @@ def diffusion_loss(
     ------
     TypeError
         If ``model`` does not follow the one interface, ``schedule`` is not a
-        :class:`~diffmath.schedules.Schedule`, or ``x0`` is not a floating tensor.
+        :class:`~diffmath.core.schedules.Schedule`, or ``x0`` is not a floating tensor.
     ValueError
         If ``x0`` is empty, has fewer than 2 dimensions or holds NaN or infinity, ``model.prediction`` is unknown (or
         ``"velocity"`` on a discrete schedule), or the model returns a tensor of another shape than its input (a
@@ -287,7 +287,7 @@ def noise_batch(
     Raises
     ------
     TypeError
-        If ``schedule`` is not a :class:`~diffmath.schedules.Schedule` or ``x0`` is not a floating tensor.
+        If ``schedule`` is not a :class:`~diffmath.core.schedules.Schedule` or ``x0`` is not a floating tensor.
     ValueError
         If ``x0`` is empty, has fewer than 2 dimensions or holds NaN or infinity.
     """
@@ -323,7 +323,7 @@ class DiffusionLoss:
     Raises
     ------
     TypeError
-        If ``schedule`` is not a :class:`~diffmath.schedules.Schedule`.
+        If ``schedule`` is not a :class:`~diffmath.core.schedules.Schedule`.
     """
 
     def __init__(self, schedule: Schedule) -> None:
@@ -399,10 +399,10 @@ def train(
         ``repr`` enters the checkpoint fingerprint, so give it a stable, informative one.
     device : {"cpu", "auto"} or str or torch.device
         Where the model (moved in place), the data, the EMA and every draw live (``"auto"`` is CUDA when
-        available; :func:`~diffmath.device.resolve_device`). The generator stays on the CPU, so a run draws the
+        available; :func:`~diffmath.core.device.resolve_device`). The generator stays on the CPU, so a run draws the
         same minibatches, times and noise on every device; checkpoints are portable across devices.
     precision : {"float32", "bf16"}
-        ``"bf16"`` runs the loss under bfloat16 autocast (:func:`~diffmath.device.autocast`); weights, optimiser and
+        ``"bf16"`` runs the loss under bfloat16 autocast (:func:`~diffmath.core.device.autocast`); weights, optimiser and
         EMA stay in the model's dtype.
 
     Yields
@@ -586,7 +586,7 @@ def save_atomic(obj: object, path: str | Path) -> None:
     half a file, and :func:`read_checkpoint` refuses a corrupted one (lesson 3, sec. 3.6).
 
     The file holds ``{"format": "diffmath-checkpoint/1", "sha256": ..., "payload": obj}``, the SHA-256 taken over
-    the content of ``obj`` (:func:`diffmath._io.content_sha256`).
+    the content of ``obj`` (:func:`diffmath.core._io.content_sha256`).
 
     Parameters
     ----------

@@ -252,7 +252,7 @@ def load_data(path: str | Path) -> object:
     except pickle.UnpicklingError as err:  # weights_only met a class or function: nothing was constructed
         raise ValueError(
             f"cannot read checkpoint {path}: it holds objects other than tensors and plain data, which are never "
-            "unpickled; expected a file written by diffmath.training.save_atomic"
+            "unpickled; expected a file written by diffmath.train.training.save_atomic"
         ) from err
     except Exception as err:  # missing, empty, truncated or foreign
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__

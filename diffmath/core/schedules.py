@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffmath._validate import as_tensor, check_finite
+from diffmath.core._validate import as_tensor, check_finite
 
 
 @dataclass(frozen=True)
