@@ -154,6 +154,9 @@ class AttributeClassifier(nn.Module):
         Channels of the first convolution.
     features : int
         Dimension $F$ of the penultimate features (the space of :func:`frechet_distance`).
+    coords : bool
+        Append two channels holding each pixel's row and column (in [-1, 1]) to the input, so that position
+        attributes (e.g. a quadrant) survive the global pooling.
 
     Raises
     ------
@@ -163,7 +166,13 @@ class AttributeClassifier(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, size: int, attributes: dict[str, int], width: int = 32, features: int = 128
+        self,
+        in_channels: int,
+        size: int,
+        attributes: dict[str, int],
+        width: int = 32,
+        features: int = 128,
+        coords: bool = False,
     ) -> None:
         super().__init__()
         for name, v in (("in_channels", in_channels), ("size", size), ("width", width), ("features", features)):
@@ -178,10 +187,12 @@ class AttributeClassifier(nn.Module):
             or any(not isinstance(k, int) or isinstance(k, bool) or k < 2 for k in attributes.values())
         ):
             raise ValueError(f"attributes must map names to class counts >= 2, got {attributes!r}")
-        self.in_channels, self.size, self.attributes = in_channels, size, dict(attributes)
+        if not isinstance(coords, bool):
+            raise TypeError(f"coords must be a bool, got {type(coords).__name__}")
+        self.in_channels, self.size, self.attributes, self.coords = in_channels, size, dict(attributes), coords
         w = width
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1),
+            nn.Conv2d(in_channels + 2 * coords, w, 3, padding=1),
             nn.GroupNorm(8, w),
             nn.SiLU(),
             nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
@@ -225,7 +236,12 @@ class AttributeClassifier(nn.Module):
         ValueError
             If ``x`` does not have the shape the classifier was built for, or holds NaN or infinity.
         """
-        return self.body(self._check(x))
+        x = self._check(x)
+        if self.coords:  # two channels holding each pixel's row and column in [-1, 1]: position survives the pooling
+            g = torch.linspace(-1, 1, self.size, dtype=x.dtype, device=x.device)
+            rows, cols = g[:, None].expand(self.size, self.size), g[None, :].expand(self.size, self.size)
+            x = torch.cat([x, torch.stack([rows, cols]).expand(x.shape[0], 2, -1, -1)], 1)
+        return self.body(x)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Logits of every attribute for images ``x`` (lesson 20, eq. 20.1).
@@ -429,6 +445,86 @@ def frechet_distance(classifier: AttributeClassifier, x: Tensor, y: Tensor) -> f
         h = torch.cat(_in_chunks(classifier.features, images)).double()
         stats += [h.mean(0), torch.cov(h.T)]
     return gaussian_frechet(stats[0], stats[1], stats[2], stats[3])
+
+
+def kernel_mmd2(hx: Tensor, hy: Tensor, degree: int = 3) -> float:
+    r"""Unbiased squared MMD with the polynomial kernel $k(a, b) = (a^\top b / F + 1)^{d}$ between two feature sets
+    (lesson 20, eq. 20.2): the kernel distance (KID) when the features are a classifier's.
+
+    $\widehat{\mathrm{MMD}}^2 = \frac{1}{n(n-1)}\sum_{i \ne j} k(x_i, x_j) + \frac{1}{m(m-1)}\sum_{i \ne j}
+    k(y_i, y_j) - \frac{2}{nm}\sum_{i,j} k(x_i, y_j)$, in float64. Unlike the Frechet distance, whose plug-in
+    estimate is biased upwards by $O(F/n)$ (so it can only be compared at equal sizes), its expectation is the
+    population value: zero for two draws of one distribution, so single values can be negative.
+
+    Parameters
+    ----------
+    hx, hy : Tensor, shape (N, F) and (M, F), N, M >= 2
+        The two feature sets.
+    degree : int
+        Degree $d \ge 1$ of the kernel (3, as in KID).
+
+    Returns
+    -------
+    float
+        The unbiased estimate (may be slightly negative).
+
+    Raises
+    ------
+    TypeError
+        If a set is not a real tensor.
+    ValueError
+        If the shapes are not (N, F), (M, F) with N, M >= 2, a value is not finite, or ``degree`` is not an integer
+        >= 1.
+    """
+    if not isinstance(degree, int) or isinstance(degree, bool) or degree < 1:
+        raise ValueError(f"degree must be an integer >= 1, got {degree!r}")
+    for name, h in (("hx", hx), ("hy", hy)):
+        if not isinstance(h, Tensor) or h.is_complex() or h.dtype == torch.bool:
+            raise TypeError(f"{name} must be a real tensor, got {type(h).__name__}")
+        if h.dim() != 2 or h.shape[0] < 2:
+            raise ValueError(f"{name} must have shape (N, F) with N >= 2, got {tuple(h.shape)}")
+        check_finite(h, name)
+    if hx.shape[1] != hy.shape[1]:
+        raise ValueError(f"hx and hy must have the same feature dimension, got {hx.shape[1]} and {hy.shape[1]}")
+    hx, hy = hx.double(), hy.double()
+    f = hx.shape[1]
+
+    def k(a: Tensor, b: Tensor) -> Tensor:
+        return (a @ b.T / f + 1) ** degree
+
+    def within(h: Tensor) -> Tensor:
+        g, n = k(h, h), h.shape[0]
+        return (g.sum() - g.diagonal().sum()) / (n * (n - 1))
+
+    return (within(hx) + within(hy) - 2 * k(hx, hy).mean()).item()
+
+
+def kernel_distance(classifier: AttributeClassifier, x: Tensor, y: Tensor, degree: int = 3) -> float:
+    r"""Kernel (KID-style) distance between two image sets in the classifier's features (lesson 20, eq. 20.2):
+    :func:`kernel_mmd2` of $\phi(x)$ and $\phi(y)$, an unbiased estimate beside :func:`frechet_distance`'s biased one.
+
+    Parameters
+    ----------
+    classifier : AttributeClassifier
+        A classifier trained on real data.
+    x, y : Tensor, shape (N, C, H, W) and (M, C, H, W), N, M >= 2
+        The two image sets, in [-1, 1].
+    degree : int
+        Degree of the polynomial kernel.
+
+    Returns
+    -------
+    float
+        The unbiased squared MMD (zero in expectation for two draws of one distribution).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`frechet_distance` and :func:`kernel_mmd2`.
+    """
+    classifier = _check_classifier(classifier)
+    h = [torch.cat(_in_chunks(classifier.features, classifier._check(v, name))) for name, v in (("x", x), ("y", y))]
+    return kernel_mmd2(h[0], h[1], degree)
 
 
 def _image_pair(x: Tensor, y: Tensor, data_range: float) -> tuple[Tensor, Tensor]:

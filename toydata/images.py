@@ -56,11 +56,23 @@ ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
         "size": ("small", "large"),
         "stripes": ("plain", "striped"),
     },
+    "attribute-shapes": {
+        "shape": ("circle", "square", "triangle"),
+        "colour": ("red", "green", "blue"),
+        "size": ("small", "large"),
+        "quadrant": ("top-left", "top-right", "bottom-left", "bottom-right"),
+        "texture": ("plain", "striped"),
+        "background": ("dark", "light"),
+    },
     "digits": {"digit": tuple("0123456789")},
     "glyphs": {"char": tuple("ABCDEFGHIJ"), "font": tuple(GLYPH_FONTS)},
 }
 """Each data set's attributes and their class names; label ``k`` of an attribute means its ``k``-th name. For
 :func:`glyphs` called with other ``chars``, the ``"char"`` label indexes those ``chars`` instead."""
+
+TEST_SEED = 1_000_000_007
+"""Generated data sets hold out their test sets by seed: :func:`held_out` draws from seeds ``TEST_SEED + k``; training
+and any other draw use seeds below ``TEST_SEED``."""
 
 DIGITS_TEST_START = 1438
 """Split of :func:`digits`: after a fixed shuffle (seed 0), images ``[0, 1438)`` train and ``[1438, 1797)`` test."""
@@ -106,6 +118,39 @@ def _correlated(labels: dict[str, Tensor], correlate: dict, names: dict[str, tup
     other = torch.randint(0, k - 1, (n,), generator=generator)
     other = other + (other >= vb).long()  # uniform over the k - 1 values other than vb
     labels[b] = torch.where(labels[a] == va, torch.where(hit, vb, other), labels[b])
+
+
+def _extent(shape: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+    """Half width and half height of equal-area shapes: a circle of radius r, a square of half side s, a triangle
+    (pointing up) of inradius h."""
+    s, h = r * math.sqrt(math.pi) / 2, r * math.sqrt(math.pi / (3 * math.sqrt(3)))
+    half_w = torch.stack([r, s, math.sqrt(3) * h], 1).gather(1, shape[:, None])[:, 0]
+    half_h = torch.stack([r, s, 1.5 * h], 1).gather(1, shape[:, None])[:, 0]
+    return half_w, half_h
+
+
+def _coverage(shape: Tensor, r: Tensor, cx: Tensor, cy: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Anti-aliased coverage clip(1/2 - d, 0, 1) of each shape (signed distance d in pixels), shape (n, size, size),
+    and the pixel offsets x (n, 1, W), y (n, H, 1) from the centre."""
+    s, h = r * math.sqrt(math.pi) / 2, r * math.sqrt(math.pi / (3 * math.sqrt(3)))
+    pix = torch.arange(size, dtype=torch.float64) + 0.5
+    x = pix[None, None, :] - cx[:, None, None]  # (n, 1, W)
+    y = pix[None, :, None] - cy[:, None, None]  # (n, H, 1), pointing down
+    rr, ss, hh = r[:, None, None], s[:, None, None], h[:, None, None]
+    d_circle = torch.sqrt(x**2 + y**2) - rr
+    d_square = torch.maximum(x.abs(), y.abs()) - ss
+    yc = y - hh / 2  # the triangle's centroid sits h/2 below the centre of its bounding box
+    c30 = math.sqrt(3) / 2
+    d_tri = torch.maximum(torch.maximum(yc - hh, c30 * x - 0.5 * yc - hh), -c30 * x - 0.5 * yc - hh)
+    d = torch.where(shape[:, None, None] == 0, d_circle, torch.where(shape[:, None, None] == 1, d_square, d_tri))
+    return (0.5 - d).clamp(0, 1), x, y
+
+
+def _stripes(cover: Tensor, striped: Tensor, x: Tensor, y: Tensor, size: int, generator: Generator) -> Tensor:
+    """Dim striped shapes by diagonal sinusoidal stripes of period size/5 (down to 30% of their colour)."""
+    phase = 2 * math.pi * _uniform(cover.shape[0], generator)[:, None, None]
+    wave = torch.cos(2 * math.pi * (x + y) / (size / 5) + phase)
+    return cover * torch.where(striped[:, None, None] == 1, 0.65 + 0.35 * wave, torch.ones_like(wave))
 
 
 def shapes(
@@ -167,30 +212,14 @@ def shapes(
         _correlated(labels, correlate, names, generator)
     shape, colour, large, striped = (labels[a] for a in ("shape", "colour", "size", "stripes"))
 
-    # size and extent: equal-area circle (radius r), square (half side s), triangle (inradius h)
     r = torch.where(large == 1, _uniform(n, generator, 0.28, 0.33), _uniform(n, generator, 0.15, 0.2)) * size
-    s, h = r * math.sqrt(math.pi) / 2, r * math.sqrt(math.pi / (3 * math.sqrt(3)))
-    half_w = torch.stack([r, s, math.sqrt(3) * h], 1).gather(1, shape[:, None])[:, 0]
-    half_h = torch.stack([r, s, 1.5 * h], 1).gather(1, shape[:, None])[:, 0]
+    half_w, half_h = _extent(shape, r)
     cx = half_w + 0.5 + (size - 1 - 2 * half_w) * _uniform(n, generator)
     cy = half_h + 0.5 + (size - 1 - 2 * half_h) * _uniform(n, generator)
-
-    pix = torch.arange(size, dtype=torch.float64) + 0.5
-    x = pix[None, None, :] - cx[:, None, None]  # (n, 1, W)
-    y = pix[None, :, None] - cy[:, None, None]  # (n, H, 1), pointing down
-    rr, ss, hh = r[:, None, None], s[:, None, None], h[:, None, None]
-    d_circle = torch.sqrt(x**2 + y**2) - rr
-    d_square = torch.maximum(x.abs(), y.abs()) - ss
-    yc = y - hh / 2  # the triangle's centroid sits h/2 below the centre of its bounding box
-    c30 = math.sqrt(3) / 2
-    d_tri = torch.maximum(torch.maximum(yc - hh, c30 * x - 0.5 * yc - hh), -c30 * x - 0.5 * yc - hh)
-    d = torch.where(shape[:, None, None] == 0, d_circle, torch.where(shape[:, None, None] == 1, d_square, d_tri))
-    cover = (0.5 - d).clamp(0, 1)
+    cover, x, y = _coverage(shape, r, cx, cy, size)
 
     if stripes:
-        phase = 2 * math.pi * _uniform(n, generator)[:, None, None]
-        wave = torch.cos(2 * math.pi * (x + y) / (size / 5) + phase)
-        cover = cover * torch.where(striped[:, None, None] == 1, 0.65 + 0.35 * wave, torch.ones_like(wave))
+        cover = _stripes(cover, striped, x, y, size, generator)
     rgb = _uniform(3 * n, generator, 0.0, 0.2).reshape(n, 3)
     rgb[torch.arange(n), colour] = _uniform(n, generator, 0.75, 1.0)
     images = rgb[:, :, None, None] * cover[:, None]
@@ -365,7 +394,114 @@ def glyphs(
     return ImageBatch(_out(2 * images - 1, dtype), {"char": char, "font": font})
 
 
-IMAGE_DATASETS = {"shapes": shapes, "digits": digits, "glyphs": glyphs}
+def attribute_shapes(
+    n: int,
+    size: int = 32,
+    generator: Generator = None,
+    correlate: dict | list[dict] | None = None,
+    dtype: torch.dtype | None = None,
+) -> ImageBatch:
+    r"""``n`` shapes with six independent, known attributes, for multi-attribute guidance (lesson 20, sec. 20.1).
+
+    The attributes and their values are in ``ATTRIBUTES["attribute-shapes"]``: the shape (circle, square, triangle of
+    equal area, drawn as in :func:`shapes`), its colour (one dominant channel in $[0.75, 1]$, the others in
+    $[0, 0.2]$), its size ($r$ uniform in $[0.09, 0.12]\,$``size`` or $[0.17, 0.21]\,$``size``: every large shape
+    covers at least twice the area of every small one), the quadrant its centre lies in (the centre is uniform over
+    the positions that keep the shape in the frame and at least ``size``/16 pixels from the quadrant's inner edges),
+    its texture (plain, or diagonal stripes as in :func:`shapes`) and the background (a grey level in $[0, 0.1]$,
+    dark, or in $[0.5, 0.6]$, light). The shape is composited over the background with its anti-aliased coverage.
+    All six are drawn uniformly and independently unless ``correlate`` ties some pairs.
+
+    Parameters
+    ----------
+    n : int
+        Number of images.
+    size : int
+        Height and width in pixels, at least 16 (designed for 24 or 32).
+    generator : torch.Generator, optional
+        Source of randomness; the same seed gives the same images. Seeds from :data:`TEST_SEED` up are held out for
+        :func:`held_out`.
+    correlate : dict or list of dict, optional
+        One or several ties of two attributes, each as in :func:`shapes`, e.g.
+        ``{"shape": "triangle", "colour": "red", "p": 0.02}`` makes red triangles rare (2% of triangles red, the
+        rest spread evenly over the other colours), applied in order.
+    dtype : torch.dtype, optional
+        Dtype of the images (default: torch's default dtype).
+
+    Returns
+    -------
+    ImageBatch
+        ``images`` of shape (n, 3, size, size) in [-1, 1]; ``labels`` for the six attributes (indices into
+        ``ATTRIBUTES["attribute-shapes"]``).
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is not a positive integer, ``size`` is not an integer >= 16, or a ``correlate`` entry is malformed.
+    """
+    n, size = _check_int(n, "n", 1), _check_int(size, "size", 16)
+    check_dtype(dtype)
+    names = ATTRIBUTES["attribute-shapes"]
+    labels = {a: torch.randint(0, len(v), (n,), generator=generator) for a, v in names.items()}
+    ties = [] if correlate is None else [correlate] if isinstance(correlate, dict) else correlate
+    if not isinstance(ties, (list, tuple)):
+        raise ValueError(f"correlate must be a dict or a list of dicts, got {type(correlate).__name__}")
+    for tie in ties:
+        _correlated(labels, tie, names, generator)
+    shape, colour, large, quadrant, striped, light = (labels[a] for a in names)
+
+    r = torch.where(large == 1, _uniform(n, generator, 0.17, 0.21), _uniform(n, generator, 0.09, 0.12)) * size
+    half_w, half_h = _extent(shape, r)
+    gap, mid = size / 16, size / 2
+    centre = []
+    for half, upper in ((half_w, quadrant % 2 == 1), (half_h, quadrant >= 2)):  # right half / bottom half
+        lo = torch.where(upper, mid + gap, half + 0.5)
+        hi = torch.where(upper, size - 0.5 - half, mid - gap)
+        centre.append(lo + (hi - lo) * _uniform(n, generator))
+    cover, x, y = _coverage(shape, r, *centre, size)
+    cover = _stripes(cover, striped, x, y, size, generator)
+    rgb = _uniform(3 * n, generator, 0.0, 0.2).reshape(n, 3)
+    rgb[torch.arange(n), colour] = _uniform(n, generator, 0.75, 1.0)
+    grey = torch.where(light == 1, _uniform(n, generator, 0.5, 0.6), _uniform(n, generator, 0.0, 0.1))
+    images = grey[:, None, None, None] * (1 - cover[:, None]) + rgb[:, :, None, None] * cover[:, None]
+    return ImageBatch(_out(2 * images - 1, dtype), labels)
+
+
+def held_out(name: str, n: int, size: int, index: int = 0, **kwargs: object) -> ImageBatch:
+    """The ``index``-th held-out test set of a generated data set: ``n`` images from seed ``TEST_SEED + index``
+    (lesson 20, sec. 20.1), independent of every training draw (those use seeds below :data:`TEST_SEED`).
+
+    Parameters
+    ----------
+    name : str
+        A generated data set of :data:`IMAGE_DATASETS` (for ``"digits"`` use ``digits(split="test")``).
+    n : int
+        Number of images.
+    size : int
+        Height and width in pixels.
+    index : int
+        Which test set (0, 1, ...): independent draws, e.g. for the spread of a statistic over five test sets.
+    **kwargs : object
+        Further arguments of the data set (a test set is normally uncorrelated: the distribution asked for).
+
+    Returns
+    -------
+    ImageBatch
+        The images and labels.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a generated data set or ``index`` is not an integer >= 0.
+    """
+    if name == "digits" or name not in IMAGE_DATASETS:
+        generated = tuple(k for k in IMAGE_DATASETS if k != "digits")
+        raise ValueError(f"held_out draws a generated data set: name must be one of {generated}, got {name!r}")
+    index = _check_int(index, "index", 0)
+    return image_dataset(name, n, size, torch.Generator().manual_seed(TEST_SEED + index), **kwargs)
+
+
+IMAGE_DATASETS = {"shapes": shapes, "attribute-shapes": attribute_shapes, "digits": digits, "glyphs": glyphs}
 """The image data sets by name (lesson 20, sec. 20.1); their attributes are in :data:`ATTRIBUTES`."""
 
 
@@ -375,7 +511,7 @@ def image_dataset(name: str, n: int | None, size: int, generator: Generator = No
 
     Parameters
     ----------
-    name : {"shapes", "digits", "glyphs"}
+    name : {"shapes", "attribute-shapes", "digits", "glyphs"}
         The data set.
     n : int or None
         Number of images (``None`` only for ``"digits"``: all of them).

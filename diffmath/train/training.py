@@ -357,6 +357,7 @@ def train(
     loss: LossFn | None = None,
     device: str | torch.device = "cpu",
     precision: str = "float32",
+    dropout_per_label: bool = False,
 ) -> Iterator[TrainStep]:
     r"""Train ``model`` on ``data`` with :func:`diffusion_loss` (or any other objective), yielding every step
     (lesson 3, eq. 3.14).
@@ -386,6 +387,9 @@ def train(
         the samples has all its labels replaced by the null label ``-1`` (for classifier-free guidance).
     label_dropout : float
         Fraction of labels replaced by the null label, in [0, 1).
+    dropout_per_label : bool
+        With labels of shape (N, L): drop each of the L labels independently with probability ``label_dropout``
+        (so the network also learns every partial condition, e.g. shape alone), instead of all of a sample's.
     checkpoint : path, optional
         File for atomic checkpoints every ``checkpoint_every`` steps and at the end. If it exists, training
         resumes from it (it must come from the same model and settings, else ``ValueError``).
@@ -461,6 +465,10 @@ def train(
     dtype = next(model.parameters()).dtype
     data = data.to(dtype)
     fingerprint = _fingerprint(bare, objective, batch_size, lr, ema_decay, seed, data, labels, label_dropout)
+    if not isinstance(dropout_per_label, bool):
+        raise TypeError(f"dropout_per_label must be a bool, got {type(dropout_per_label).__name__}")
+    if dropout_per_label:
+        fingerprint["dropout_per_label"] = True
     model.to(dev)
     data = data.to(dev)
     labels = None if labels is None else labels.to(dev)
@@ -486,7 +494,8 @@ def train(
         if labels is not None:
             cond = labels[idx].clone()
             if label_dropout > 0:
-                cond[draws.rand((batch_size,), device=dev) < label_dropout] = -1
+                per = cond.shape[1:] if dropout_per_label else ()
+                cond[draws.rand((batch_size, *per), device=dev) < label_dropout] = -1
         with autocast(dev, precision):
             value = loss(model, data[idx], gen, cond)
         if not isinstance(value, Tensor) or value.dim() != 0 or not value.requires_grad:
