@@ -24,7 +24,7 @@ import diffmath as dm
 import toydata as td
 from diffmath.metrics import sliced_w1
 from diffmath.nets.mlp import MLP
-from diffmath.ode import ode_sample
+from diffmath.ode import ode_log_likelihood, ode_sample, solve_ode_reference
 from diffmath.recipes import objective, toy_recipe
 from diffmath.train.training import fit
 
@@ -105,6 +105,14 @@ def main() -> int:
             w1 = sliced_w1(out.float().cpu(), fresh, generator=torch.Generator().manual_seed(0))
             print(f"    {name:12s}: {secs:.3f} s, finite {finite}, on {on}, sliced W1 to data {w1:.3f}")
         ok &= dev.type == "cuda" and all(abs(v) < float("inf") for v in state.losses)
+    # the host-side solves (scipy) take device tensors and give them back on the device
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(2)).to("cuda")
+    half = 0.5 * schedule.t_max
+    ref = solve_ode_reference(model.float(), x, schedule.t_max, half, schedule, rtol=1e-5, atol=1e-5)
+    logp, _ = ode_log_likelihood(model.float(), x, schedule, t_start=half, rtol=1e-4, atol=1e-4)
+    on = {ref.device.type, logp.device.type}
+    ok &= on == {"cuda"} and bool(torch.isfinite(ref).all() and torch.isfinite(logp).all())
+    print(f"scipy solves on cuda inputs: results on {sorted(on)}, finite {bool(torch.isfinite(logp).all())}")
     print("gpu_check:", "OK" if ok else "FAILED")
     return 0 if ok else 1
 

@@ -400,20 +400,20 @@ def solve_ode_reference(
     """
     x = check_batch(x, "x")
     t_start, t_end = check_ivp(t_start, t_end, check_schedule(schedule), rtol, atol, method)
-    shape, dtype = x.shape, x.dtype
+    shape, dtype, device = x.shape, x.dtype, x.device  # scipy works on the host; the model runs on x's device
 
     def rhs(t: float, y: np.ndarray) -> np.ndarray:
-        xt = torch.from_numpy(y).reshape(shape).to(dtype)
+        xt = torch.from_numpy(y).reshape(shape).to(device, dtype)
         with torch.no_grad():
             v = pf_ode_drift(model, xt, t, schedule, cond)
-        return v.double().reshape(-1).numpy()
+        return v.double().reshape(-1).cpu().numpy()
 
     sol = solve_ivp(
-        rhs, (float(t_start), float(t_end)), x.double().reshape(-1).numpy(), method=method, rtol=rtol, atol=atol
+        rhs, (float(t_start), float(t_end)), x.double().reshape(-1).cpu().numpy(), method=method, rtol=rtol, atol=atol
     )
     if not sol.success:
         raise RuntimeError(f"reference solve failed: {sol.message}")
-    return torch.from_numpy(sol.y[:, -1]).reshape(shape).to(dtype)
+    return torch.from_numpy(sol.y[:, -1]).reshape(shape).to(device, dtype)
 
 
 def encode(
@@ -648,19 +648,21 @@ def ode_log_likelihood(
         raise TypeError(
             f"prior_log_prob must be None or callable as prior_log_prob(x), got {type(prior_log_prob).__name__}"
         )
-    shape, B, dtype = x0.shape, x0.shape[0], x0.dtype
+    shape, B, dtype, device = x0.shape, x0.shape[0], x0.dtype, x0.device  # scipy on the host, the model on x0's
     n = x0.numel()
-    probes = rademacher((num_probes, *shape), generator, dtype) if divergence_method == "hutchinson" else None
+    probes = None  # drawn on the host (the same draws on every device), used on x0's
+    if divergence_method == "hutchinson":
+        probes = rademacher((num_probes, *shape), generator, dtype).to(device)
 
     def rhs(t: float, y: np.ndarray) -> np.ndarray:
-        xt = torch.from_numpy(y[:n]).reshape(shape).to(dtype)
+        xt = torch.from_numpy(y[:n]).reshape(shape).to(device, dtype)
         drift = lambda z: pf_ode_drift(model, z, t, schedule, cond)  # noqa: E731
         with torch.no_grad():
             v = drift(xt)
         div = divergence(drift, xt, divergence_method, probes)
-        return np.concatenate([v.double().reshape(-1).numpy(), div.double().numpy()])
+        return np.concatenate([v.double().reshape(-1).cpu().numpy(), div.double().cpu().numpy()])
 
-    y0 = np.concatenate([x0.double().reshape(-1).numpy(), np.zeros(B)])
+    y0 = np.concatenate([x0.double().reshape(-1).cpu().numpy(), np.zeros(B)])
     sol = solve_ivp(rhs, (t0, t1), y0, method="RK45", rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"likelihood solve failed: {sol.message}")
@@ -672,5 +674,5 @@ def ode_log_likelihood(
         d = n // B
         prior = -0.5 * (x_end.reshape(B, -1) ** 2).sum(1) / var - 0.5 * d * np.log(2 * np.pi * var)
     else:
-        prior = prior_log_prob(x_end.to(dtype)).double()
-    return prior + integral, x_end.to(dtype)
+        prior = prior_log_prob(x_end.to(device, dtype)).double().cpu()
+    return (prior + integral).to(device), x_end.to(device, dtype)

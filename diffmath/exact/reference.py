@@ -62,7 +62,8 @@ def exact_pf_ode(
     """
     if not isinstance(source, GaussianMixture):
         raise TypeError(f"source must be a GaussianMixture or EmpiricalData, got {type(source).__name__}")
-    x = check_batch(x, "x").double()
+    x = check_batch(x, "x")
+    device, x = x.device, x.double().cpu()  # the exact eps-mean and scipy both run on the host
     t_start, t_end = check_ivp(t_start, t_end, check_schedule(schedule), rtol, atol, method)
     c0, c1 = schedule.coefficients(t_start), schedule.coefficients(t_end)
     if c0.a.item() == 0 or c1.a.item() == 0:
@@ -77,4 +78,4 @@ def exact_pf_ode(
     sol = solve_ivp(rhs, (s0, s1), (x / c0.a.item()).reshape(-1).numpy(), method=method, rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"reference solve failed: {sol.message}")
-    return torch.from_numpy(sol.y[:, -1]).reshape(shape) * c1.a.item()
+    return (torch.from_numpy(sol.y[:, -1]).reshape(shape) * c1.a.item()).to(device)
