@@ -796,7 +796,7 @@ def train_attribute_classifier(
     dataset: str,
     size: int = 16,
     n: int = 20000,
-    steps: int = 600,
+    steps: int | None = None,
     progress: bool = True,
     folder: str | Path | None = None,
 ) -> AttributeClassifier:
@@ -804,20 +804,22 @@ def train_attribute_classifier(
 
     The recipe: ``n`` real images (seed 1000, apart from any seed a test or sampler uses; for ``"digits"`` the fixed
     training split, 1438 images, whatever ``n``), Adam at lr 3e-3 with cosine decay, batch 64, EMA 0.99, and the sum
-    of the per-attribute cross-entropies as loss, run by :func:`~diffmath.train.training.train`. The EMA weights are stored in
-    the cache folder under a name holding the hash of the configuration, and loaded on later calls. The classifier
-    only judges samples; nothing in the library guides sampling with it.
+    of the per-attribute cross-entropies as loss, run by :func:`~diffmath.train.training.train`. The EMA weights are looked
+    up in :data:`COMMITTED`, then stored in the cache folder, under a name holding the hash of the configuration. The classifier
+    only judges samples; nothing in the library guides sampling with it. For ``"attribute-shapes"``, whose quadrant
+    is an attribute and whose small shapes are 5 px across, the classifier gets coordinate channels and trains at
+    lr 1e-3 for 4000 steps (held-out accuracy >= 0.98 on every attribute, where 600 steps leave the shape at 0.63).
 
     Parameters
     ----------
-    dataset : {"shapes", "digits", "glyphs"}
+    dataset : {"shapes", "attribute-shapes", "digits", "glyphs"}
         The data set (see ``toydata.ATTRIBUTES``).
     size : int
         Image size in pixels.
     n : int
         Training images of a generated data set.
-    steps : int
-        Optimiser steps.
+    steps : int, optional
+        Optimiser steps (default 600; 4000 for ``"attribute-shapes"``).
     progress : bool
         Show tqdm progress while training.
     folder : path, optional
@@ -838,11 +840,13 @@ def train_attribute_classifier(
 
     if not isinstance(dataset, str) or dataset not in ATTRIBUTES:
         raise ValueError(f"unknown image data set {dataset!r}: dataset must be one of {tuple(ATTRIBUTES)}")
+    if steps is None:
+        steps = 4000 if dataset == "attribute-shapes" else 600
     config = {**_CLASSIFIER_RECIPE, "name": f"classifier-{dataset}", "dataset": dataset, "size": size, "steps": steps}
     config["n_data"] = None if dataset == "digits" else n
     config["shift"] = size // 8 if dataset == "digits" else 0  # a fixed set of 1438 digits: augment by translation
-    if dataset == "attribute-shapes":  # position is an attribute: coordinate channels, and longer training
-        config["coords"] = True
+    if dataset == "attribute-shapes":  # position is an attribute: coordinate channels; small shapes: a lower rate
+        config["coords"], config["lr"] = True, 1e-3
     data = _classifier_data(dataset, size, n, config["data_seed"])
     attributes = {a: len(v) for a, v in ATTRIBUTES[dataset].items()}
     torch.manual_seed(config["seed"])
@@ -850,7 +854,7 @@ def train_attribute_classifier(
         data.images.shape[1], size, attributes, config["width"], config["features"], config.get("coords", False)
     )
     folder = Path(folder) if folder is not None else cache_dir()
-    path = folder / f"classifier-{dataset}-{size}-{recipe_hash(config)}.pt"
+    filename = f"classifier-{dataset}-{size}-{recipe_hash(config)}.pt"
 
     def run(checkpoint: Path) -> dict:
         loss = _AttributeLoss(attributes, config["shift"])
@@ -868,5 +872,83 @@ def train_attribute_classifier(
         )
         return {"model": state.ema.state_dict(), "losses": state.losses}
 
-    model.load_state_dict(cached(path, config, _CACHED, run)["model"])
+    committed = COMMITTED / filename  # a judge shipped with the package (read only), else the cache
+    if committed.exists():
+        stored = _stored(committed, config, _CACHED)
+    else:
+        stored = cached(folder / filename, config, _CACHED, run)
+    model.load_state_dict(stored["model"])
     return model.eval()
+
+
+# ---------------------------------------------------------------------------------- image statistics that hold
+def image_fidelity(
+    image_model: ImageModel,
+    classifier: AttributeClassifier,
+    n: int = 256,
+    draws: int = 5,
+    method: str = "dpm++2m",
+    num_steps: int = 20,
+    progress: bool = False,
+) -> dict[str, list[float]]:
+    r"""A trained image model's Frechet and kernel distances to real data, next to the real-vs-real floor, over
+    independent draws (lesson 20, eqs. 20.1-20.2).
+
+    Draw $k$ takes two independent real sets $A_k, B_k$ of ``n`` images from the recipe's own data distribution
+    (held-out seeds ``TEST_SEED + 2k`` and ``2k + 1``, the recipe's ``dataset_kwargs`` included, so a model trained on a
+    correlated set is compared with that set's law), and ``n`` samples $S_k$ of the model (noise seed $k$, the ODE
+    solver ``method`` on ``num_steps`` steps; a conditional model gets $B_k$'s labels, so its samples follow the real
+    label frequencies, with no guidance). The floor is $d(A_k, B_k)$, the model's score $d(S_k, A_k)$: both at the same
+    $n$, which matters for the Frechet distance (biased upwards by $O(F/n)$), not for the unbiased kernel distance.
+
+    Parameters
+    ----------
+    image_model : ImageModel
+        From :func:`train_image`, on a generated data set.
+    classifier : AttributeClassifier
+        The judge (from :func:`train_attribute_classifier`, trained on other seeds).
+    n : int
+        Images per set.
+    draws : int
+        Independent draws (>= 2, for a spread).
+    method : {"euler", "heun", "dpm++2m"}
+        ODE solver (lesson 6).
+    num_steps : int
+        Steps of the time grid.
+    progress : bool
+        Show a progress bar per sampler run.
+
+    Returns
+    -------
+    dict of str to list of float
+        ``"floor"``, ``"model"`` (Frechet) and ``"kid_floor"``, ``"kid_model"`` (kernel distance), one value per draw.
+
+    Raises
+    ------
+    ValueError
+        If the recipe's data set is not generated (the 1797 digits have no independent draws), ``n`` < 2 or
+        ``draws`` < 2.
+    """
+    from diffmath.metrics import frechet_distance, kernel_distance
+    from diffmath.ode import ode_sample
+    from toydata.images import held_out
+
+    config = image_model.config
+    for name, v in (("n", n), ("draws", draws)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 2:
+            raise ValueError(f"{name} must be an integer >= 2, got {v!r}")
+    out: dict[str, list[float]] = {"floor": [], "model": [], "kid_floor": [], "kid_model": []}
+    schedule, size = image_model.schedule, config["size"]
+    for k in range(draws):
+        a, b = (held_out(config["dataset"], n, size, 2 * k + j, **config["dataset_kwargs"]) for j in (0, 1))
+        g = torch.Generator().manual_seed(k)
+        noise = torch.randn(n, *a.images.shape[1:], generator=g)
+        cond = _condition(config, b.labels)
+        with torch.no_grad():
+            s = ode_sample(image_model.model, noise, schedule.grid(num_steps), schedule, method, cond, progress)
+        s = s.clamp(-1, 1)
+        out["floor"].append(frechet_distance(classifier, a.images, b.images))
+        out["model"].append(frechet_distance(classifier, s, a.images))
+        out["kid_floor"].append(kernel_distance(classifier, a.images, b.images))
+        out["kid_model"].append(kernel_distance(classifier, s, a.images))
+    return out

@@ -9,6 +9,7 @@ from scipy.stats import chi2, kstest
 
 import diffmath as dm
 import toydata as td
+from diffmath import pfgm
 from diffmath.heat import LinearVE, continuity_residual, log_grid
 from diffmath.metrics import mode_weights, sliced_w1
 from diffmath.ode import divergence, nfe, ode_sample
@@ -227,3 +228,21 @@ def test_pfgm_bad_input():
         FIELD.field(torch.zeros(3, 3, dtype=f64), 1.0)
     with pytest.raises(ValueError, match="z_max"):
         pfgm_sample(FIELD.model(dm.VPCosine()), 4, 2, dm.VPCosine())
+
+
+@pytest.mark.parametrize("d", [2, 64, 192])
+def test_clip_radius_keeps_the_asked_fraction_of_prior_draws(d):
+    """Eq. 13.12's clip: the fraction of 100k prior radii (seed 0) below clip_radius(d, q) is q within 4 standard
+    errors, and R_d follows sqrt(d / chi2_1(1 - q)) for large d (0.5% at d = 192)."""
+    from scipy.stats import chi2
+
+    r = pfgm.beta_prime_radius(100_000, d, torch.Generator().manual_seed(0), torch.float64)
+    for q in (0.5, 0.9, 0.95):
+        kept = (r <= pfgm.clip_radius(d, q)).double().mean().item()
+        assert abs(kept - q) < 4 * math.sqrt(q * (1 - q) / 100_000)
+    if d == 192:
+        assert pfgm.clip_radius(d, 0.95) == pytest.approx(math.sqrt(d / chi2.ppf(0.05, 1)), rel=5e-3)
+    with pytest.raises(ValueError, match="keep"):
+        pfgm.clip_radius(d, 1.0)
+    with pytest.raises(ValueError, match="positive integer"):
+        pfgm.clip_radius(0)
