@@ -3,8 +3,10 @@ arithmetic written plainly (one model call, x0 from eps, the DDIM update), batch
 
     python benchmarks/sampler_overhead.py [--steps 50] [--repeats 7] [--device cpu|cuda]
 
-Prints microseconds per step (best of the repeats) and the ratio library / plain; where CUDA is present and chosen,
-also the host synchronisations per step (counted by torch's sync debug mode).
+Prints microseconds per step (best of the repeats, the two versions timed alternately so that both see the same load)
+and the ratio library / plain, with the largest difference between their samples (0: the same arithmetic, bit for
+bit); where CUDA is present and chosen, also the library's host synchronisations per step (counted by torch's sync
+debug mode, the checks at the boundary included).
 """
 
 from __future__ import annotations
@@ -47,15 +49,18 @@ def library(model, x, grid, schedule):
     return dm.sample(model, x, grid, schedule, eta=0.0)
 
 
-def best_time(fn, repeats, sync):
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
+def best_times(fns, repeats, sync):
+    """Best wall time of each of ``fns`` over ``repeats`` rounds, each round running every function once in turn."""
+    for fn in fns:
         fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for k, fn in enumerate(fns):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            best[k] = min(best[k], time.perf_counter() - start)
     return best
 
 
@@ -85,14 +90,21 @@ def main() -> None:
     model = TinyEps().to(device)
     print(f"DDIM step of a width-32 MLP, {args.steps} steps, {device.type}, best of {args.repeats}")
     print(
-        f"{'batch':>6} {'plain us/step':>14} {'diffmath us/step':>17} {'ratio':>6}"
+        f"{'batch':>6} {'plain us/step':>14} {'diffmath us/step':>17} {'ratio':>6} {'max|diff|':>10}"
         + ("  syncs/step" if device.type == "cuda" else "")
     )
     for batch in (1, 16, 256, 4096):
         x = torch.randn(batch, 2, device=device)
-        t_plain = best_time(lambda x=x: plain(model, x, grid, schedule), args.repeats, sync) / args.steps * 1e6
-        t_lib = best_time(lambda x=x: library(model, x, grid, schedule), args.repeats, sync) / args.steps * 1e6
-        row = f"{batch:>6} {t_plain:>14.1f} {t_lib:>17.1f} {t_lib / t_plain:>6.2f}"
+        diff = (library(model, x, grid, schedule) - plain(model, x, grid, schedule)).abs().max().item()
+        t_plain, t_lib = (
+            t / args.steps * 1e6
+            for t in best_times(
+                [lambda x=x: plain(model, x, grid, schedule), lambda x=x: library(model, x, grid, schedule)],
+                args.repeats,
+                sync,
+            )
+        )
+        row = f"{batch:>6} {t_plain:>14.1f} {t_lib:>17.1f} {t_lib / t_plain:>6.2f} {diff:>10.1e}"
         if device.type == "cuda":
             row += f"  {syncs_per_step(model, x, grid, schedule):>10.1f}"
         print(row)

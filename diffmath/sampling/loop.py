@@ -9,8 +9,9 @@ A step from time $t$ to $s$ has three parts, and only the middle one differs bet
 3. **noise**: $x_s = \text{mean} + \text{std}\cdot z$, with $z$ from a generator or injected (:func:`noise_source`).
 
 :func:`run` owns everything else, once: validation at the boundary, the grid's coefficients (computed once in
-float64 and handed to the rules as Python numbers, so no step re-validates a time or waits for a device), grad mode,
-progress, the hooks, the yields and the finiteness check. Hooks sit at the two places the multi-model methods need:
+float64 and handed to the rules as Python numbers, so no step re-validates a time or waits for a device; the
+multipliers the arithmetic needs are prebuilt as 0-dim tensors, :func:`scalars`, so no step creates a tensor either),
+grad mode, progress, the hooks, the yields and the finiteness check. Hooks sit at the two places the multi-model methods need:
 ``on_pair(pair, x, step, state) -> (pair, state)`` after denoising and ``on_mean(mean, x, step, state) ->
 (mean, state)`` before the noise; ``state`` is one dict carried across the steps (rules and hooks each keep their own
 keys in it).
@@ -21,7 +22,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from diffmath.core._validate import check_batch, check_finite, check_output, check_schedule, check_time
 from diffmath.core.models import Model, check_input_dtype, check_model
 from diffmath.core.notation import Pair
-from diffmath.core.schedules import Schedule
+from diffmath.core.schedules import Coefficients, Schedule
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +150,12 @@ def check_grid(grid: object, schedule: Schedule) -> Tensor:
 
 
 Rule = Callable[[Pair, Tensor, "Step", dict], tuple[Tensor, "Tensor | float", dict]]
-"""An update rule: ``rule(pair, x, step, state) -> (mean, std, state)`` (lesson 4, sec. 4.8)."""
+"""An update rule: ``rule(pair, x, step, state) -> (mean, std, state)`` (lesson 4, sec. 4.8).
+
+A rule may also carry ``rule.prepare(steps, x) -> list``: :func:`run` calls it once, before the first step, with every
+:class:`Step` of the grid and the start state, and files the ``k``-th entry it returns as ``steps[k].prepared[rule]``,
+where the rule finds it (e.g. its coefficients as 0-dim tensors, :func:`scalars`). A rule must give the same result
+without it (when called outside :func:`run`, e.g. by a hook on another rule's step)."""
 
 
 @dataclass(slots=True)
@@ -174,6 +180,8 @@ class Step:
     denoise_at : Callable[[Tensor, str], Pair] or None
         ``denoise_at(y, "t" or "s")``: the model's pair at ``y`` at either end (the pair hook applied), for rules
         that evaluate twice (Heun).
+    prepared : dict
+        What a rule's ``prepare`` computed for this step, keyed by the rule (see :data:`Rule`).
     """
 
     index: int
@@ -189,6 +197,7 @@ class Step:
     da_s: float
     db_s: float
     denoise_at: Callable[[Tensor, str], Pair] | None = None
+    prepared: dict = field(default_factory=dict)
 
     @property
     def last(self) -> bool:
@@ -199,6 +208,32 @@ class Step:
     def h(self) -> float:
         """The signed step $s - t$ (negative when sampling, positive when encoding)."""
         return self.s - self.t
+
+
+def scalars(values: Sequence[float], like: Tensor) -> tuple[Tensor, ...] | None:
+    r"""A step's coefficients as 0-dim CPU tensors in ``like``'s dtype, built once for a whole grid (lesson 4, sec. 4.8).
+
+    ``c * x`` with ``c`` a Python float wraps ``c`` in a new tensor at every operation; a prebuilt 0-dim CPU tensor of
+    ``x``'s dtype holds the same number (the float rounded to that dtype, as the operation would round it) and enters
+    the kernel the same way, as a scalar argument, so the results are bit-identical and no step creates a tensor or
+    touches the device. Only for a multiplier or divisor of a tensor of exactly that dtype.
+
+    Parameters
+    ----------
+    values : sequence of float
+        The numbers.
+    like : Tensor
+        The tensor they will multiply or divide.
+
+    Returns
+    -------
+    tuple of Tensor, or None
+        One 0-dim tensor per value; ``None`` unless ``like`` is float32 or float64 (in reduced precision an operation
+        computes with the float in float32, so the floats themselves must be used).
+    """
+    if like.dtype not in (torch.float32, torch.float64):
+        return None
+    return torch.tensor(values, dtype=like.dtype).unbind(0)
 
 
 def pair_from(pred: Tensor, kind: str, x: Tensor, a: float, b: float, da: float, db: float) -> Pair:
@@ -228,22 +263,29 @@ def pair_from(pred: Tensor, kind: str, x: Tensor, a: float, b: float, da: float,
         Where the inversion divides by zero (``a = 0`` for eps or score, ``b = 0`` for x0, $a\dot b - b\dot a$ zero
         or not finite for velocity).
     """
+    return _pair(pred, kind, x, a, b, da, db, a, b)
+
+
+def _pair(pred: Tensor, kind: str, x: Tensor, a: float, b: float, da: float, db: float, ca, cb) -> Pair:
+    """:func:`pair_from` with ``ca``, ``cb`` the numbers its arithmetic multiplies and divides by: ``a`` and ``b``
+    themselves, or (in :func:`run`) 0-dim CPU tensors holding them in the dtype of ``x`` and ``pred``, which give the
+    same results without wrapping a Python number into a tensor at every operation (the checks use the floats)."""
     if kind == "x0":
         if b == 0:
             raise ValueError("cannot recover eps from an 'x0' prediction where b is 0 (the data end)")
-        return Pair(pred, (x - a * pred) / b)
+        return Pair(pred, (x - ca * pred) / cb)
     if kind in ("eps", "score"):
         if a == 0:
             raise ValueError(f"cannot recover x0 from a {kind!r} prediction where a is 0 (e.g. at an endpoint of time)")
         eps = pred if kind == "eps" else -b * pred
-        return Pair((x - b * eps) / a, eps)
+        return Pair((x - cb * eps) / ca, eps)
     if kind == "v":
         det = a * a + b * b
-        return Pair((a * x - b * pred) / det, (b * x + a * pred) / det)
+        return Pair((ca * x - cb * pred) / det, (cb * x + ca * pred) / det)
     det = a * db - b * da
     if det == 0 or not math.isfinite(det):
         raise ValueError(f"cannot invert a 'velocity' prediction where a db - b da = {det:g} (db = inf at t = 0)")
-    return Pair((db * x - b * pred) / det, (a * pred - da * x) / det)
+    return Pair((db * x - cb * pred) / det, (ca * pred - da * x) / det)
 
 
 def denoise(
@@ -308,6 +350,7 @@ def run(
         The forward process the model was trained on.
     rule : Rule
         ``rule(pair, x, step, state) -> (mean, std, state)``; ``std`` a float or a tensor broadcasting against ``x``.
+        A ``rule.prepare(steps, x)`` is called once, before the first step (:data:`Rule`).
     cond : Tensor, optional
         Passed to the model.
     noise : Noise, optional
@@ -349,8 +392,12 @@ def run(
     check_input_dtype(model, x)
     if not isinstance(check_every, int) or isinstance(check_every, bool) or check_every < 0:
         raise ValueError(f"check_every must be an integer >= 0, got {check_every!r}")
-    g = check_grid(grid, schedule) if checked_grid is None else checked_grid
-    c = schedule.coefficients(g)
+    if checked_grid is None:
+        g = check_grid(grid, schedule)
+        c = _coefficients_on_checked(schedule, g)
+    else:
+        g = checked_grid
+        c = schedule.coefficients(g)
     table = [[math.nan] * len(g) if v is None else v.tolist() for v in (c.a, c.b, c.da, c.db)]  # discrete: no da, db
     times, gx = g.tolist(), g.to(device=x.device, dtype=x.dtype)
     num_steps = len(times) - 1
@@ -358,20 +405,37 @@ def run(
     state = {} if state is None else state
 
     columns = list(zip(*table, strict=True))  # (a, b, da, db) at each grid point
+    # Built once for the whole grid, so that a step creates no tensor of its own: each point's time as a (B,) view
+    # (what gx[j].expand(B) gives) and a, b as 0-dim tensors for the conversion of a prediction in x's dtype.
+    kind, batch, dtype = model.prediction, x.shape[0], x.dtype
+    point_times = gx.unsqueeze(1).expand(-1, batch).unbind(0)
+    point_ab = scalars([v for a, b, _, _ in columns for v in (a, b)], x)
 
     def evaluate(y: Tensor, at: str, step: Step) -> Pair:
         nonlocal state
         j = step.index + (at == "s")
-        time = gx[j].expand(y.shape[0])
-        pair = denoise(model, y, time, columns[j], cond)
+        time = point_times[j] if y.shape[0] == batch else gx[j].expand(y.shape[0])
+        pred = check_output(model(y, time, cond), y)
+        a, b, da, db = columns[j]
+        if point_ab is not None and pred.dtype == dtype and y.dtype == dtype:
+            pair = _pair(pred, kind, y, a, b, da, db, point_ab[2 * j], point_ab[2 * j + 1])
+        else:
+            pair = _pair(pred, kind, y, a, b, da, db, a, b)
         if on_pair is not None:
             pair, state = on_pair(pair, y, step, state)
         return pair
 
+    steps = [Step(i, num_steps, times[i], times[i + 1], *columns[i], *columns[i + 1]) for i in range(num_steps)]
+    for step in steps:
+        step.denoise_at = functools.partial(evaluate, step=step)
+    prepare = getattr(rule, "prepare", None)
+    if prepare is not None:
+        for step, entry in zip(steps, prepare(steps, x), strict=True):
+            step.prepared[rule] = entry
+
     with torch.set_grad_enabled(grad):
-        for i in tqdm(range(num_steps), disable=not progress, desc=desc, leave=False):
-            step = Step(i, num_steps, times[i], times[i + 1], *columns[i], *columns[i + 1])
-            step.denoise_at = functools.partial(evaluate, step=step)
+        for step in tqdm(steps, desc=desc, leave=False) if progress else steps:
+            i = step.index
             try:
                 pair = evaluate(x, "t", step)
                 mean, std, state = rule(pair, x, step, state)
@@ -383,6 +447,15 @@ def run(
             except ValueError as err:
                 raise ValueError(f"at step {i} (t={times[i]:g} -> {times[i + 1]:g}): {err}") from err
             yield SamplerStep(i, times[i + 1], x, pair.x0)
+
+
+def _coefficients_on_checked(schedule: Schedule, g: Tensor) -> Coefficients:
+    """``schedule.coefficients(g)`` for a grid :func:`check_grid` has checked, without checking it a second time
+    (unless the schedule overrides the public checks, which then run as they would)."""
+    cls = type(schedule)
+    if cls.coefficients is Schedule.coefficients and cls.check_t is Schedule.check_t:
+        return schedule._coefficients(g)
+    return schedule.coefficients(g)
 
 
 def _check_state(x: Tensor) -> None:

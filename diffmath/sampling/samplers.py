@@ -25,7 +25,7 @@ from diffmath.core._validate import as_tensor, check_batch, check_choice, check_
 from diffmath.core.models import Model, predict_pair
 from diffmath.core.notation import Pair
 from diffmath.core.schedules import Schedule
-from diffmath.sampling.loop import Noise, Rule, SamplerStep, Step, check_grid, noise_source, run
+from diffmath.sampling.loop import Noise, Rule, SamplerStep, Step, check_grid, noise_source, run, scalars
 
 __all__ = [
     "Noise",
@@ -85,17 +85,17 @@ def ddim_coefficients(
 
 def _ddim(a_t, b_t, a_s, b_s, eta, variance):
     """(a_s, c, sigma) of eq. 4.8 for Python floats (the loop) or tensors (:func:`ddim_coefficients`) alike."""
-
-    def pos(v):
-        return v.clamp(min=0.0) if isinstance(v, Tensor) else max(v, 0.0)
-
-    step_std = pos(b_t**2 - (a_t / a_s) ** 2 * b_s**2) ** 0.5
+    step_std = _nonneg(b_t**2 - (a_t / a_s) ** 2 * b_s**2) ** 0.5
     sigma = eta * step_std * (b_s / b_t if variance == "posterior" else 1.0) * (b_s > 0)  # none into the data
-    return a_s, pos(b_s**2 - sigma**2) ** 0.5, sigma
+    return a_s, _nonneg(b_s**2 - sigma**2) ** 0.5, sigma
+
+
+def _nonneg(v):
+    return v.clamp(min=0.0) if isinstance(v, Tensor) else max(v, 0.0)
 
 
 def ddim_rule(eta: float = 0.0, variance: str = "posterior") -> Rule:
-    r"""The DDIM-family update (lesson 4, eq. 4.8) as a rule of the one loop: mean $a_s\hat x_0 + c\,\hatarepsilon$,
+    r"""The DDIM-family update (lesson 4, eq. 4.8) as a rule of the one loop: mean $a_s\hat x_0 + c\,\hat\varepsilon$,
     standard deviation $\sigma$ (:func:`ddim_coefficients`).
 
     Parameters
@@ -108,7 +108,9 @@ def ddim_rule(eta: float = 0.0, variance: str = "posterior") -> Rule:
     Returns
     -------
     Rule
-        ``rule(pair, x, step, state) -> (mean, std, state)``.
+        ``rule(pair, x, step, state) -> (mean, std, state)``, with a ``prepare`` that computes every step's
+        $(a_s, c, \sigma)$ once per grid, $a_s$ and $c$ as 0-dim tensors in the dtype of ``x``
+        (:func:`~diffmath.sampling.loop.scalars`: the same numbers, bit-identical results).
 
     Raises
     ------
@@ -117,10 +119,31 @@ def ddim_rule(eta: float = 0.0, variance: str = "posterior") -> Rule:
     """
     _check_eta(eta, variance)
 
-    def rule(pair: Pair, x: Tensor, step: Step, state: dict):
+    def coefficients(step: Step) -> tuple[float, float, float]:
         a_s, c, sigma = _ddim(step.a_t, step.b_t, step.a_s, step.b_s, eta, variance)
-        return a_s * pair.x0 + c * pair.eps, float(sigma), state
+        return a_s, c, float(sigma)
 
+    def prepare(steps: list[Step], x: Tensor) -> list:
+        rows = []
+        for step in steps:
+            try:
+                rows.append(coefficients(step))
+            except ArithmeticError:  # e.g. b_t = 0: left to the step itself, which raises it in its turn
+                rows.append(None)
+        multipliers = scalars([v for row in rows if row is not None for v in row[:2]], x)
+        if multipliers is None:
+            return [None] * len(steps)
+        it = iter(multipliers)
+        return [None if row is None else (next(it), next(it), row[2]) for row in rows]
+
+    def rule(pair: Pair, x: Tensor, step: Step, state: dict):
+        got = step.prepared.get(rule)
+        if got is None or pair.x0.dtype != got[0].dtype or pair.eps.dtype != got[0].dtype:
+            got = coefficients(step)  # outside run, or a pair not in x's dtype: the floats themselves
+        a_s, c, sigma = got
+        return a_s * pair.x0 + c * pair.eps, sigma, state
+
+    rule.prepare = prepare
     return rule
 
 
