@@ -23,9 +23,10 @@ import torch
 from diffmath.core._io import atomic_write, file_lock
 from diffmath.core.schedules import Schedule, get_schedule
 from diffmath.flows import FlowMatchingLoss, reflow_pairs
-from diffmath.metrics import AttributeClassifier, _AttributeLoss
+from diffmath.metrics import AttributeClassifier, _AttributeLoss, frechet_distance, kernel_distance
 from diffmath.nets.mlp import MLP
 from diffmath.nets.unet import UNet
+from diffmath.ode import ode_sample
 from diffmath.pfgm import PoissonLoss
 from diffmath.train.training import DiffusionLoss, TrainStep, fit, read_checkpoint, save_atomic, train
 
@@ -929,8 +930,6 @@ def image_fidelity(
         If the recipe's data set is not generated (the 1797 digits have no independent draws), ``n`` < 2 or
         ``draws`` < 2.
     """
-    from diffmath.metrics import frechet_distance, kernel_distance
-    from diffmath.ode import ode_sample
     from toydata.images import held_out
 
     config = image_model.config
