@@ -135,6 +135,11 @@ class PoissonField:
     ValueError
         If ``points`` is empty, has fewer than 2 dimensions or holds NaN or infinity, or the weights are not of
         shape (N,), negative, or do not sum to one.
+
+        The methods taking ``(x, a, b)`` check them in one place and raise a TypeError if ``x`` is not a floating
+        tensor or ``a``, ``b`` are not real numbers or tensors; a ValueError if ``x`` is not of shape
+        (B, *event_shape) or holds NaN or infinity, or ``a``, ``b`` are not finite, of shape () or (B,), or ``b`` is
+        not positive.
     """
 
     def __init__(self, points: Tensor, weights: Tensor | None = None) -> None:
@@ -205,11 +210,8 @@ class PoissonField:
 
         Raises
         ------
-        TypeError
-            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
-        ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, or ``a``, ``b`` are not finite,
-            of shape () or (B,), or ``b`` is not positive.
+        TypeError, ValueError
+            On bad ``x``, ``a`` or ``b``: see the class docstring.
         """
         return torch.logsumexp(self._joint(x, a, b)[3], dim=1)
 
@@ -230,11 +232,8 @@ class PoissonField:
 
         Raises
         ------
-        TypeError
-            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
-        ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, or ``a``, ``b`` are not finite,
-            of shape () or (B,), or ``b`` is not positive.
+        TypeError, ValueError
+            On bad ``x``, ``a`` or ``b``: see the class docstring.
         """
         return torch.softmax(self._joint(x, a, b)[3], dim=1)
 
@@ -254,11 +253,8 @@ class PoissonField:
 
         Raises
         ------
-        TypeError
-            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
-        ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, or ``a``, ``b`` are not finite,
-            of shape () or (B,), or ``b`` is not positive.
+        TypeError, ValueError
+            On bad ``x``, ``a`` or ``b``: see the class docstring.
         """
         resp = self.component_posterior(x, a, b)
         return (resp @ self._params(resp)[1]).reshape(x.shape)
@@ -280,11 +276,8 @@ class PoissonField:
 
         Raises
         ------
-        TypeError
-            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
-        ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, or ``a``, ``b`` are not finite,
-            of shape () or (B,), or ``b`` is not positive.
+        TypeError, ValueError
+            On bad ``x``, ``a`` or ``b``: see the class docstring.
         """
         x0 = self.posterior_mean(x, a, b)
         a_, b_ = (per_sample(as_tensor(c, n, x).reshape(-1), x, n) for c, n in ((a, "a"), (b, "b")))
@@ -307,11 +300,8 @@ class PoissonField:
 
         Raises
         ------
-        TypeError
-            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
-        ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, or ``a``, ``b`` are not finite,
-            of shape () or (B,), or ``b`` is not positive.
+        TypeError, ValueError
+            On bad ``x``, ``a`` or ``b``: see the class docstring.
         """
         xf, a_, b_, joint = self._joint(x, a, b)
         resp = torch.softmax(joint, dim=1)
@@ -340,11 +330,8 @@ class PoissonField:
 
         Raises
         ------
-        TypeError
-            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
-        ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, or ``a``, ``b`` are not finite,
-            of shape () or (B,), or ``b`` is not positive.
+        TypeError, ValueError
+            On bad ``x``, ``a`` or ``b``: see the class docstring.
         """
         xf = self._flat(x)
         for c, n in ((da, "da"), (db, "db")):

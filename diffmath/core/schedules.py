@@ -99,11 +99,8 @@ class Schedule:
 
         Raises
         ------
-        TypeError
-            If ``t`` is not a real number or a real tensor.
-        ValueError
-            If ``t`` holds NaN or infinity, lies outside $[0, t_{\max}]$, or is not an integer on a discrete
-            schedule.
+        TypeError, ValueError
+            On bad ``t``, as :meth:`check_t`.
         """
         return self._coefficients(self.check_t(t))
 
@@ -122,11 +119,8 @@ class Schedule:
 
         Raises
         ------
-        TypeError
-            If ``t`` is not a real number or a real tensor.
-        ValueError
-            If ``t`` holds NaN or infinity, lies outside $[0, t_{\max}]$, or is not an integer on a discrete
-            schedule.
+        TypeError, ValueError
+            On bad ``t``, as :meth:`check_t`.
         """
         return self.coefficients(t).a
 
@@ -145,11 +139,8 @@ class Schedule:
 
         Raises
         ------
-        TypeError
-            If ``t`` is not a real number or a real tensor.
-        ValueError
-            If ``t`` holds NaN or infinity, lies outside $[0, t_{\max}]$, or is not an integer on a discrete
-            schedule.
+        TypeError, ValueError
+            On bad ``t``, as :meth:`check_t`.
         """
         return self.coefficients(t).b
 
@@ -200,11 +191,8 @@ class Schedule:
 
         Raises
         ------
-        TypeError
-            If ``t`` is not a real number or a real tensor.
-        ValueError
-            If ``t`` holds NaN or infinity, lies outside $[0, t_{\max}]$, or is not an integer on a discrete
-            schedule.
+        TypeError, ValueError
+            On bad ``t``, as :meth:`check_t`.
         """
         c = self.coefficients(t)
         return 2.0 * (torch.log(c.a) - torch.log(c.b))

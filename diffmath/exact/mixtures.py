@@ -50,6 +50,12 @@ class GaussianMixture:
         ``means`` is not of shape (K, *event_shape), ``covs`` has none of the accepted shapes or is not symmetric
         positive definite, or ``labels`` is not a non-negative integer tensor of shape (K,).
 
+        The methods taking ``(x, a, b, cond)`` check them in one place and raise a TypeError if ``x`` is not a
+        floating tensor or ``a``, ``b`` are not real numbers or tensors; a ValueError if ``x`` is not of shape
+        (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or not of shape () or (B,),
+        ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a class no component has, or
+        the noised density is singular (``b = 0`` with a degenerate component).
+
     Notes
     -----
     All computations run in the dtype and device of the input ``x``; use float64 for identities to 1e-9.
@@ -208,12 +214,8 @@ class GaussianMixture:
 
         Raises
         ------
-        TypeError
-            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
-        ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or
-            not of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a
-            class no component has, or the noised density is singular (``b = 0`` with a degenerate component).
+        TypeError, ValueError
+            On bad ``x``, ``a``, ``b`` or ``cond``: see the class docstring.
         """
         return self.noised_log_prob(x, 1.0, 0.0)
 
@@ -310,12 +312,8 @@ class GaussianMixture:
 
         Raises
         ------
-        TypeError
-            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
-        ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or
-            not of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a
-            class no component has, or the noised density is singular (``b = 0`` with a degenerate component).
+        TypeError, ValueError
+            On bad ``x``, ``a``, ``b`` or ``cond``: see the class docstring.
         """
         return self._stats(x, a, b, cond, "log_prob")["log_prob"]
 
@@ -338,12 +336,8 @@ class GaussianMixture:
 
         Raises
         ------
-        TypeError
-            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
-        ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or
-            not of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a
-            class no component has, or the noised density is singular (``b = 0`` with a degenerate component).
+        TypeError, ValueError
+            On bad ``x``, ``a``, ``b`` or ``cond``: see the class docstring.
         """
         return self._stats(x, a, b, cond, "score")["score"].reshape(x.shape)
 
@@ -367,12 +361,8 @@ class GaussianMixture:
 
         Raises
         ------
-        TypeError
-            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
-        ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or
-            not of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a
-            class no component has, or the noised density is singular (``b = 0`` with a degenerate component).
+        TypeError, ValueError
+            On bad ``x``, ``a``, ``b`` or ``cond``: see the class docstring.
         """
         s = self._stats(x, a, b, cond, "moments")
         return torch.einsum("bk,bkd->bd", s["resp"], s["mean_k"]).reshape(x.shape)
@@ -396,12 +386,8 @@ class GaussianMixture:
 
         Raises
         ------
-        TypeError
-            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
-        ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or
-            not of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a
-            class no component has, or the noised density is singular (``b = 0`` with a degenerate component).
+        TypeError, ValueError
+            On bad ``x``, ``a``, ``b`` or ``cond``: see the class docstring.
         """
         score = self.score(x, a, b, cond)
         return -per_sample(as_tensor(b, "b", x), x, "b") * score
@@ -426,12 +412,8 @@ class GaussianMixture:
 
         Raises
         ------
-        TypeError
-            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
-        ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or
-            not of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a
-            class no component has, or the noised density is singular (``b = 0`` with a degenerate component).
+        TypeError, ValueError
+            On bad ``x``, ``a``, ``b`` or ``cond``: see the class docstring.
         """
         s = self._stats(x, a, b, cond, "moments")
         return self._mix_cov(s["resp"], s["mean_k"], s["var_k"])
@@ -457,12 +439,8 @@ class GaussianMixture:
 
         Raises
         ------
-        TypeError
-            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
-        ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or
-            not of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a
-            class no component has, or the noised density is singular (``b = 0`` with a degenerate component).
+        TypeError, ValueError
+            On bad ``x``, ``a``, ``b`` or ``cond``: see the class docstring.
         """
         return self._stats(x, a, b, cond, "log_prob")["resp"]
 
@@ -483,12 +461,8 @@ class GaussianMixture:
 
         Raises
         ------
-        TypeError
-            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
-        ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or
-            not of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a
-            class no component has, or the noised density is singular (``b = 0`` with a degenerate component).
+        TypeError, ValueError
+            On bad ``x``, ``a``, ``b`` or ``cond``: see the class docstring.
         """
         resp = self.component_posterior(x, a, b)
         out = torch.zeros(resp.shape[0], self.num_classes, dtype=resp.dtype, device=resp.device)
@@ -524,12 +498,8 @@ class GaussianMixture:
 
         Raises
         ------
-        TypeError
-            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
-        ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or
-            not of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a
-            class no component has, or the noised density is singular (``b = 0`` with a degenerate component).
+        TypeError, ValueError
+            On bad ``x``, ``a``, ``b`` or ``cond``: see the class docstring.
         """
         pair = Pair(self.posterior_mean(x, a, b, cond), self.eps_mean(x, a, b, cond))
         return from_pair(pair, "velocity", a, b, da, db)
@@ -584,6 +554,9 @@ class EmpiricalData(GaussianMixture):
         If ``points`` has fewer than 2 dimensions or holds NaN or infinity, the weights are not of shape (N,),
         negative or do not sum to one, ``points`` is empty, or ``labels`` is not a non-negative integer tensor of
         shape (N,).
+
+        Its methods check ``(x, a, b, cond)`` as :class:`GaussianMixture`'s do, and need ``b > 0`` (point masses have
+        no density at ``b = 0``).
     """
 
     _allow_singular = True
@@ -658,12 +631,8 @@ class EmpiricalData(GaussianMixture):
 
         Raises
         ------
-        TypeError
-            If ``x`` is not a floating tensor, or ``a``, ``b`` are not real numbers or tensors.
-        ValueError
-            If ``x`` is not of shape (B, *event_shape) or holds NaN or infinity, ``a`` or ``b`` is not finite, negative or
-            not of shape () or (B,), ``cond`` is not a tensor of labels in -1..num_classes-1 of shape (B,) or names a
-            class no component has, or the noised density is singular (``b = 0`` with a degenerate component).
+        TypeError, ValueError
+            On bad ``x``, ``a``, ``b`` or ``cond``: see the class docstring.
         """
         resp = self.component_posterior(x, a, b, cond)
         return (resp @ self._params(resp)[1]).reshape(x.shape)
