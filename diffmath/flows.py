@@ -31,6 +31,7 @@ from diffmath.core._validate import (
     check_batch,
     check_dtype,
     check_finite,
+    check_int,
     check_nonempty,
     check_output,
     check_real,
@@ -1292,8 +1293,7 @@ def cost_identity(
     check_model(model)
     path = as_path(schedule if schedule is not None else LinearPath())
     B = x0.shape[0]
-    if not isinstance(num_times, int) or isinstance(num_times, bool) or num_times < 1:
-        raise ValueError(f"num_times must be a positive integer, got {num_times!r}")
+    check_int(num_times, "num_times")
     V = torch.zeros(B, dtype=torch.float64)
     for _ in range(num_times):
         t = 1.0 - torch.rand(B, generator=generator, dtype=x0.dtype)
@@ -1364,8 +1364,7 @@ def reflow(
     ValueError
         If ``rounds`` is not a positive integer, or as :func:`~diffmath.train.training.fit`.
     """
-    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
-        raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
+    check_int(rounds, "rounds")
     check_model(model)
     _check_trainable(model, frozen_ok=True)  # each round trains an unfrozen copy
     out, current = [], model

@@ -57,8 +57,7 @@ def radial_profile(kind: str, d: int) -> Callable[[Tensor], Tensor]:
     ValueError
         If ``kind`` is unknown or ``d`` is not a positive integer.
     """
-    if not isinstance(d, int) or isinstance(d, bool) or d < 1:
-        raise ValueError(f"d must be a positive integer, got {d!r}")
+    check_int(d, "d")
     if kind == "gaussian":
         return lambda s: torch.exp(-0.5 * s**2) / (2 * math.pi) ** (0.5 * d)
     if kind == "cauchy":

@@ -176,8 +176,7 @@ class AttributeClassifier(nn.Module):
     ) -> None:
         super().__init__()
         for name, v in (("in_channels", in_channels), ("size", size), ("width", width), ("features", features)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            check_int(v, name)
         if width % 8:
             raise ValueError(f"width must be a multiple of 8 (GroupNorm with 8 groups), got {width}")
         if (
@@ -436,15 +435,20 @@ def frechet_distance(classifier: AttributeClassifier, x: Tensor, y: Tensor) -> f
     ValueError
         If a set has fewer than two images, the wrong shape, or holds NaN or infinity.
     """
+    hx, hy = _set_features(classifier, x, y)
+    return gaussian_frechet(hx.mean(0), torch.cov(hx.T), hy.mean(0), torch.cov(hy.T))
+
+
+def _set_features(classifier: AttributeClassifier, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The float64 classifier features of two checked image sets of at least two images each (eqs. 20.1-20.2)."""
     classifier = _check_classifier(classifier)
-    stats = []
+    out = []
     for name, images in (("x", x), ("y", y)):
         images = classifier._check(images, name)
         if images.shape[0] < 2:
             raise ValueError(f"{name} needs at least two images, got {images.shape[0]}")
-        h = torch.cat(_in_chunks(classifier.features, images)).double()
-        stats += [h.mean(0), torch.cov(h.T)]
-    return gaussian_frechet(stats[0], stats[1], stats[2], stats[3])
+        out.append(torch.cat(_in_chunks(classifier.features, images)).double())
+    return out[0], out[1]
 
 
 def kernel_mmd2(hx: Tensor, hy: Tensor, degree: int = 3) -> float:
@@ -476,8 +480,7 @@ def kernel_mmd2(hx: Tensor, hy: Tensor, degree: int = 3) -> float:
         If the shapes are not (N, F), (M, F) with N, M >= 2, a value is not finite, or ``degree`` is not an integer
         >= 1.
     """
-    if not isinstance(degree, int) or isinstance(degree, bool) or degree < 1:
-        raise ValueError(f"degree must be an integer >= 1, got {degree!r}")
+    check_int(degree, "degree")
     for name, h in (("hx", hx), ("hy", hy)):
         if not isinstance(h, Tensor) or h.is_complex() or h.dtype == torch.bool:
             raise TypeError(f"{name} must be a real tensor, got {type(h).__name__}")
@@ -522,9 +525,7 @@ def kernel_distance(classifier: AttributeClassifier, x: Tensor, y: Tensor, degre
     TypeError, ValueError
         As :func:`frechet_distance` and :func:`kernel_mmd2`.
     """
-    classifier = _check_classifier(classifier)
-    h = [torch.cat(_in_chunks(classifier.features, classifier._check(v, name))) for name, v in (("x", x), ("y", y))]
-    return kernel_mmd2(h[0], h[1], degree)
+    return kernel_mmd2(*_set_features(classifier, x, y), degree=degree)
 
 
 def _image_pair(x: Tensor, y: Tensor, data_range: float) -> tuple[Tensor, Tensor]:

@@ -27,6 +27,7 @@ from diffmath.core._validate import (
     check_batch,
     check_dtype,
     check_finite,
+    check_int,
     check_nonempty,
     check_output,
     check_positive,
@@ -60,8 +61,7 @@ def sphere_area(n: int) -> float:
     ValueError
         If ``n`` is not a positive integer.
     """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_int(n, "n")
     return math.exp(math.log(2.0) + 0.5 * n * math.log(math.pi) - math.lgamma(0.5 * n))
 
 
@@ -461,7 +461,7 @@ class PoissonField:
         TypeError
             If ``dtype`` is not a floating dtype.
         """
-        _check_n(n)
+        check_int(n, "n")
         dtype = check_dtype(dtype)
         i = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         x = self.points[i].to(dtype or torch.get_default_dtype()).reshape(n, *self.event_shape)
@@ -574,12 +574,6 @@ def _check_poisson_prediction(prediction: object) -> str:
     return kind
 
 
-def _check_n(n: object) -> int:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    return n
-
-
 def _shape(event_shape: int | tuple[int, ...]) -> tuple[int, ...]:
     try:
         shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
@@ -635,7 +629,7 @@ def multivariate_cauchy(
     shape, dtype = _shape(event_shape), check_dtype(dtype)
     if max_radius is not None:
         check_positive(max_radius, "max_radius")
-    eps = torch.randn(_check_n(n), math.prod(shape) + 1, generator=generator, dtype=torch.float64)
+    eps = torch.randn(check_int(n, "n"), math.prod(shape) + 1, generator=generator, dtype=torch.float64)
     c = (eps[:, :-1] / eps[:, -1:].abs()).reshape(n, *shape)
     return _clip(c, max_radius).to(dtype or torch.get_default_dtype())
 
@@ -674,9 +668,8 @@ def beta_prime_radius(
     TypeError
         If ``dtype`` is not a floating dtype.
     """
-    _check_n(n)
-    if not isinstance(d, int) or isinstance(d, bool) or d < 1:
-        raise ValueError(f"d must be a positive integer, got {d!r}")
+    check_int(n, "n")
+    check_int(d, "d")
     dtype = check_dtype(dtype)
     if max_radius is not None:
         max_radius = check_positive(max_radius, "max_radius")
@@ -716,8 +709,7 @@ def clip_radius(d: int, keep: float = 0.95) -> float:
     """
     from scipy.stats import beta
 
-    if not isinstance(d, int) or isinstance(d, bool) or d < 1:
-        raise ValueError(f"d must be a positive integer, got {d!r}")
+    check_int(d, "d")
     if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep < 1:
         raise ValueError(f"keep must be a fraction in (0, 1), got {keep!r}")
     b = float(beta.ppf(keep, 0.5 * d, 0.5))
@@ -795,9 +787,8 @@ def uniform_hemisphere(
     ValueError
         If ``n`` or ``d`` is not a positive integer or ``radius`` is not positive.
     """
-    _check_n(n)
-    if not isinstance(d, int) or isinstance(d, bool) or d < 1:
-        raise ValueError(f"d must be a positive integer, got {d!r}")
+    check_int(n, "n")
+    check_int(d, "d")
     radius = check_positive(radius, "radius")
     y = torch.randn(n, d + 1, generator=generator, dtype=torch.float64)
     y = radius * y / y.norm(dim=1, keepdim=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from diffmath.core._io import atomic_write, file_lock
+from diffmath.core._validate import check_int
 from diffmath.core.schedules import Schedule, get_schedule
 from diffmath.flows import FlowMatchingLoss, reflow_pairs
 from diffmath.metrics import AttributeClassifier, _AttributeLoss, frechet_distance, kernel_distance
@@ -926,16 +927,21 @@ def image_fidelity(
 
     Raises
     ------
+    TypeError
+        If ``image_model`` is not an :class:`ImageModel` or ``classifier`` not an :class:`AttributeClassifier`.
     ValueError
         If the recipe's data set is not generated (the 1797 digits have no independent draws), ``n`` < 2 or
         ``draws`` < 2.
     """
     from toydata.images import held_out
 
+    if not isinstance(image_model, ImageModel):
+        raise TypeError(f"image_model must be an ImageModel (from train_image), got {type(image_model).__name__}")
+    if not isinstance(classifier, AttributeClassifier):
+        raise TypeError(f"classifier must be an AttributeClassifier, got {type(classifier).__name__}")
+    check_int(n, "n", 2)
+    check_int(draws, "draws", 2)
     config = image_model.config
-    for name, v in (("n", n), ("draws", draws)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 2:
-            raise ValueError(f"{name} must be an integer >= 2, got {v!r}")
     out: dict[str, list[float]] = {"floor": [], "model": [], "kid_floor": [], "kid_model": []}
     schedule, size = image_model.schedule, config["size"]
     for k in range(draws):

@@ -89,7 +89,8 @@ def check_positive(value: object, name: str, allow_zero: bool = False) -> float:
 def check_int(value: object, name: str, low: int = 1) -> int:
     """Return ``value`` after checking it is an integer (not a bool) >= ``low``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        wanted = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
     return value
 
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from diffmath.core._validate import as_tensor, check_batch, check_finite
+from diffmath.core._validate import as_tensor, check_batch, check_finite, check_int
 from diffmath.core.notation import check_prediction
 
 
@@ -120,10 +120,8 @@ class MLP(nn.Module):
             ("depth", depth),
             ("out_dim", 1 if out_dim is None else out_dim),
         ):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
-            raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+            check_int(v, name)
+        check_int(num_classes, "num_classes", 0)
         self.prediction = check_prediction(prediction)
         self.dim, self.num_classes = dim, num_classes
         self.time = TimeEmbedding(time_dim, t_max, "time_dim")

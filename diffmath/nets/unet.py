@@ -209,8 +209,7 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         for name, v in (("in_channels", in_channels), ("num_res_blocks", num_res_blocks)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            check_int(v, name)
         given = channels
         channels = _int_tuple(channels) if not isinstance(channels, int) else None
         if not channels or not all(_is_int(c, 1) for c in channels):

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from diffmath.core._io import content_sha256, load_data, save_data
-from diffmath.core._validate import check_batch, check_nonempty, check_output
+from diffmath.core._validate import check_batch, check_int, check_nonempty, check_output
 from diffmath.core.device import autocast, check_precision, resolve_device, unwrap
 from diffmath.core.models import check_model
 from diffmath.core.notation import Pair, from_pair
@@ -56,8 +56,7 @@ class Draws:
     def __init__(self, generator: torch.Generator | None = None, rank: int = 0, world_size: int = 1) -> None:
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-        if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
-            raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+        check_int(world_size, "world_size")
         if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < world_size:
             raise ValueError(f"rank must be an integer in [0, {world_size}), got {rank!r}")
         self.generator, self.rank, self.world_size = generator, rank, world_size
@@ -441,8 +440,7 @@ def train(
     objective = repr(loss)
     data = check_nonempty(check_batch(data, "data"), "data")
     for name, v in (("steps", steps), ("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        check_int(v, name)
     if not _real(lr) or not 0 < lr < math.inf:
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
     if ema_decay is not None and (not _real(ema_decay) or not 0 < ema_decay < 1):
