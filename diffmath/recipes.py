@@ -500,6 +500,9 @@ IMAGE_RECIPES: dict[str, dict] = {
     "attr-shape-quadrant": {**_ATTR, "condition_on": ["shape", "quadrant"], "label_dropout": 0.1},
     "attr-colour": {**_ATTR, "condition_on": ["colour"], "label_dropout": 0.1},
     "attr-size-texture": {**_ATTR, "condition_on": ["size", "texture"], "label_dropout": 0.1},
+    # the colour model again on another forward process (VP-linear): the negative control of lesson 21 (its times
+    # mean other noise levels than the cosine models' at the same t)
+    "attr-colour-linear": {**_ATTR, "condition_on": ["colour"], "label_dropout": 0.1, "schedule": "vp-linear"},
     # every label dropped on its own with probability 0.15: the network learns every partial condition as well
     "attr-joint": {
         **_ATTR,

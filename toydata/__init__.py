@@ -17,6 +17,7 @@ from toydata.images import (
 from toydata.toys import (
     LABELLED,
     TOYS,
+    TwoAttributes,
     checkerboard,
     eight_gaussians,
     eight_gaussians_mixture,
@@ -26,6 +27,7 @@ from toydata.toys import (
     rings,
     sample,
     swiss_roll,
+    two_attributes,
 )
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "TEST_SEED",
     "TOYS",
     "ImageBatch",
+    "TwoAttributes",
     "attribute_shapes",
     "checkerboard",
     "digits",
@@ -51,4 +54,5 @@ __all__ = [
     "sample",
     "shapes",
     "swiss_roll",
+    "two_attributes",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -395,3 +396,117 @@ def sample(
             raise ValueError(f"toy {name!r} has no labels; labelled toys: {tuple(LABELLED)}")
         return TOYS[name](n, generator=generator, dtype=dtype, labels=True)
     return TOYS[name](n, generator=generator, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class TwoAttributes:
+    r"""Two binary attributes in the first two coordinates, "texture" in the rest (lesson 21, sec. 21.6).
+
+    Four Gaussian modes at $(\pm m, \pm m)$ with standard deviation ``sd`` in coordinates 0-1 (attribute $a$ is the
+    sign of coordinate 0, $b$ the sign of coordinate 1), times $\mathcal N(0, I)$ in the other $d - 2$ coordinates,
+    so that norms concentrate as they do for image latents. The combination $a = b = +$ is rare. Every conditional is
+    again a Gaussian mixture, so every model of it is exact. Built by :func:`two_attributes`.
+
+    Parameters
+    ----------
+    joint : GaussianMixture
+        The data law, all four modes.
+    a, b : GaussianMixture
+        The laws given $a = +$ and given $b = +$ (the two models to merge).
+    target : GaussianMixture
+        The law given $a = b = +$ (the oracle).
+    separation, sd : float
+        $m$ and the modes' standard deviation.
+    """
+
+    joint: GaussianMixture
+    a: GaussianMixture
+    b: GaussianMixture
+    target: GaussianMixture
+    separation: float
+    sd: float
+
+    def judge(self, x: Tensor) -> dict[str, float]:
+        r"""Score samples (lesson 21, sec. 21.6): joint success, off-mode rate and texture variance.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, d)
+            Samples.
+
+        Returns
+        -------
+        dict
+            ``"joint"``: fraction with $a = b = +$ that lie on a mode; ``"a"``, ``"b"``: fraction with each
+            attribute; ``"off_mode"``: fraction farther than 4 sd from every mode in coordinates 0-1;
+            ``"texture_var"``: mean variance of the texture coordinates (1 for the data).
+
+        Raises
+        ------
+        ValueError
+            If ``x`` is not of shape (B, d).
+        """
+        d = self.joint.means.shape[1]
+        if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] != d or x.shape[0] < 2:
+            raise ValueError(f"x must be a tensor of shape (B, {d}) with B >= 2")
+        x = x.to(torch.float64)
+        xy = x[:, :2]
+        dist = (xy[:, None, :] - self.joint.means[None, :, :2]).norm(dim=2).min(1).values
+        on = dist <= 4 * self.sd
+        a, b = xy[:, 0] > 0, xy[:, 1] > 0
+        return {
+            "joint": float((a & b & on).double().mean()),
+            "a": float(a.double().mean()),
+            "b": float(b.double().mean()),
+            "off_mode": float((~on).double().mean()),
+            "texture_var": float(x[:, 2:].var(0).mean()) if d > 2 else float("nan"),
+        }
+
+
+def two_attributes(d: int = 1024, rare: float = 0.05, separation: float = 1.0, sd: float = 0.3) -> TwoAttributes:
+    r"""The two-attribute mixture with texture (lesson 21, sec. 21.6): modes $(+,+)$ and $(-,-)$ of weight ``rare``,
+    $(+,-)$ and $(-,+)$ of weight $1/2 - $ ``rare``.
+
+    Parameters
+    ----------
+    d : int
+        Dimension, >= 2 (coordinates 2..d-1 are texture).
+    rare : float
+        Weight of the rare modes, in $(0, 1/2)$; $P(a = b = + \mid a = +) = 2\,$``rare``.
+    separation : float
+        $m$, the modes' distance from each axis.
+    sd : float
+        The modes' standard deviation in coordinates 0-1.
+
+    Returns
+    -------
+    TwoAttributes
+
+    Raises
+    ------
+    ValueError
+        If ``d`` is not an integer >= 2, ``rare`` is not in $(0, 1/2)$, or ``separation`` or ``sd`` is not positive.
+    """
+    if not isinstance(d, int) or isinstance(d, bool) or d < 2:
+        raise ValueError(f"d must be an integer >= 2, got {d!r}")
+    if isinstance(rare, bool) or not isinstance(rare, (int, float)) or not 0 < rare < 0.5:
+        raise ValueError(f"rare must be a number in (0, 1/2), got {rare!r}")
+    m, sd = check_positive(separation, "separation"), check_positive(sd, "sd")
+    signs = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64)
+    means = torch.zeros(4, d, dtype=torch.float64)
+    means[:, :2] = m * signs
+    var = torch.ones(4, d, dtype=torch.float64)
+    var[:, :2] = sd**2
+    w = torch.tensor([rare, 0.5 - rare, 0.5 - rare, rare], dtype=torch.float64)
+
+    def part(keep: Tensor) -> GaussianMixture:
+        return GaussianMixture(w[keep] / w[keep].sum(), means[keep], var[keep])
+
+    return TwoAttributes(
+        joint=GaussianMixture(w, means, var),
+        a=part(signs[:, 0] > 0),
+        b=part(signs[:, 1] > 0),
+        target=part((signs[:, 0] > 0) & (signs[:, 1] > 0)),
+        separation=m,
+        sd=sd,
+    )

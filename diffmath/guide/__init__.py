@@ -1,5 +1,6 @@
-"""Guidance and composition: conditioned and combined models, classifier and classifier-free guidance (lesson 9)."""
+"""Guidance and composition: conditioned and combined models, classifier and classifier-free guidance (lesson 9),
+and several models sampled together (lessons 21-24)."""
 
-from diffmath.guide import compose, guidance
+from diffmath.guide import compose, guidance, multi
 
-__all__ = ["compose", "guidance"]
+__all__ = ["compose", "guidance", "multi"]
