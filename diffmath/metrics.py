@@ -307,10 +307,13 @@ def _in_chunks(fn, x: Tensor, chunk: int = 1000) -> list:
     return [fn(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)]
 
 
-def attribute_accuracy(classifier: AttributeClassifier, images: Tensor, labels: dict[str, Tensor]) -> dict[str, float]:
+def attribute_accuracy(
+    classifier: AttributeClassifier, images: Tensor, labels: dict[str, Tensor], joint: bool = False
+) -> dict[str, float]:
     r"""Fraction of ``images`` whose attributes the classifier reads as ``labels`` (lesson 20, eq. 20.1).
 
-    For samples drawn conditionally on labels, this is how often the sample shows what was asked for.
+    For samples drawn conditionally on labels, this is how often the sample shows what was asked for; with ``joint``,
+    also how often it shows all of it at once (lesson 21, sec. 21.7).
 
     Parameters
     ----------
@@ -320,11 +323,13 @@ def attribute_accuracy(classifier: AttributeClassifier, images: Tensor, labels: 
         Images in [-1, 1].
     labels : dict of str to Tensor
         Attribute name -> integer tensor of shape (B,) (a subset of the classifier's attributes).
+    joint : bool
+        Add ``"joint"``: the fraction of images whose every listed attribute is read right.
 
     Returns
     -------
     dict of str to float
-        Attribute name -> accuracy in [0, 1].
+        Attribute name -> accuracy in [0, 1] (and ``"joint"``).
 
     Raises
     ------
@@ -348,10 +353,11 @@ def attribute_accuracy(classifier: AttributeClassifier, images: Tensor, labels: 
         if lab.numel() and (lab.min() < 0 or lab.max() >= classifier.attributes[name]):
             raise ValueError(f"labels[{name!r}] must lie in [0, {classifier.attributes[name]})")
     logits = _in_chunks(classifier, images)
-    return {
-        name: (torch.cat([lg[name] for lg in logits]).argmax(1) == lab).double().mean().item()
-        for name, lab in labels.items()
-    }
+    right = {name: torch.cat([lg[name] for lg in logits]).argmax(1) == lab for name, lab in labels.items()}
+    out = {name: r.double().mean().item() for name, r in right.items()}
+    if joint:
+        out["joint"] = torch.stack(list(right.values())).all(0).double().mean().item()
+    return out
 
 
 def gaussian_frechet(mu1: Tensor, cov1: Tensor, mu2: Tensor, cov2: Tensor) -> float:
