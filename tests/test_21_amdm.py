@@ -8,6 +8,7 @@ import torch
 
 import toydata as td
 from diffmath import VPCosine, VPLinear, cosine, su_linear
+from diffmath.compare import decision_curve, format_table, mean_se, method_table, sample_method
 from diffmath.guide.compose import Combine, Conditioned
 from diffmath.guide.multi import RELEASED, Aligned, amdm, deviation_step, merge_states, slerp
 from diffmath.nets.mlp import MLP
@@ -131,7 +132,9 @@ def test_empty_window_is_model_one_bit_for_bit(toy):
     # a network too (float32), with any rule
     net = MLP(dim=16, t_max=1000.0).eval()
     xf = x.float()
-    assert torch.equal(final(amdm([net, m1], xf, grid, sch, dpm_rule, window=0)), final(run(net, xf, grid, sch, dpm_rule)))
+    assert torch.equal(
+        final(amdm([net, m1], xf, grid, sch, dpm_rule, window=0)), final(run(net, xf, grid, sch, dpm_rule))
+    )
 
 
 @pytest.mark.parametrize("rule", [ddim_rule(), euler_rule, heun_rule, dpm_rule], ids=["ddim", "euler", "heun", "dpm"])
@@ -293,3 +296,32 @@ def test_bad_input_names_what_was_expected(toy):
     for args, kw, err, msg in cases:
         with pytest.raises(err, match=msg):
             go(*args, **kw)
+
+
+# ------------------------------------------------------------------ the comparison harness (sec. 21.6)
+def test_method_table_and_decision_curve_on_the_exact_mixture(toy):
+    """The harness gives each row one number per seed; model 1 alone succeeds at its prior rate P(b=+ | a=+) = 0.1
+    (within 4 binomial standard errors of 5 x 300 samples), the oracle always; a decision curve ends at 1."""
+    ta, sch, m1, m2 = toy
+    parts = {"1": m1, "2": m2, "u": ta.joint.model(sch), "oracle": ta.target.model(sch)}
+
+    def starts(seed):
+        return _draws(300, 16, seed=seed), _draws(300, 16, seed=seed + 1000)
+
+    rows = {"alone": ("model 1", {}), "oracle": ("oracle", {}), "amdm": ("amdm", {"window": 5, "independent": True})}
+    table = method_table(rows, parts, ta.judge, starts, sch.grid(20), sch, seeds=range(5))
+    assert all(len(v) == 5 for row in table.values() for v in row.values())
+    m, _ = mean_se(table["alone"]["joint"])
+    assert abs(m - 0.1) < 4 * math.sqrt(0.1 * 0.9 / 1500), m
+    assert min(table["oracle"]["joint"]) == 1.0
+    text = format_table(table, ["joint", "off_mode"])
+    assert "+-" in text and "5 seeds" in text and len(text.splitlines()) == 4
+    out, x0s = sample_method("model 1", parts, starts(0)[0], sch.grid(20), sch, record=True)
+    curve = decision_curve(x0s, out, lambda y: y[:, 1] > 0)
+    assert len(curve) == 20 and curve[-1] == 1.0 and all(0 <= c <= 1 for c in curve)
+    with pytest.raises(ValueError, match="missing"):
+        sample_method("eps-composition", {"1": m1, "2": m2}, starts(0)[0], sch.grid(5), sch)
+    with pytest.raises(ValueError, match="method must be one of"):
+        sample_method("average", parts, starts(0)[0], sch.grid(5), sch)
+    with pytest.raises(ValueError, match="two seeds"):
+        method_table(rows, parts, ta.judge, starts, sch.grid(5), sch, seeds=[0])
