@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import toydata as td
-from diffmath import VPCosine, VPLinear, cosine, su_linear
+from diffmath import VPCosine, VPLinear, cosine, recipes, su_linear
 from diffmath.compare import decision_curve, format_table, mean_se, method_table, sample_method
 from diffmath.guide.compose import Combine, Conditioned
 from diffmath.guide.multi import RELEASED, Aligned, amdm, deviation_step, merge_states, slerp
@@ -325,3 +325,26 @@ def test_method_table_and_decision_curve_on_the_exact_mixture(toy):
         sample_method("average", parts, starts(0)[0], sch.grid(5), sch)
     with pytest.raises(ValueError, match="two seeds"):
         method_table(rows, parts, ta.judge, starts, sch.grid(5), sch, seeds=[0])
+
+
+def test_committed_colour_models_on_two_schedules_agree_only_when_aligned_by_noise_level():
+    """attr-colour (VP cosine) and attr-colour-linear (VP linear) learned the same law: on noised held-out images,
+    the linear model called at the matching noise level (eq. 21.8) denoises like the cosine one, to within a third of
+    the error it makes when called at the same time number."""
+    cos_m = recipes.train_image("attr-colour", progress=False)
+    lin_m = recipes.train_image("attr-colour-linear", progress=False)
+    assert lin_m.path.parent == recipes.COMMITTED and isinstance(lin_m.schedule, VPLinear)
+    h = td.held_out("attribute-shapes", 64, 24, 0, correlate=recipes.RARE)
+    cond = h.labels["colour"][:, None]
+    g = torch.Generator().manual_seed(0)
+    errs = {"sigma": [], "index": []}
+    with torch.no_grad():
+        for t in (0.3, 0.5, 0.7):
+            c = cos_m.schedule.coefficients(torch.tensor(t, dtype=D))
+            xt = float(c.a) * h.images + float(c.b) * torch.randn(h.images.shape, generator=g)
+            tt = torch.full((64,), t)
+            ref = Aligned(cos_m.model, cos_m.schedule, cos_m.schedule, prediction="x0")(xt, tt, cond)
+            for align in errs:
+                other = Aligned(lin_m.model, lin_m.schedule, cos_m.schedule, align, prediction="x0")(xt, tt, cond)
+                errs[align].append((other - ref).pow(2).mean().item())
+    assert sum(errs["sigma"]) < sum(errs["index"]) / 3, errs
