@@ -208,16 +208,17 @@ def format_table(
     """
     first = next(iter(table.values()))
     metrics = list(first) if metrics is None else list(metrics)
-    width = max(len(k) for k in table) + 2
     n = len(next(iter(first.values())))
-    head = f"{'method':<{width}}" + "".join(f"{m:>18}" for m in metrics) + f"   (mean +- s.e., {n} seeds)"
-    lines = [head]
-    for label, cols in table.items():
-        cells = []
-        for m in metrics:
-            mu, se = mean_se(cols[m])
-            cells.append(f"{mu:.{digits}f} +- {se:.{digits}f}".rjust(18))
-        lines.append(f"{label:<{width}}" + "".join(cells))
+    cells = {
+        label: [f"{mu:.{digits}f} +- {se:.{digits}f}" for mu, se in (mean_se(cols[m]) for m in metrics)]
+        for label, cols in table.items()
+    }
+    widths = [max(len(m), *(len(c[k]) for c in cells.values())) + 2 for k, m in enumerate(metrics)]
+    width = max(len(k) for k in table) + 2
+    head = f"{'method':<{width}}" + "".join(f"{m:>{w}}" for m, w in zip(metrics, widths, strict=True))
+    lines = [head + f"   (mean +- s.e., {n} seeds)"]
+    for label, row in cells.items():
+        lines.append(f"{label:<{width}}" + "".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
     return "\n".join(lines)
 
 
