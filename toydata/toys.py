@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffmath.core._validate import check_dtype, check_positive
+from diffmath.core._validate import check_dtype, check_int, check_positive
 from diffmath.exact.mixtures import GaussianMixture
 
 Generator = torch.Generator | None
@@ -487,8 +487,7 @@ def two_attributes(d: int = 1024, rare: float = 0.05, separation: float = 1.0, s
     ValueError
         If ``d`` is not an integer >= 2, ``rare`` is not in $(0, 1/2)$, or ``separation`` or ``sd`` is not positive.
     """
-    if not isinstance(d, int) or isinstance(d, bool) or d < 2:
-        raise ValueError(f"d must be an integer >= 2, got {d!r}")
+    d = check_int(d, "d", 2)
     if isinstance(rare, bool) or not isinstance(rare, (int, float)) or not 0 < rare < 0.5:
         raise ValueError(f"rare must be a number in (0, 1/2), got {rare!r}")
     m, sd = check_positive(separation, "separation"), check_positive(sd, "sd")

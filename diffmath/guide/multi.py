@@ -183,8 +183,7 @@ def deviation_step(merged: Tensor, target: Tensor, eta: float, relative: bool = 
     gap = merged - target
     if relative:
         return merged - eta * gap
-    dist = _flat_norm(gap)
-    frac = torch.where(dist > 0, torch.clamp(eta / torch.where(dist > 0, dist, 1.0), max=1.0), 0.0)
+    frac = (eta / _flat_norm(gap).clamp_min(torch.finfo(gap.dtype).tiny)).clamp(max=1.0)  # gap 0: no move
     return merged - frac * gap
 
 
