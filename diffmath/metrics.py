@@ -296,6 +296,32 @@ class _AttributeLoss:
         return f"attribute_cross_entropy({names}; shift={self.shift})"
 
 
+class _DenoisedAttributeLoss(_AttributeLoss):
+    r"""The attribute cross-entropy on a diffusion model's denoised guess $\hat x_0(x_t, t)$ (lesson 22, eq. 22.5)
+    instead of the clean image: $t \sim U(0, 0.999\,t_{\max})$, $x_t = a_t x_0 + b_t\varepsilon$, the
+    denoiser's $\hat x_0$ clamped to $[-1, 1]$ and held fixed. A classifier trained this way reads the blurred
+    guesses that guidance on $\hat x_0$ feeds it, and learns the prior where $\hat x_0$ carries no attribute."""
+
+    def __init__(self, attributes: dict[str, int], denoiser, schedule) -> None:
+        super().__init__(attributes, 0)
+        self.denoiser, self.schedule = denoiser, schedule
+
+    def __call__(self, model: nn.Module, x: Tensor, generator: torch.Generator, cond: Tensor | None = None) -> Tensor:
+        from diffmath.core.models import predict
+
+        s = self.schedule
+        t = 0.999 * s.t_max * torch.rand(x.shape[0], generator=generator, dtype=torch.float64)  # a > 0 for any model
+        c = s.coefficients(t)
+        a, b = (v.to(x.dtype).view(-1, 1, 1, 1) for v in (c.a, c.b))
+        xt = a * x + b * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        with torch.no_grad():
+            x0 = predict(self.denoiser, xt, t.to(x.dtype), s, "x0").clamp(-1, 1)
+        return super().__call__(model, x0, generator, cond)
+
+    def __repr__(self) -> str:
+        return "denoised_" + super().__repr__()
+
+
 def _check_classifier(classifier: object) -> AttributeClassifier:
     if not isinstance(classifier, AttributeClassifier):
         raise TypeError(f"classifier must be an AttributeClassifier, got {type(classifier).__name__}")

@@ -24,7 +24,13 @@ from diffmath.core._io import atomic_write, file_lock
 from diffmath.core._validate import check_int
 from diffmath.core.schedules import Schedule, get_schedule
 from diffmath.flows import FlowMatchingLoss, reflow_pairs
-from diffmath.metrics import AttributeClassifier, _AttributeLoss, frechet_distance, kernel_distance
+from diffmath.metrics import (
+    AttributeClassifier,
+    _AttributeLoss,
+    _DenoisedAttributeLoss,
+    frechet_distance,
+    kernel_distance,
+)
 from diffmath.nets.mlp import MLP
 from diffmath.nets.unet import UNet
 from diffmath.ode import ode_sample
@@ -804,8 +810,10 @@ def train_attribute_classifier(
     steps: int | None = None,
     progress: bool = True,
     folder: str | Path | None = None,
+    denoised_by: str | None = None,
 ) -> AttributeClassifier:
-    r"""Train (or load from the cache) the attribute classifier of an image data set, by recipe (lesson 20, eq. 20.1).
+    r"""Train (or load from the cache) the attribute classifier of an image data set, by recipe (lesson 20, eq. 20.1;
+    with ``denoised_by``, the guidance classifier of lesson 22, eq. 22.5).
 
     The recipe: ``n`` real images (seed 1000, apart from any seed a test or sampler uses; for ``"digits"`` the fixed
     training split, 1438 images, whatever ``n``), Adam at lr 3e-3 with cosine decay, batch 64, EMA 0.99, and the sum
@@ -814,6 +822,12 @@ def train_attribute_classifier(
     only judges samples; nothing in the library guides sampling with it. For ``"attribute-shapes"``, whose quadrant
     is an attribute and whose small shapes are 5 px across, the classifier gets coordinate channels and trains at
     lr 1e-3 for 4000 steps (held-out accuracy >= 0.98 on every attribute, where 600 steps leave the shape at 0.63).
+
+    With ``denoised_by`` the classifier is a **guidance** classifier, kept apart from the judge: it trains on the
+    named image recipe's own training set (its correlations included; ``n`` is ignored) and reads the recipe model's
+    denoised guesses $\hat x_0(x_t, t)$ at uniform times instead of clean images, so that an energy on
+    $\hat x_0$ (lesson 22, eq. 22.5) has a gradient at every noise level. It is what guidance may use; the judge
+    is what scores the result.
 
     Parameters
     ----------
@@ -829,6 +843,9 @@ def train_attribute_classifier(
         Show tqdm progress while training.
     folder : path, optional
         Cache folder (default :func:`cache_dir`).
+    denoised_by : str, optional
+        An image recipe on ``dataset`` at ``size`` (e.g. ``"attr-uncond"``): train on its data and on its model's
+        denoised guesses.
 
     Returns
     -------
@@ -838,8 +855,9 @@ def train_attribute_classifier(
     Raises
     ------
     ValueError
-        If ``dataset`` is unknown, the data set rejects ``size`` or ``n``, the cached file was made by another
-        configuration or is unreadable, or training diverges.
+        If ``dataset`` is unknown, the data set rejects ``size`` or ``n``, ``denoised_by`` names no image recipe on
+        that data set and size, the cached file was made by another configuration or is unreadable, or training
+        diverges.
     """
     from toydata.images import ATTRIBUTES
 
@@ -852,24 +870,35 @@ def train_attribute_classifier(
     config["shift"] = size // 8 if dataset == "digits" else 0  # a fixed set of 1438 digits: augment by translation
     if dataset == "attribute-shapes":  # position is an attribute: coordinate channels; small shapes: a lower rate
         config["coords"], config["lr"] = True, 1e-3
-    data = _classifier_data(dataset, size, n, config["data_seed"])
     attributes = {a: len(v) for a, v in ATTRIBUTES[dataset].items()}
+    if denoised_by is None:
+        data = _classifier_data(dataset, size, n, config["data_seed"])
+        images, labels = data.images, data.labels
+        loss = _AttributeLoss(attributes, config["shift"])
+    else:
+        base = image_recipe(denoised_by) if isinstance(denoised_by, str) and denoised_by in IMAGE_RECIPES else None
+        if base is None or base["dataset"] != dataset or base["size"] != size:
+            raise ValueError(f"denoised_by must name an image recipe on {dataset!r} at {size} px, got {denoised_by!r}")
+        config.update(name=f"guidance-{dataset}", denoised_by=denoised_by, base_hash=recipe_hash(base), n_data=None)
+        config["shift"] = 0
+        denoiser = train_image(base, progress=False)
+        images, labels = denoiser.data, denoiser.labels  # the recipe's own training set
+        loss = _DenoisedAttributeLoss(attributes, denoiser.model, denoiser.schedule)
     torch.manual_seed(config["seed"])
     model = AttributeClassifier(
-        data.images.shape[1], size, attributes, config["width"], config["features"], config.get("coords", False)
+        images.shape[1], size, attributes, config["width"], config["features"], config.get("coords", False)
     )
     folder = Path(folder) if folder is not None else cache_dir()
-    filename = f"classifier-{dataset}-{size}-{recipe_hash(config)}.pt"
+    filename = f"{config['name']}-{size}-{recipe_hash(config)}.pt"
 
     def run(checkpoint: Path) -> dict:
-        loss = _AttributeLoss(attributes, config["shift"])
         state = fit(
             model,
-            data.images.float(),
+            images.float(),
             None,
             steps,
             **_optimiser(config),
-            labels=loss.encode(data.labels),
+            labels=loss.encode(labels),
             checkpoint=checkpoint,
             checkpoint_every=500,
             progress=progress,

@@ -184,7 +184,7 @@ class GaussianMixture:
         joint = log_w + log_comp
         log_p = torch.logsumexp(joint, dim=1)
         resp = torch.exp(joint - log_p[:, None])  # eq. 0.19: p(k | x_t)
-        out = {"log_prob": log_p, "resp": resp}
+        out = {"log_prob": log_p, "resp": resp, "log_resp": joint - log_p[:, None]}
         if need in ("score", "moments"):
             z = p / var  # C_k^{-1} r in rotated coordinates
             zk = z if U is None else torch.einsum("kde,bke->bkd", U, z)
@@ -443,6 +443,46 @@ class GaussianMixture:
             On bad ``x``, ``a``, ``b`` or ``cond``: see the class docstring.
         """
         return self._stats(x, a, b, cond, "log_prob")["resp"]
+
+    def log_prob_of_components(self, x: Tensor, a: Tensor | float, b: Tensor | float, components: Tensor) -> Tensor:
+        r"""$\log p(k \in C \mid x_t) = \operatorname{logsumexp}_{k \in C} \log p(k \mid x_t)$, shape (B,) (lesson 0,
+        eq. 0.19): the exact, time-dependent likelihood of the attribute "drawn from one of the components $C$",
+        computed from the log responsibilities (no underflow far from $C$) and differentiable in ``x``.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, *event_shape)
+            Noisy points $x_t$.
+        a, b : float or Tensor of shape (B,)
+            Coefficients of eq. 0.1 (any schedule, any time).
+        components : Tensor of int, shape (m,)
+            The component indices $C$ (distinct, in 0..K-1, at least one).
+
+        Returns
+        -------
+        Tensor, shape (B,)
+
+        Raises
+        ------
+        TypeError, ValueError
+            On bad ``x``, ``a``, ``b``: see the class docstring; a ValueError if ``components`` is not a non-empty
+            1-D integer tensor of distinct indices in 0..K-1.
+        """
+        if (
+            not isinstance(components, Tensor)
+            or components.is_floating_point()
+            or components.dtype == torch.bool
+            or components.dim() != 1
+            or components.numel() == 0
+            or (components < 0).any()
+            or (components >= self.K).any()
+            or components.unique().numel() != components.numel()
+        ):
+            raise ValueError(
+                f"components must be a non-empty 1-D integer tensor of distinct indices in 0..{self.K - 1}"
+            )
+        log_resp = self._stats(x, a, b, None, "log_prob")["log_resp"]
+        return torch.logsumexp(log_resp[:, components.to(log_resp.device)], dim=1)
 
     def class_posterior(self, x: Tensor, a: Tensor | float, b: Tensor | float) -> Tensor:
         r"""$p(y \mid x_t) = \sum_{k:\,\mathrm{label}_k = y} p(k\mid x_t)$, shape (B, num_classes) (lesson 0, eq. 0.19).
