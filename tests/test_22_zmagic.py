@@ -202,11 +202,11 @@ def test_oracle_guidance_reaches_the_joint_condition(ring):
     assert _joint_accuracy(mix, s) >= 0.99
 
 
-def test_vanilla_falls_short_of_the_oracle_and_zmagic_does_not_lose_at_small_steps(ring):
-    """Scale 1, 100 DDPM steps, 4000 paired samples (same start and noise): vanilla's joint accuracy is below the
-    oracle's by many SE (measured 0.88 vs 1.00), and Z-Magic is not below vanilla (measured 0.90; bound: within 2
-    SE of the paired difference below)."""
-    mix, sch, model, a1, a2, _joint = ring
+def test_vanilla_and_zmagic_fall_short_of_the_oracle(ring):
+    """Scale 1, 100 DDPM steps, 4000 paired samples (same start and noise): the vanilla sum and Z-Magic are both below
+    the oracle's joint accuracy by more than 10 SE (measured 0.88 and 0.90 vs 1.00: eq. 22.4 is an approximation),
+    and Z-Magic is not below vanilla by more than 2 SE of the paired difference."""
+    mix, sch, model, a1, a2, joint = ring
     grid = sch.grid(100)
     h = float(grid[0] - grid[1])
     acc = {}
@@ -216,8 +216,10 @@ def test_vanilla_falls_short_of_the_oracle_and_zmagic_does_not_lose_at_small_ste
     }.items():
         s = sample(g, _draws(4000, 2, seed=10), grid, sch, 1.0, generator=torch.Generator().manual_seed(1))
         acc[name] = _joint_accuracy(mix, s)
+    for name in acc:
+        se = math.sqrt(acc[name] * (1 - acc[name]) / 4000)
+        assert acc[name] < 1 - 10 * se
     se = math.sqrt(acc["vanilla"] * (1 - acc["vanilla"]) / 4000)
-    assert acc["vanilla"] < 1 - 10 * se
     assert acc["zmagic"] > acc["vanilla"] - 2 * math.sqrt(2) * se
 
 
