@@ -206,7 +206,7 @@ def test_vanilla_and_zmagic_fall_short_of_the_oracle(ring):
     """Scale 1, 100 DDPM steps, 4000 paired samples (same start and noise): the vanilla sum and Z-Magic are both below
     the oracle's joint accuracy by more than 10 SE (measured 0.88 and 0.90 vs 1.00: eq. 22.4 is an approximation),
     and Z-Magic is not below vanilla by more than 2 SE of the paired difference."""
-    mix, sch, model, a1, a2, joint = ring
+    mix, sch, model, a1, a2, _ = ring
     grid = sch.grid(100)
     h = float(grid[0] - grid[1])
     acc = {}
