@@ -827,7 +827,8 @@ def train_attribute_classifier(
     named image recipe's own training set (its correlations included; ``n`` is ignored) and reads the recipe model's
     denoised guesses $\hat x_0(x_t, t)$ at uniform times instead of clean images, so that an energy on
     $\hat x_0$ (lesson 22, eq. 22.5) has a gradient at every noise level. It is what guidance may use; the judge
-    is what scores the result.
+    is what scores the result. It trains for 10000 steps by default (the shape, read from blurred guesses, is learned
+    last: at 4000 steps its clean held-out accuracy is 0.48).
 
     Parameters
     ----------
@@ -838,7 +839,7 @@ def train_attribute_classifier(
     n : int
         Training images of a generated data set.
     steps : int, optional
-        Optimiser steps (default 600; 4000 for ``"attribute-shapes"``).
+        Optimiser steps (default 600; 4000 for ``"attribute-shapes"``; 10000 with ``denoised_by``).
     progress : bool
         Show tqdm progress while training.
     folder : path, optional
@@ -864,7 +865,7 @@ def train_attribute_classifier(
     if not isinstance(dataset, str) or dataset not in ATTRIBUTES:
         raise ValueError(f"unknown image data set {dataset!r}: dataset must be one of {tuple(ATTRIBUTES)}")
     if steps is None:
-        steps = 4000 if dataset == "attribute-shapes" else 600
+        steps = 10000 if denoised_by is not None else 4000 if dataset == "attribute-shapes" else 600
     config = {**_CLASSIFIER_RECIPE, "name": f"classifier-{dataset}", "dataset": dataset, "size": size, "steps": steps}
     config["n_data"] = None if dataset == "digits" else n
     config["shift"] = size // 8 if dataset == "digits" else 0  # a fixed set of 1438 digits: augment by translation

@@ -336,3 +336,30 @@ def test_bad_input_is_reported(ring):
         classifier_energy(lambda x: x, "shape", 0)
     with pytest.raises(ValueError, match="target"):
         classifier_energy(torch.nn.Identity(), "shape", -1)
+
+
+def test_the_committed_guidance_classifier_reads_denoised_guesses_better_than_the_judge():
+    """The guidance classifier of sec. 22.6 ships with the package (no training here) and is trained on attr-uncond's
+    own denoised guesses: at t = 0.6, on 600 held-out images, it reads shape, size and texture from x0_hat better
+    than the judge trained on clean images (measured 0.46/0.93/0.74 vs 0.36/0.81/0.67; bound +0.04, > 2 SE of a
+    paired difference at n = 600)."""
+    from diffmath import recipes
+    from diffmath.core.models import predict
+    from diffmath.metrics import attribute_accuracy
+    from toydata.images import held_out
+
+    guide = recipes.train_attribute_classifier("attribute-shapes", 24, progress=False, denoised_by="attr-uncond")
+    judge = recipes.train_attribute_classifier("attribute-shapes", 24, progress=False)
+    base = recipes.train_image("attr-uncond", progress=False)
+    test = held_out("attribute-shapes", 600, 24, 3)
+    c = base.schedule.coefficients(torch.tensor([0.6], dtype=D))
+    xt = float(c.a) * test.images + float(c.b) * torch.randn(
+        test.images.shape, generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        x0 = predict(base.model, xt, torch.full((600,), 0.6), base.schedule, "x0").clamp(-1, 1)
+    g, j = attribute_accuracy(guide, x0, test.labels), attribute_accuracy(judge, x0, test.labels)
+    for attr in ("shape", "size", "texture"):
+        assert g[attr] > j[attr] + 0.04, (attr, g[attr], j[attr])
+    with pytest.raises(ValueError, match="denoised_by"):
+        recipes.train_attribute_classifier("attribute-shapes", 24, progress=False, denoised_by="digits-ddpm")
