@@ -485,7 +485,7 @@ def _set_features(classifier: AttributeClassifier, x: Tensor, y: Tensor) -> tupl
 
 def kernel_mmd2(hx: Tensor, hy: Tensor, degree: int = 3) -> float:
     r"""Unbiased squared MMD with the polynomial kernel $k(a, b) = (a^\top b / F + 1)^{d}$ between two feature sets
-    (lesson 20, eq. 20.2): the kernel distance (KID) when the features are a classifier's.
+    (lesson 20, eq. 20.10): the kernel distance (KID) when the features are a classifier's.
 
     $\widehat{\mathrm{MMD}}^2 = \frac{1}{n(n-1)}\sum_{i \ne j} k(x_i, x_j) + \frac{1}{m(m-1)}\sum_{i \ne j}
     k(y_i, y_j) - \frac{2}{nm}\sum_{i,j} k(x_i, y_j)$, in float64. Unlike the Frechet distance, whose plug-in
@@ -535,7 +535,7 @@ def kernel_mmd2(hx: Tensor, hy: Tensor, degree: int = 3) -> float:
 
 
 def kernel_distance(classifier: AttributeClassifier, x: Tensor, y: Tensor, degree: int = 3) -> float:
-    r"""Kernel (KID-style) distance between two image sets in the classifier's features (lesson 20, eq. 20.2):
+    r"""Kernel (KID-style) distance between two image sets in the classifier's features (lesson 20, eq. 20.10):
     :func:`kernel_mmd2` of $\phi(x)$ and $\phi(y)$, an unbiased estimate beside :func:`frechet_distance`'s biased one.
 
     Parameters

@@ -39,3 +39,39 @@ def test_committed_model_is_within_its_stated_factor_of_the_floor(name, judge):
     se = (m / f) * math.sqrt((st.stdev(r["model"]) / m) ** 2 / 5 + (st.stdev(r["floor"]) / f) ** 2 / 5)
     assert m / f <= STATED[name] + 3 * se, (m / f, se)
     assert all(torch.isfinite(torch.tensor(v)).all() for v in r.values())
+
+
+def test_image_fidelity_on_digits_by_subsampling_and_with_a_recipe_sampler():
+    """The digits have no independent draws: image_fidelity subsamples the held-out and training splits (n <= 359),
+    takes a sampler of the caller's, and gives floors and scores of the same size; the floor is positive and its
+    draws differ (the subsets do)."""
+    from diffmath import sample
+
+    im = recipes.train_image("digits-ddpm", progress=False)
+    judge = recipes.train_attribute_classifier("digits", 8, progress=False)
+    calls = []
+
+    def ddpm(model, noise, cond, k):
+        calls.append(k)
+        return sample(model, noise, im.schedule.grid(20, t_start=0.995), im.schedule, 1.0, cond,
+                      generator=torch.Generator().manual_seed(k))  # fmt: skip
+
+    r = recipes.image_fidelity(im, judge, n=64, draws=3, sampler=ddpm)
+    assert calls == [0, 1, 2] and all(len(v) == 3 for v in r.values())
+    assert min(r["floor"]) > 0 and len(set(r["floor"])) == 3
+    assert st.mean(r["model"]) < 10 * st.mean(r["floor"])
+    with pytest.raises(ValueError, match="at most 359"):
+        recipes.image_fidelity(im, judge, n=400, draws=2)
+
+
+def test_the_digits_pfgm_clip_keeps_the_stated_share_of_the_prior():
+    """Lesson 20, eq. 20.9: in d = 64 the recipe's clip of 20 keeps 69% of prior radii, 5 keeps 11%, and
+    clip_radius(64) = 127.1 keeps 95% (100k draws, within 4 SE)."""
+    from diffmath import pfgm
+
+    assert recipes.image_recipe("digits-pfgm")["objective_kwargs"]["max_radius"] == 20.0
+    r = pfgm.beta_prime_radius(100_000, 64, torch.Generator().manual_seed(1), torch.float64)
+    for radius, share in ((20.0, 0.690), (5.0, 0.115), (pfgm.clip_radius(64), 0.95)):
+        kept = (r <= radius).double().mean().item()
+        assert abs(kept - share) < 4 * math.sqrt(share * (1 - share) / 100_000) + 5e-4, (radius, kept)
+    assert abs(pfgm.clip_radius(64) - 127.1) < 0.05
