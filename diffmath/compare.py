@@ -249,7 +249,7 @@ def decision_curve(x0s: Sequence[Tensor], final: Tensor, attribute: Callable[[Te
 
 
 def mode_metrics(mixture, x: Tensor, target: Sequence[int], radius: float = 4.0) -> dict[str, float]:
-    r"""How well samples of a Gaussian mixture hit the components asked for (lesson 22, sec. 22.6).
+    r"""How well samples of a Gaussian mixture hit the components asked for (lesson 22, sec. 22.7).
 
     Each sample goes to its nearest component mean; it is *on* that mode when it lies within ``radius`` standard
     deviations of it (the component's largest one), else *off-mode*. Returns the joint accuracy (the fraction on a mode

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from diffmath.core._validate import check_batch, check_finite, check_int, check_nonempty, check_positive
+from diffmath.core.models import predict
 from diffmath.exact.mixtures import GaussianMixture
 
 
@@ -297,7 +298,7 @@ class _AttributeLoss:
 
 
 class _DenoisedAttributeLoss(_AttributeLoss):
-    r"""The attribute cross-entropy on a diffusion model's denoised guess $\hat x_0(x_t, t)$ (lesson 22, eq. 22.5)
+    r"""The attribute cross-entropy on a diffusion model's denoised guess $\hat x_0(x_t, t)$ (lesson 22, eq. 22.8)
     instead of the clean image: $t \sim U(0, 0.999\,t_{\max})$, $x_t = a_t x_0 + b_t\varepsilon$, the
     denoiser's $\hat x_0$ clamped to $[-1, 1]$ and held fixed. A classifier trained this way reads the blurred
     guesses that guidance on $\hat x_0$ feeds it, and learns the prior where $\hat x_0$ carries no attribute."""
@@ -307,8 +308,6 @@ class _DenoisedAttributeLoss(_AttributeLoss):
         self.denoiser, self.schedule = denoiser, schedule
 
     def __call__(self, model: nn.Module, x: Tensor, generator: torch.Generator, cond: Tensor | None = None) -> Tensor:
-        from diffmath.core.models import predict
-
         s = self.schedule
         t = 0.999 * s.t_max * torch.rand(x.shape[0], generator=generator, dtype=torch.float64)  # a > 0 for any model
         c = s.coefficients(t)

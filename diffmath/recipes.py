@@ -815,7 +815,7 @@ def train_attribute_classifier(
     denoised_by: str | None = None,
 ) -> AttributeClassifier:
     r"""Train (or load from the cache) the attribute classifier of an image data set, by recipe (lesson 20, eq. 20.1;
-    with ``denoised_by``, the guidance classifier of lesson 22, eq. 22.5).
+    with ``denoised_by``, the guidance classifier of lesson 22, eq. 22.8).
 
     The recipe: ``n`` real images (seed 1000, apart from any seed a test or sampler uses; for ``"digits"`` the fixed
     training split, 1438 images, whatever ``n``), Adam at lr 3e-3 with cosine decay, batch 64, EMA 0.99, and the sum
@@ -828,7 +828,7 @@ def train_attribute_classifier(
     With ``denoised_by`` the classifier is a **guidance** classifier, kept apart from the judge: it trains on the
     named image recipe's own training set (its correlations included; ``n`` is ignored) and reads the recipe model's
     denoised guesses $\hat x_0(x_t, t)$ at uniform times instead of clean images, so that an energy on
-    $\hat x_0$ (lesson 22, eq. 22.5) has a gradient at every noise level. It is what guidance may use; the judge
+    $\hat x_0$ (lesson 22, eq. 22.8) has a gradient at every noise level. It is what guidance may use; the judge
     is what scores the result. It trains for 10000 steps by default (the shape, read from blurred guesses, is learned
     last: at 4000 steps its clean held-out accuracy is 0.48).
 

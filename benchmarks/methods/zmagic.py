@@ -26,7 +26,6 @@ Not a test: it prints the tables (mean +- standard error over the seeds).
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import time
 
@@ -97,10 +96,10 @@ def _vm_hwm() -> float:
     return float("nan")
 
 
-def image_table(seeds, n, steps, weight):
+def image_table(seeds, n, steps, weights, requests=("2", "3"), extra_steps=0):
     from toydata.images import ATTRIBUTES, held_out
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 1))
+    torch.set_num_threads(1)
     base = recipes.train_image("attr-uncond", progress=False)
     judge = recipes.train_attribute_classifier("attribute-shapes", 24, progress=False)
     guide = recipes.train_attribute_classifier("attribute-shapes", 24, progress=False, denoised_by="attr-uncond")
@@ -115,12 +114,14 @@ def image_table(seeds, n, steps, weight):
     ref = real.images[pick]
     half = ref.shape[0] // 2
     floor = kernel_distance(judge, ref[:half], ref[half:])
-    print(f"\nreal red triangles in the held-out draw: {ref.shape[0]}; kernel-distance floor (half vs half) {floor:.2f}")
+    print(
+        f"\nreal red triangles in the held-out draw: {ref.shape[0]}; kernel-distance floor (half vs half) {floor:.2f}"
+    )
 
     def energy(attr, value):
-        return TweedieEnergy(classifier_energy(guide, attr, value), weight)
+        return TweedieEnergy(classifier_energy(guide, attr, value), weights[attr])
 
-    for request in ("2", "3"):
+    for request in requests:
         quads = torch.arange(n) % 4
         attrs = [energy("shape", tri), energy("colour", red)]
         want = {"shape": torch.full((n,), tri), "colour": torch.full((n,), red)}
@@ -136,6 +137,11 @@ def image_table(seeds, n, steps, weight):
                 steps,
             ),
         }
+        if extra_steps and request == "2":  # is it the rule or the number of steps?
+            rows[f"z-magic, {extra_steps} steps"] = (
+                MultiGuided(base.model, sch, attrs, "zmagic", 1.0, lookahead=0.99 / extra_steps, diagnostics=True),
+                extra_steps,
+            )
         table, extra = {}, {}
         for name, (g, k_steps) in rows.items():
             cols = {a: [] for a in want} | {"joint": [], "KID": [], "s/step": [], "MiB": []}
@@ -162,7 +168,7 @@ def image_table(seeds, n, steps, weight):
             table[name] = cols
             if name == "vanilla sum":
                 vanilla_time = mean_se(cols["s/step"])[0]
-            if name.startswith("z-magic"):
+            if name.startswith("z-magic") and k_steps == steps:
                 ratio = mean_se(cols["s/step"])[0] / vanilla_time
         matched = max(steps + 1, round(steps * ratio))
         g = MultiGuided(base.model, sch, attrs, "vanilla", 1.0)
@@ -181,7 +187,7 @@ def image_table(seeds, n, steps, weight):
             cols["joint"].append(acc["joint"])
             cols["KID"].append(kernel_distance(judge, s, ref))
         table[f"vanilla, {matched} steps (compute-matched)"] = cols
-        print(f"\n## images, {request} attributes, DDIM {steps} steps, energy weight {weight}, n = {n} per seed")
+        print(f"\n## images, {request} attributes, DDIM {steps} steps, energy weights {weights}, n = {n} per seed")
         print(format_table(table))
         for name, v in extra.items():
             mu, se = mean_se(v)
@@ -194,7 +200,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=4000)
     p.add_argument("--images", type=int, default=32)
     p.add_argument("--image-steps", type=int, default=20)
-    p.add_argument("--weight", type=float, default=10.0)
+    p.add_argument("--weights", default="100,30,30", help="energy weights of shape, colour, quadrant")
+    p.add_argument("--requests", default="2,3", help="which image requests: 2 and/or 3 attributes")
+    p.add_argument("--extra-steps", type=int, default=0, help="also run Z-Magic on this many steps (2 attributes)")
     p.add_argument("--skip-toy", action="store_true")
     p.add_argument("--skip-images", action="store_true")
     args = p.parse_args()
@@ -204,7 +212,10 @@ def main() -> None:
         for steps in (10, 20):
             ring_table(args.seeds, args.n, steps, (3.0, 10.0))
     if not args.skip_images:
-        image_table(args.seeds, args.images, args.image_steps, args.weight)
+        w = [float(v) for v in args.weights.split(",")]
+        weights = dict(zip(("shape", "colour", "quadrant"), w, strict=True))
+        requests = tuple(args.requests.split(","))
+        image_table(args.seeds, args.images, args.image_steps, weights, requests, args.extra_steps)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 

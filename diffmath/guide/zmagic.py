@@ -5,12 +5,12 @@ Guidance adds $\gamma\,G(x_t)$ to the score, with $G$ an estimate of $\nabla_{x_
 attributes are independent given $x_t$. Z-Magic writes the joint by the chain rule,
 $\log p(c_1, c_2\mid x_t) = \log p(c_1\mid x_t) + \log p(c_2\mid c_1, x_t)$, and estimates the second term at the
 look-ahead $\hat x$, one reverse step guided by $c_1$ alone; its gradient comes back to $x_t$ through the Jacobian of
-that step, as ONE vector-Jacobian product (eq. 22.4). For $n \ge 3$ attributes every ordered pair gives such a joint
+that step, as ONE vector-Jacobian product (eq. 22.6). For $n \ge 3$ attributes every ordered pair gives such a joint
 gradient and CAGrad combines them (Algorithm 22.2).
 
 :class:`MultiGuided` is a model with the one interface (it predicts ``"eps"``): every sampler of lessons 3-6 takes it
 unchanged, and it has no loop of its own. Attributes are either exact, time-dependent likelihoods (the mixtures of
-lesson 0: :class:`ExactAttribute`) or energies on the denoised guess $\hat x_0(x_t)$ (:class:`TweedieEnergy`, eq. 22.5),
+lesson 0: :class:`ExactAttribute`) or energies on the denoised guess $\hat x_0(x_t)$ (:class:`TweedieEnergy`, eq. 22.8),
 the zero-shot setting of the paper.
 """
 
@@ -33,7 +33,7 @@ from diffmath.sampling.samplers import ddim_rule
 
 METHODS = ("none", "vanilla", "lookahead", "zmagic", "pairs")
 r"""The rules of :class:`MultiGuided`: no guidance; the sum of gradients (eq. 22.2); the look-ahead without the
-Jacobian (eq. 22.3 with $J = I$); Z-Magic for two attributes (eq. 22.4, Algorithm 22.1); every ordered pair combined by
+Jacobian (eq. 22.6 with $J = I$); Z-Magic for two attributes (eq. 22.6, Algorithm 22.1); every ordered pair combined by
 CAGrad (Algorithm 22.2)."""
 
 
@@ -81,7 +81,7 @@ class ExactAttribute:
 
 class TweedieEnergy:
     r"""An attribute as an energy on the denoised guess, $\log p(c\mid x_t) \approx -\rho\,E(c, \hat x_0(x_t))$
-    (lesson 22, eq. 22.5): the zero-shot likelihood of the paper (and of FreeDoM), differentiable through the
+    (lesson 22, eq. 22.8): the zero-shot likelihood of the paper (and of FreeDoM), differentiable through the
     denoiser.
 
     Parameters
@@ -118,7 +118,7 @@ class TweedieEnergy:
 
 class classifier_energy:
     r"""The cross-entropy of a classifier's reading of $\hat x_0$ as an energy, $E = -\log p_\phi(c\mid\hat x_0)$
-    (lesson 22, eq. 22.5).
+    (lesson 22, eq. 22.8).
 
     Parameters
     ----------
@@ -164,7 +164,7 @@ class classifier_energy:
 
 # --------------------------------------------------------------------------------------------------------- CAGrad
 def cagrad(grads: Tensor, c: float = 0.5, iters: int = 100, rescale: bool = False) -> Tensor:
-    r"""Conflict-averse combination of $K$ gradients per sample (CAGrad; lesson 22, eq. 22.6).
+    r"""Conflict-averse combination of $K$ gradients per sample (CAGrad; lesson 22, eq. 22.7).
 
     With $g_0 = \frac1K\sum_k G_k$ and $g_w = \sum_k w_k G_k$, the weights solve
     $w^\star = \arg\min_{w \in \Delta} g_w^\top g_0 + c\,\|g_0\|\,\|g_w\|$ over the simplex (projected gradient
@@ -256,7 +256,7 @@ class MultiGuided:
     * ``"vanilla"``: $G = \sum_i g_i(x_t, t)$ (eq. 22.2).
     * ``"zmagic"`` (two attributes, in the given order): $G = g_1(x_t, t) + J^\top g_2(\hat x, s)$ with $\hat x$ the
       mean of one DDIM($\eta$) step from $t$ to $s = t - h$ guided by $c_1$ alone and $J = \partial\hat x/\partial x_t$
-      (through the network and the Hessian of $\log p(c_1\mid x_t)$; eq. 22.4), computed as one vector-Jacobian
+      (through the network and the Hessian of $\log p(c_1\mid x_t)$; eq. 22.6), computed as one vector-Jacobian
       product.
     * ``"lookahead"``: the same with $J$ replaced by the identity (the ablation: does the Jacobian matter?).
     * ``"pairs"`` ($n \ge 2$): $G_{ij}$ as ``"zmagic"`` for every ordered pair $i \ne j$, combined by
@@ -382,7 +382,7 @@ class MultiGuided:
         return mean
 
     def guidance(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        r"""The model's $\hat\varepsilon$ and the guidance direction $G(x_t)$ of the chosen method (eqs. 22.2-22.6).
+        r"""The model's $\hat\varepsilon$ and the guidance direction $G(x_t)$ of the chosen method (eqs. 22.2-22.7).
 
         Parameters
         ----------
