@@ -111,8 +111,9 @@ def _first_losses(config, k=5):
 
 def test_committed_checkpoints_are_small_and_hold_their_recipes():
     """Each committed file is <= 2 MB and holds its recipe's exact configuration (its name carries the hash)."""
-    files = sorted(f for f in COMMITTED.glob("*.pt") if not f.name.startswith("classifier-"))  # judges: elsewhere
-    assert all(f.stat().st_size <= 2 * 2**20 for f in COMMITTED.glob("classifier-*.pt"))
+    classifiers = ("classifier-", "guidance-")  # judges and guidance classifiers: tested with their lessons
+    files = sorted(f for f in COMMITTED.glob("*.pt") if not f.name.startswith(classifiers))
+    assert all(f.stat().st_size <= 2 * 2**20 for f in COMMITTED.glob("*.pt") if f.name.startswith(classifiers))
     assert {f.name.rsplit("-", 1)[0] for f in files} >= {"shapes-ddpm", "digits-ddpm", "digits-rf"}
     for f in files:
         assert f.stat().st_size <= 2 * 2**20, f
@@ -264,7 +265,14 @@ def test_cli_trains_image_recipes_and_draws_the_loss_curve(tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize(
-    "name", sorted({f.name.rsplit("-", 1)[0] for f in COMMITTED.glob("*.pt") if not f.name.startswith("classifier-")})
+    "name",
+    sorted(
+        {
+            f.name.rsplit("-", 1)[0]
+            for f in COMMITTED.glob("*.pt")
+            if not f.name.startswith(("classifier-", "guidance-"))
+        }
+    ),
 )
 def test_committed_models_sample_close_to_their_data(name):
     """The cross-machine check of a committed model is its samples, not its bits: 96 samples (20 ODE steps) lie in
