@@ -143,11 +143,11 @@ def image_table(seeds, n, steps, weights, requests=("2", "3"), extra_steps=0):
                 extra_steps,
             )
         table, extra = {}, {}
-        for name, (g, k_steps) in rows.items():
+
+        def run_row(name, g, k_steps, want=want, table=table, extra=extra):  # one rule over the seeds, judged
             cols = {a: [] for a in want} | {"joint": [], "KID": [], "s/step": [], "MiB": []}
             for k in range(seeds):
-                gen = torch.Generator().manual_seed(k)
-                x = torch.randn(n, 3, 24, 24, generator=gen)
+                x = torch.randn(n, 3, 24, 24, generator=torch.Generator().manual_seed(k))
                 g.trace = []
                 _peak_kib()
                 t0 = time.perf_counter()
@@ -155,9 +155,8 @@ def image_table(seeds, n, steps, weights, requests=("2", "3"), extra_steps=0):
                 cols["s/step"].append((time.perf_counter() - t0) / k_steps)
                 cols["MiB"].append(_vm_hwm())
                 acc = attribute_accuracy(judge, s, want, joint=True)
-                for a in want:
+                for a in [*want, "joint"]:
                     cols[a].append(acc[a])
-                cols["joint"].append(acc["joint"])
                 cols["KID"].append(kernel_distance(judge, s, ref))
                 if g.trace:
                     extra.setdefault(name, []).append(sum(r.get("cos", 0.0) for r in g.trace) / len(g.trace))
@@ -166,27 +165,16 @@ def image_table(seeds, n, steps, weights, requests=("2", "3"), extra_steps=0):
                             sum(r["cos_term"] for r in g.trace) / len(g.trace)
                         )
             table[name] = cols
+            return mean_se(cols["s/step"])[0]
+
+        for name, (g, k_steps) in rows.items():
+            per_step = run_row(name, g, k_steps)
             if name == "vanilla sum":
-                vanilla_time = mean_se(cols["s/step"])[0]
+                vanilla_time = per_step
             if name.startswith("z-magic") and k_steps == steps:
-                ratio = mean_se(cols["s/step"])[0] / vanilla_time
+                ratio = per_step / vanilla_time
         matched = max(steps + 1, round(steps * ratio))
-        g = MultiGuided(base.model, sch, attrs, "vanilla", 1.0)
-        cols = {a: [] for a in want} | {"joint": [], "KID": [], "s/step": [], "MiB": []}
-        for k in range(seeds):
-            gen = torch.Generator().manual_seed(k)
-            x = torch.randn(n, 3, 24, 24, generator=gen)
-            _peak_kib()
-            t0 = time.perf_counter()
-            s = sample(g, x, sch.grid(matched, t_start=0.99), sch, 0.0).clamp(-1, 1)
-            cols["s/step"].append((time.perf_counter() - t0) / matched)
-            cols["MiB"].append(_vm_hwm())
-            acc = attribute_accuracy(judge, s, want, joint=True)
-            for a in want:
-                cols[a].append(acc[a])
-            cols["joint"].append(acc["joint"])
-            cols["KID"].append(kernel_distance(judge, s, ref))
-        table[f"vanilla, {matched} steps (compute-matched)"] = cols
+        run_row(f"vanilla, {matched} steps (compute-matched)", MultiGuided(base.model, sch, attrs, "vanilla"), matched)
         print(f"\n## images, {request} attributes, DDIM {steps} steps, energy weights {weights}, n = {n} per seed")
         print(format_table(table))
         for name, v in extra.items():
