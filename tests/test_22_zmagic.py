@@ -363,3 +363,25 @@ def test_the_committed_guidance_classifier_reads_denoised_guesses_better_than_th
         assert g[attr] > j[attr] + 0.04, (attr, g[attr], j[attr])
     with pytest.raises(ValueError, match="denoised_by"):
         recipes.train_attribute_classifier("attribute-shapes", 24, progress=False, denoised_by="digits-ddpm")
+
+
+def test_mode_metrics_on_exact_draws(ring):
+    """Exact draws of the ring: the joint accuracy of one mode is its weight within 4 SE (1/8), almost nothing is
+    off-mode at 4 sd (chi-square tail 3.4e-4), TV = 1 - joint for one target mode, and 0 for draws of the target
+    itself; a far point is off-mode; bad targets are refused."""
+    from diffmath.compare import mode_metrics
+
+    mix = ring[0]
+    x, k = mix.sample(8000, torch.Generator().manual_seed(15), D, return_components=True)
+    m = mode_metrics(mix, x, [3])
+    assert abs(m["joint"] - 1 / 8) < 4 * math.sqrt(1 / 8 * 7 / 8 / 8000)
+    assert m["off-mode"] < 0.002 and abs(m["TV"] - (1 - m["joint"])) < 1e-12
+    only3 = mode_metrics(mix, x[k == 3], [3])
+    assert only3["joint"] > 0.998 and only3["TV"] < 0.002
+    two = mode_metrics(mix, x[(k == 2) | (k == 3)], [2, 3])
+    assert two["TV"] < 0.05 and two["joint"] > 0.99
+    assert mode_metrics(mix, torch.tensor([[10.0, 10.0]], dtype=D), [0])["off-mode"] == 1.0
+    with pytest.raises(ValueError, match="target"):
+        mode_metrics(mix, x, [8])
+    with pytest.raises(ValueError, match="target"):
+        mode_metrics(mix, x, [])
