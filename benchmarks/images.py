@@ -1,16 +1,16 @@
 """Image benchmark: diffmath's UNet vs a diffusers ``UNet2DModel`` of the same channel widths, on CPU, in one run.
 
-Both networks (randomly initialised from the same seed, no download) train on the same 16 px shapes with the same
+Both networks (randomly initialised from the same seed, no download) train on the same shapes (32 px by default) with the same
 loop (:func:`diffmath.train.training.train`: v-prediction on the cosine VP schedule, batch 32, Adam 2e-3 with no decay to
 speak of, EMA 0.995) for the same wall-clock time; the diffusers model enters through a four-line adapter to the one model interface. We report
 training steps per second, sampling images per second (DPM-Solver++(2M), 20 network evaluations, batch 256) and the
 Frechet distance in the attribute classifier's features (lesson 20, eq. 20.1) of 256 samples to 256 real images,
 next to the real-vs-real floor at the same size.
 
-Widths: channels (16, 32, 64), one residual block per level, self-attention at the 4 px level; diffusers:
+Widths: channels (16, 32, 64), one residual block per level, self-attention at the lowest level (size / 4); diffusers:
 ``block_out_channels=(16, 32, 64)``, ``layers_per_block=1``, ``DownBlock2D, DownBlock2D, AttnDownBlock2D``.
 
-Run: ``python benchmarks/images.py [--seconds 120] [--threads 1]``. Needs ``diffusers`` (the bench extra; install it
+Run: ``python benchmarks/images.py [--seconds 120] [--threads 1] [--size 32]``. Needs ``diffusers`` (the bench extra; install it
 with ``PIP_CONSTRAINT=.venv/constraints.txt pip install diffusers`` so torch is left alone). Not a test: it prints a
 table.
 """
@@ -42,11 +42,11 @@ class DiffusersAdapter(nn.Module):
         return self.net(x, t * self.t_scale).sample
 
 
-def diffusers_unet() -> nn.Module:
+def diffusers_unet(size: int = 32) -> nn.Module:
     from diffusers import UNet2DModel
 
     net = UNet2DModel(
-        sample_size=16,
+        sample_size=size,
         in_channels=3,
         out_channels=3,
         layers_per_block=1,
@@ -64,17 +64,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0, help="training time of each network")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--n", type=int, default=256, help="samples for the Frechet distance")
+    parser.add_argument("--size", type=int, default=32, help="image size in pixels (a multiple of 4)")
     args = parser.parse_args()
+    size = args.size
     torch.set_num_threads(args.threads)
     sched = dm.VPCosine()
-    data = shapes(6000, 16, torch.Generator().manual_seed(0)).images
-    real = shapes(args.n, 16, torch.Generator().manual_seed(123)).images
-    clf = train_attribute_classifier("shapes", size=16, progress=False)
-    floor = frechet_distance(clf, shapes(args.n, 16, torch.Generator().manual_seed(456)).images, real)
+    data = shapes(6000, size, torch.Generator().manual_seed(0)).images
+    real = shapes(args.n, size, torch.Generator().manual_seed(123)).images
+    clf = train_attribute_classifier("shapes", size=size, progress=False)
+    floor = frechet_distance(clf, shapes(args.n, size, torch.Generator().manual_seed(456)).images, real)
     rows = []
     for name, make in (
         ("diffmath UNet", lambda: UNet(3, (16, 32, 64), 1, (False, False, True), "v", 1.0)),
-        ("diffusers UNet2DModel", diffusers_unet),
+        ("diffusers UNet2DModel", lambda: diffusers_unet(size)),
     ):
         torch.manual_seed(0)
         model = make()
@@ -84,7 +86,7 @@ def main() -> None:
         state = next(s for s in run if time.perf_counter() - start > args.seconds)
         steps, elapsed = state.step, time.perf_counter() - start
         ema = state.ema.eval()
-        x_T = torch.randn(args.n, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+        x_T = torch.randn(args.n, 3, size, size, generator=torch.Generator().manual_seed(1))
         start = time.perf_counter()
         with torch.no_grad():
             x = dm.ode.ode_sample(ema, x_T, sched.grid(20), sched, "dpm++2m").clamp(-1, 1)
@@ -92,7 +94,8 @@ def main() -> None:
         fd = frechet_distance(clf, x, real)
         rows.append((name, num_parameters(model), steps / elapsed, steps, args.n / sample_s, fd))
     print(
-        f"threads={args.threads}, {args.seconds:g} s of training each, FD floor (real vs real, n={args.n}): {floor:.3g}"
+        f"{size} px, threads={args.threads}, {args.seconds:g} s of training each, "
+        f"FD floor (real vs real, n={args.n}): {floor:.3g}"
     )
     print("| network | parameters | train steps/s | steps in budget | sample images/s (20 NFE) | Frechet distance |")
     print("|---|---|---|---|---|---|")
