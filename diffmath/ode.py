@@ -111,13 +111,13 @@ def solve_ode(
     - ``"euler"`` (lesson 6, eq. 6.13): $x_s = x_t + (s - t)\,v(x_t, t)$; order 1, one evaluation per step.
     - ``"heun"`` (eq. 6.14): Euler predictor, trapezoidal corrector; order 2, two evaluations per step (one on a
       last step into $b_s = 0$, where it falls back to Euler, as in Karras et al.).
-    - ``"dpm++2m"`` (eq. 6.16): DPM-Solver++(2M), exact in the linear part, a second-order multistep in the
+    - ``"dpm++2m"`` (eq. 6.17): DPM-Solver++(2M), exact in the linear part, a second-order multistep in the
       half log-SNR $\lambda = \log(a/b)$ for $\hat x_0$; one evaluation per step; its first step and its step into
       $b_s = 0$ are first order (the first is DDIM). Needs a decreasing grid; works on discrete schedules too.
 
     Euler and Heun also accept an increasing grid (encoding data into noise). With ``variable="sigma"`` they
     integrate the same ODE in lesson 4's variables, $\mathrm dy/\mathrm d\sigma = \hat\varepsilon$ with
-    $y = x/a$, $\sigma = b/a$ (eq. 6.17, Karras et al.'s form): Euler is then exactly DDIM, the drift has no
+    $y = x/a$, $\sigma = b/a$ (eq. 6.15, Karras et al.'s form): Euler is then exactly DDIM, the drift has no
     singularity at $t = 0$, and only $a, b$ at the grid's times are needed (any schedule, discrete too).
 
     Parameters
@@ -175,7 +175,7 @@ def solve_ode(
     if method == "dpm++2m":
         rule = dpm_rule
     elif variable == "sigma":
-        rule = ddim_rule(0.0) if method == "euler" else sigma_heun_rule  # Euler in sigma is exactly DDIM (eq. 6.17)
+        rule = ddim_rule(0.0) if method == "euler" else sigma_heun_rule  # Euler in sigma is exactly DDIM (eq. 6.15)
     else:
         rule = euler_rule if method == "euler" else heun_rule
     yield from run(
@@ -233,7 +233,7 @@ def heun_rule(pair: Pair, x: Tensor, step: Step, state: dict) -> tuple[Tensor, f
 
 def sigma_heun_rule(pair: Pair, x: Tensor, step: Step, state: dict) -> tuple[Tensor, float, dict]:
     r"""Heun's step in lesson 4's variables, $\mathrm dy/\mathrm d\sigma = \hat\varepsilon$ with $y = x/a$,
-    $\sigma = b/a$ (lesson 6, eq. 6.17): the DDIM step with $\hat\varepsilon$ averaged over both ends.
+    $\sigma = b/a$ (lesson 6, eq. 6.15): the DDIM step with $\hat\varepsilon$ averaged over both ends.
 
     Parameters
     ----------
@@ -264,7 +264,7 @@ def _half_log_snr(a: float, b: float) -> float:
 
 
 def dpm_rule(pair: Pair, x: Tensor, step: Step, state: dict) -> tuple[Tensor, float, dict]:
-    r"""DPM-Solver++(2M) (lesson 6, eq. 6.16): exact in the linear part, second-order multistep in
+    r"""DPM-Solver++(2M) (lesson 6, eq. 6.17): exact in the linear part, second-order multistep in
     $\lambda = \log(a/b)$ for $\hat x_0$, using the previous step's $\hat x_0$ (kept in ``state``); its first step
     and its step into $b_s = 0$ are first order (the first is DDIM).
 
@@ -303,7 +303,7 @@ def ode_sample(
     progress: bool = False,
     variable: str = "t",
 ) -> Tensor:
-    """Final state of :func:`solve_ode` (lesson 6, eqs. 6.13-6.16).
+    """Final state of :func:`solve_ode` (lesson 6, eqs. 6.13-6.17).
 
     Parameters
     ----------
@@ -326,7 +326,7 @@ def ode_sample(
 
 
 def nfe(method: str, num_steps: int) -> int:
-    """Network evaluations of :func:`solve_ode` on a grid of ``num_steps`` steps ending at $b = 0$ (lesson 6, sec. 6.4).
+    """Network evaluations of :func:`solve_ode` on a grid of ``num_steps`` steps ending at $b = 0$ (lesson 6, sec. 6.6).
 
     Parameters
     ----------
@@ -491,7 +491,7 @@ def divergence(
     probes: Tensor | None = None,
 ) -> Tensor:
     r"""Divergence $\nabla\cdot v(x) = \operatorname{tr} \partial v/\partial x$ of a batched field, shape (B,)
-    (lesson 6, eq. 6.19).
+    (lesson 6, eq. 6.20).
 
     ``"exact"``: one backward pass per dimension (small $d$). ``"hutchinson"``: $\mathbb E_z[z^\top (\partial v/\partial x)
     z]$ with the given ``probes`` (shape (P, B, ...), e.g. Rademacher), one backward pass per probe, averaged;
@@ -549,7 +549,7 @@ def divergence(
 def rademacher(
     shape: tuple[int, ...], generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
 ) -> Tensor:
-    r"""Random signs of the given shape: the probes of Hutchinson's estimator (lesson 6, eq. 6.19).
+    r"""Random signs of the given shape: the probes of Hutchinson's estimator (lesson 6, eq. 6.20).
 
     Parameters
     ----------
@@ -593,7 +593,7 @@ def ode_log_likelihood(
     rtol: float = 1e-8,
     atol: float = 1e-8,
 ) -> tuple[Tensor, Tensor]:
-    r"""Log-likelihood of data under the probability-flow ODE (lesson 6, eq. 6.20):
+    r"""Log-likelihood of data under the probability-flow ODE (lesson 6, eq. 6.21):
 
     $$\log p_{t_0}(x_{t_0}) = \log p_{t_1}(x_{t_1}) + \int_{t_0}^{t_1}\nabla\cdot v(x_t, t)\,\mathrm dt,$$
 

@@ -179,7 +179,7 @@ def test_grids_decrease_and_end_at_data(name, spacing):
 
 @pytest.mark.parametrize("name", ["vp-linear", "ve", "ho-linear"])
 def test_karras_and_log_snr_grids_are_uniform_in_their_variable(name):
-    """Karras: sigma^(1/7) equally spaced (eq. 0.23); log-snr: log(a/b) equally spaced; both before the final t = 0."""
+    """Karras: sigma^(1/7) equally spaced (lesson 0, sec. 0.4); log-snr: log(a/b) equally spaced; both before the final t = 0."""
     s = dm.get_schedule(name)
     for spacing, transform in (("karras", lambda v: v ** (1 / 7)), ("log-snr", torch.log)):
         g = s.grid(12, spacing)[:-1]

@@ -119,7 +119,7 @@ def test_orders_of_convergence(method, Ks, band):
 
 def test_ode_likelihood_equals_the_exact_log_density():
     """With the exact divergence and the exact p_1 as prior, the ODE log-likelihood equals the mixture's log density
-    (eq. 6.20) to 1e-6."""
+    (eq. 6.21) to 1e-6."""
     x0 = RING.sample(20, torch.Generator().manual_seed(2), dtype=f64)
     c1 = VP.coefficients(1.0)
     prior = lambda x: RING.noised_log_prob(x, c1.a, c1.b)  # noqa: E731
@@ -174,7 +174,7 @@ def test_ode_bad_input():
 
 
 def test_euler_in_sigma_is_ddim_and_heun_in_sigma_is_second_order():
-    """In y = x/a, sigma = b/a (eq. 6.17) Euler is exactly DDIM on any schedule, discrete too, and Heun converges at
+    """In y = x/a, sigma = b/a (eq. 6.15) Euler is exactly DDIM on any schedule, discrete too, and Heun converges at
     second order even on VP-linear(0.1, 20), whose t-drift is singular at t = 0 (measured slope -2.0)."""
     x_T = torch.randn(100, 2, generator=torch.Generator().manual_seed(7), dtype=f64)
     su = dm.su_linear(1000)

@@ -214,7 +214,7 @@ class Schedule:
         spacing : {"uniform", "quadratic", "karras", "log-snr"}
             ``"uniform"`` in $t$; ``"quadratic"``: uniform in $\sqrt{t}$ (the DDIM paper's grid, denser near the
             data); ``"karras"``: the noise-to-signal ratio $\sigma = b/a$ uniform in $\sigma^{1/\rho}$ from
-            $\sigma(t_{\rm start})$ to $\sigma(t_1)$, then ``t_end`` (Karras et al., eq. 0.23);
+            $\sigma(t_{\rm start})$ to $\sigma(t_1)$, then ``t_end`` (Karras et al.; lesson 0, sec. 0.4);
             ``"log-snr"``: uniform in $\lambda = \log(a/b)$ over the same range (DPM-Solver's grid). For the last
             two, $t_1$ is the schedule's first step above ``t_end`` on a discrete schedule, or
             ``t_end + 1e-3 (t_start - t_end)`` on a continuous one.
