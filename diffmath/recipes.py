@@ -930,7 +930,7 @@ def image_fidelity(
     sampler: Callable | None = None,
 ) -> dict[str, list[float]]:
     r"""A trained image model's Frechet and kernel distances to real data, next to the real-vs-real floor, over
-    independent draws (lesson 20, eqs. 20.1-20.2).
+    independent draws (lesson 20, eqs. 20.1 and 20.10).
 
     Draw $k$ takes two independent real sets $A_k, B_k$ of ``n`` images from the recipe's own data distribution
     (held-out seeds ``TEST_SEED + 2k`` and ``2k + 1``, the recipe's ``dataset_kwargs`` included, so a model trained on a

@@ -26,7 +26,6 @@ Not a test: it prints the tables (mean +- standard error over the seeds).
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import torch
@@ -79,13 +78,13 @@ def ring_table(seeds, n, steps, scales, rows=None):
         print(format_table(table))
 
 
-def _peak_kib() -> int:
-    try:  # reset the peak resident set (Linux >= 4.0), then read it after the run
+def _reset_peak() -> None:
+    """Reset the process's peak resident set (Linux >= 4.0; best-effort), read back by :func:`_vm_hwm`."""
+    try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _vm_hwm() -> float:
@@ -149,7 +148,7 @@ def image_table(seeds, n, steps, weights, requests=("2", "3"), extra_steps=0):
             for k in range(seeds):
                 x = torch.randn(n, 3, 24, 24, generator=torch.Generator().manual_seed(k))
                 g.trace = []
-                _peak_kib()
+                _reset_peak()
                 t0 = time.perf_counter()
                 s = sample(g, x, sch.grid(k_steps, t_start=0.99), sch, 0.0).clamp(-1, 1)
                 cols["s/step"].append((time.perf_counter() - t0) / k_steps)

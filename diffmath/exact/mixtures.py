@@ -25,6 +25,43 @@ from diffmath.core.schedules import Schedule
 _CHUNK = 1 << 22  # elements of a (B, K, d) intermediate processed at once
 
 
+def check_components(components: object, K: int) -> Tensor:
+    """A set of component indices of a K-component mixture as a 1-D int64 tensor (lesson 0, eq. 0.19).
+
+    Parameters
+    ----------
+    components : sequence of int or Tensor of int
+        The indices.
+    K : int
+        The number of components.
+
+    Returns
+    -------
+    Tensor, shape (m,), int64
+
+    Raises
+    ------
+    ValueError
+        Unless ``components`` is a non-empty 1-D set of distinct integer indices in 0..K-1.
+    """
+    try:
+        c = components if isinstance(components, Tensor) else torch.as_tensor(list(components))
+    except (TypeError, ValueError, RuntimeError):
+        c = None
+    if (
+        c is None
+        or c.is_floating_point()
+        or c.dtype == torch.bool
+        or c.dim() != 1
+        or c.numel() == 0
+        or (c < 0).any()
+        or (c >= K).any()
+        or c.unique().numel() != c.numel()
+    ):
+        raise ValueError(f"components must be a non-empty 1-D set of distinct integer indices in 0..{K - 1}")
+    return c.long()
+
+
 class GaussianMixture:
     r"""A Gaussian mixture in any dimension with exact noised quantities (lesson 0, eqs. 0.16-0.20).
 
@@ -468,19 +505,7 @@ class GaussianMixture:
             On bad ``x``, ``a``, ``b``: see the class docstring; a ValueError if ``components`` is not a non-empty
             1-D integer tensor of distinct indices in 0..K-1.
         """
-        if (
-            not isinstance(components, Tensor)
-            or components.is_floating_point()
-            or components.dtype == torch.bool
-            or components.dim() != 1
-            or components.numel() == 0
-            or (components < 0).any()
-            or (components >= self.K).any()
-            or components.unique().numel() != components.numel()
-        ):
-            raise ValueError(
-                f"components must be a non-empty 1-D integer tensor of distinct indices in 0..{self.K - 1}"
-            )
+        components = check_components(components, self.K)
         log_resp = self._stats(x, a, b, None, "log_prob")["log_resp"]
         return torch.logsumexp(log_resp[:, components.to(log_resp.device)], dim=1)
 

@@ -303,18 +303,24 @@ class Aligned:
         kind = self.model.prediction
         if self.same and kind == self.prediction:
             return self.model(x, t, cond)
-        t = as_tensor(t, "t", x)
-        values = t.unique().tolist() if t.dim() else [float(t)]
-        if len(values) != 1:
-            raise ValueError("Aligned needs one time for the whole batch (a sampler step's)")
-        own, scale, there, here = self._lookup(float(values[0]))
+        t, value = _one_time(t, x, "Aligned")
+        own, scale, there, here = self._lookup(value)
         xs = x if scale == 1.0 else x * scale
-        time = t if own == values[0] else torch.full((x.shape[0],), own, dtype=x.dtype, device=x.device)
+        time = t if own == value else torch.full((x.shape[0],), own, dtype=x.dtype, device=x.device)
         pair = to_pair(self.model(xs, time, cond), kind, xs, *there)
         return from_pair(pair, self.prediction, *here)
 
     def __repr__(self) -> str:
         return f"Aligned({self.model!r}, {self.schedule!r} -> {self.sampling!r}, align={self.align!r})"
+
+
+def _one_time(t: object, x: Tensor, who: str) -> tuple[Tensor, float]:
+    """``t`` as a tensor for ``x`` and its one value; a ValueError naming ``who`` if the batch holds several times."""
+    t = as_tensor(t, "t", x)
+    values = t.unique().tolist() if t.dim() else [float(t)]
+    if len(values) != 1:
+        raise ValueError(f"{who} needs one time for the whole batch (a sampler step's)")
+    return t, float(values[0])
 
 
 def _floats(schedule: Schedule, t: float) -> tuple:

@@ -26,8 +26,9 @@ from diffmath.core._validate import as_tensor, check_choice, check_int, check_re
 from diffmath.core.models import Model, check_model
 from diffmath.core.notation import Pair, to_pair
 from diffmath.core.schedules import Schedule
-from diffmath.exact.mixtures import GaussianMixture
+from diffmath.exact.mixtures import GaussianMixture, check_components
 from diffmath.guide.guidance import _scale
+from diffmath.guide.multi import _floats, _one_time
 from diffmath.sampling.loop import Step
 from diffmath.sampling.samplers import ddim_rule
 
@@ -65,11 +66,7 @@ class ExactAttribute:
         if not isinstance(mixture, GaussianMixture):
             raise TypeError(f"mixture must be a GaussianMixture, got {type(mixture).__name__}")
         self.mixture, self.schedule = mixture, check_schedule(schedule)
-        try:
-            self.components = torch.as_tensor(list(components), dtype=torch.long)
-        except (TypeError, ValueError, RuntimeError):
-            raise ValueError(f"components must be a sequence of component indices, got {components!r}") from None
-        mixture.log_prob_of_components(mixture.means[:1].reshape(1, *mixture.event_shape), 1.0, 0.1, self.components)
+        self.components = check_components(components, mixture.K)
 
     def __call__(self, x: Tensor, t: Tensor, pair: Pair | None = None) -> Tensor:
         c = self.schedule.coefficients(as_tensor(t, "t", x))
@@ -235,11 +232,6 @@ def _project_simplex(v: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------- the guided model
-def _floats(schedule: Schedule, t: float) -> tuple[float, float, float, float]:
-    c = schedule.coefficients(torch.tensor([t], dtype=torch.float64))
-    return tuple(math.nan if v is None else float(v[0]) for v in (c.a, c.b, c.da, c.db))
-
-
 def _cos(u: Tensor, v: Tensor) -> float:
     """Mean over the batch of the per-sample cosine between two batches of vectors."""
     u, v = u.detach().flatten(1).double(), v.detach().flatten(1).double()
@@ -348,11 +340,8 @@ class MultiGuided:
 
     # -- pieces
     def _time(self, x: Tensor, t: Tensor) -> tuple[Tensor, float]:
-        t = as_tensor(t, "t", x)
-        values = t.unique().tolist() if t.dim() else [float(t)]
-        if len(values) != 1:
-            raise ValueError("MultiGuided needs one time for the whole batch (a sampler step's)")
-        return (t if t.dim() else t.expand(x.shape[0])), float(values[0])
+        t, value = _one_time(t, x, "MultiGuided")
+        return (t if t.dim() else t.expand(x.shape[0])), value
 
     def _pair(self, y: Tensor, time: Tensor, coefs: tuple, cond: Tensor | None) -> Pair:
         if coefs[0] == 0:
@@ -377,7 +366,8 @@ class MultiGuided:
     def _lookahead_mean(self, xr: Tensor, pair: Pair, g: Tensor, coefs: tuple, t: float, s: float) -> Tensor:
         a, b = coefs[0], coefs[1]
         eps = pair.eps - self.scale * b * g
-        step = Step(0, 1, t, s, *coefs, *_floats(self.schedule, s))
+        ends = [math.nan if v is None else v for v in (*coefs, *_floats(self.schedule, s))]  # discrete: no da, db
+        step = Step(0, 1, t, s, *ends)
         mean, _, _ = self.rule(Pair((xr - b * eps) / a, eps), xr, step, {})
         return mean
 
