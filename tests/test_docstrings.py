@@ -50,7 +50,8 @@ def test_public_api_is_documented_with_its_lesson(key, obj):
 
 TOYS = importlib.import_module("toydata.toys")
 IMAGES = importlib.import_module("toydata.images")
-NUMPY_MODULES = [*MODULES, TOYS, IMAGES]
+FUSION = importlib.import_module("toydata.fusion")
+NUMPY_MODULES = [*MODULES, TOYS, IMAGES, FUSION]
 SECTION = re.compile(r"^([A-Z][A-Za-z ]*)\n-{3,}[ \t]*$", re.MULTILINE)
 # Exemptions, kept tiny: the Model protocol is documented in its module (lesson 0, sec. 0.5); its `(*args, **kwargs)`
 # signature is typing.Protocol's, not a constructor anyone calls.
