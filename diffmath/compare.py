@@ -177,6 +177,8 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
     Returns
     -------
     (float, float)
+        The standard error is ``nan`` when a value is not finite (a metric undefined for a method, an infinite
+        PSNR).
 
     Raises
     ------
@@ -185,6 +187,8 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
     """
     if len(values) < 2:
         raise ValueError("a standard error needs at least two values")
+    if not all(math.isfinite(v) for v in values):
+        return statistics.fmean(values), math.nan
     return statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
 
 

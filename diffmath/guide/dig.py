@@ -263,7 +263,7 @@ def dig_weights(
     grid: Tensor,
     *,
     interval: int = 10,
-    temperature: float = 1.0,
+    temperature: float = 0.01,
     spatial: bool = True,
     smooth: float = 2.0,
     loss: str = "l2",
@@ -290,7 +290,8 @@ def dig_weights(
     interval : int
         $S \ge 1$, steps between refreshes.
     temperature : float
-        $\tau$ of the softmax.
+        $\tau$ of the softmax. The paper's plain softmax is $\tau = 1$; per-pixel squared errors of images in
+        $[-1, 1]$ give gains of order $10^{-2}$, so that $\tau = 1$ is nearly $1/K$ (lesson 23, sec. 23.7).
     spatial : bool
         Per-pixel weights (smoothed error maps) or one weight per source and image.
     smooth : float
@@ -447,8 +448,8 @@ class FusionGuidance:
         self,
         sources: Tensor,
         weights: FusionWeights,
-        guidance: str = "x0",
-        scale: float = 0.5,
+        guidance: str = "em",
+        scale: float = 0.1,
         em_iters: int = 3,
         delta: float = 1e-2,
     ) -> None:
@@ -546,13 +547,14 @@ class FusionGuided:
         times = check_grid(grid, schedule).tolist()
         if not isinstance(weights, FusionWeights) or len(weights.steps) != len(times) - 1:
             raise ValueError(f"weights must be FusionWeights with one entry per step of the grid ({len(times) - 1})")
-        self.index = {t: i for i, t in enumerate(times[:-1])}
+        self.times = times[:-1]
         self.weights, self.scale = weights, _scale(scale)
 
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         t, value = _one_time(t, x, "FusionGuided")
-        i = self.index.get(value)
-        if i is None:
+        # the step whose start time this is (the loop passes it in x's dtype: float32 rounds it)
+        i = min(range(len(self.times)), key=lambda j: abs(self.times[j] - value))
+        if abs(self.times[i] - value) > 1e-6 * max(1.0, abs(value)):
             raise ValueError(f"FusionGuided was called at t = {value:g}, which is not a step of its grid")
         a, b, da, db = _floats(self.schedule, value)
         time = t if t.dim() else t.expand(x.shape[0])
@@ -600,11 +602,11 @@ def fuse(
     schedule: Schedule,
     *,
     weights: str | Tensor = "dig",
-    guidance: str = "x0",
-    scale: float = 0.5,
+    guidance: str = "em",
+    scale: float = 0.1,
     eta: float = 0.0,
     interval: int = 10,
-    temperature: float = 1.0,
+    temperature: float = 0.01,
     spatial: bool = True,
     smooth: float = 2.0,
     loss: str = "l2",
