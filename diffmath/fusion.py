@@ -452,6 +452,39 @@ def fusion_scores(F: Tensor, sources: Tensor | Sequence[Tensor], target: Tensor 
     return scores
 
 
+def region_psnr(F: Tensor, target: Tensor, mask: Tensor, data_range: float = 2.0) -> Tensor:
+    r"""PSNR of each fused image over the pixels of a region only, $10\log_{10}(L^2/\mathrm{MSE}_R)$ (lesson 23,
+    sec. 23.6; lesson 20, eq. 20.2): e.g. the region where a task's oracle picks one source.
+
+    Parameters
+    ----------
+    F, target : Tensor, shape (B, C, H, W)
+        Fused images and their truth.
+    mask : Tensor, shape (B, 1, H, W) or (B, C, H, W)
+        The region: pixels where ``mask > 0.5``.
+    data_range : float
+        $L$ (2 for images in [-1, 1]).
+
+    Returns
+    -------
+    Tensor, shape (B,), float64
+        ``nan`` for an image whose region is empty, ``inf`` where it is reproduced exactly.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If the images are not floating (B, C, H, W) tensors of one shape, or ``mask`` does not broadcast to them.
+    """
+    F, target = _image(F, "F"), _image(target, "target")
+    _check_match(target, "target", F, "F", same_channels=True)
+    if not isinstance(mask, Tensor) or mask.dim() != 4 or mask.shape[0] != F.shape[0] or mask.shape[2:] != F.shape[2:]:
+        raise ValueError(f"mask must have shape (B, 1 or C, H, W) matching F {tuple(F.shape)}")
+    region = (mask > 0.5).expand_as(F).double()
+    count = region.flatten(1).sum(1)
+    mse = ((F.double() - target.double()).square() * region).flatten(1).sum(1) / count
+    return 10 * torch.log10(data_range**2 / mse)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Classical baselines
 

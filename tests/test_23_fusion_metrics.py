@@ -277,3 +277,25 @@ def test_bad_input_is_refused_with_what_was_expected():
         mertens_fusion([img, img], sigma=0)
     with pytest.raises(ValueError, match="NaN"):
         fusion_scores(img, [img, torch.full((1, 1, 8, 8), float("nan"))])
+
+
+def test_region_psnr_is_psnr_over_the_region_only():
+    from diffmath.fusion import region_psnr
+    from diffmath.metrics import psnr
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 1, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
+    F = target.clone()
+    F[..., :4] += 0.1  # error 0.1 on the left half, exact on the right
+    left = torch.zeros(2, 1, 8, 8, dtype=torch.float64)
+    left[..., :4] = 1
+    assert torch.allclose(
+        region_psnr(F, target, left), torch.full((2,), 10 * math.log10(4 / 0.01), dtype=torch.float64)
+    )
+    assert torch.isinf(region_psnr(F, target, 1 - left)).all()
+    assert torch.allclose(region_psnr(F, target, torch.ones_like(left)), psnr(F, target))
+    empty = torch.zeros_like(left)
+    empty[0, ..., 0] = 1
+    assert torch.isnan(region_psnr(F, target, empty)[1]) and torch.isfinite(region_psnr(F, target, empty)[0])
+    with pytest.raises(ValueError, match="mask must have shape"):
+        region_psnr(F, target, left[:1])

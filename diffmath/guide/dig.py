@@ -698,7 +698,7 @@ def fuse(
 
 def alignment_covariance(weights: Tensor, sources: Tensor, x0: Tensor, target: Tensor) -> Tensor:
     r"""The covariance across sources of the weights with the alignment of each source's guidance, the term
-    $\sum_k \mathrm{Cov}(w_k, B_{t,k})$ of the paper's bound (lesson 23, eq. 23.10).
+    $\sum_k \mathrm{Cov}(w_k, B_{t,k})$ of the paper's bound (lesson 23, eq. 23.13).
 
     Per pixel, source $k$ pulls $\hat x_0$ along $c_k - \hat x_0$ (eq. 23.5) and the ideal direction is
     $x^* - \hat x_0$, so $B_k = (c_k - \hat x_0)\,\mathrm{sign}(x^* - \hat x_0)$. The covariance over the $K$ sources,
