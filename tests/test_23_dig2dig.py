@@ -282,3 +282,20 @@ def test_bad_input_is_named():
         StationaryGaussian(prior.power, prior.mean, SCH)(torch.zeros(2, 1, 4, 4, dtype=D), 0.5)
     with pytest.raises(ValueError, match="positive"):
         StationaryGaussian(-prior.power, prior.mean, SCH)
+
+
+def test_dig_rewards_a_noisy_copy_late_in_sampling_the_failure_mode(prior):
+    """A clean image and a noisy copy of it: the copy holds no extra information. Early on (t from 1 to ~0.4) its
+    error hardly falls, since the noise sits far below the noise level, and its weight is under 1/2; at the middle
+    refresh the prior starts to reconstruct the noise, the copy's error falls further than the clean image's and it
+    gets the larger weight, the more so the noisier it is. Fixed weights cannot make this mistake."""
+    x = fields(8, seed=17)
+    late = []
+    for sd in (0.05, 0.1, 0.2):
+        noisy = (x + sd * torch.randn(x.shape, generator=gen(18), dtype=D)).clamp(-1, 1)
+        src = torch.stack([x, noisy])
+        plan = dig.dig_weights(prior, SCH, src, SCH.grid(25, "quadratic"), interval=10, generator=gen(0))
+        assert plan.steps[0][1].mean() < 0.4
+        late.append(plan.steps[10][1].mean().item())
+    assert 0.5 < late[0] < late[1] < late[2], late
+    assert late[2] > 0.7, late
