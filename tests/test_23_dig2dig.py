@@ -1,4 +1,4 @@
-"""Lesson 23: the stationary Gaussian prior is exact (eqs. 23.7-23.8), the diffusion information gains and their
+"""Lesson 23: the stationary Gaussian prior is exact (eqs. 23.8-23.9), the diffusion information gains and their
 weights behave as eqs. 23.2-23.4 say, and the fusion runs unchanged on exact, toy and image models."""
 
 import itertools
@@ -98,7 +98,7 @@ def test_monte_carlo_gain_matches_the_closed_form(prior):
     want = prior.expected_error(c, t) - prior.expected_error(c, s)
     se = gain.std(0) / math.sqrt(M)
     assert ((gain.mean(0) - want).abs() < 4 * se).all(), (gain.mean(0), want, se)
-    # the errors alone, too (the level's expectation, eq. 23.8)
+    # the errors alone, too (the level's expectation, eq. 23.9)
     e_hi = hi[0].reshape(M, 2)
     assert ((e_hi.mean(0) - prior.expected_error(c, t)).abs() < 4 * e_hi.std(0) / math.sqrt(M)).all()
 

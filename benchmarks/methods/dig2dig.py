@@ -54,7 +54,7 @@ ROWS = {
     "DIG-25 S10 global": {"interval": 10, "spatial": False},
     "DIG-50 S10": {"interval": 10, "steps": 50},
     "DIG-25 S10 x0-step": {"interval": 10, "guidance": "x0", "scale": 0.5},
-    "DIG-25 S10 DPS": {"interval": 10, "guidance": "dps", "scale": 30.0},
+    "DIG-25 S10 DPS": {"interval": 10, "guidance": "dps", "scale": 1000.0},  # zeta: best of 1-1e4 on seed 99
     "oracle-25": {"weights": "oracle"},
 }
 NO_DIFFUSION = ("average", "classical")

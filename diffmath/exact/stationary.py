@@ -3,13 +3,13 @@ r"""A stationary Gaussian image prior, exact at every noise level (lesson 23, se
 A stationary Gaussian field has a covariance that depends only on the offset between two pixels, so the orthonormal
 2-D Fourier transform diagonalises it: each frequency $f$ of each channel is an independent complex Gaussian of power
 $P_f$ around the channel's mean $m$. Seen through $x_t = a_t x_0 + b_t\varepsilon$, the posterior mean is a Wiener
-filter, frequency by frequency (lesson 23, eq. 23.7):
+filter, frequency by frequency (lesson 23, eq. 23.8):
 
 $$\hat x_0(x_t) = m + \mathcal F^{-1}\Big[\frac{a_t P_f}{a_t^2 P_f + b_t^2}\,\mathcal F(x_t - a_t m)_f\Big].$$
 
 :class:`StationaryGaussian` is a model with the one interface (lesson 0, sec. 0.5), so every sampler runs on it
 unchanged, and it has closed forms a learned image model lacks: its samples, and the expected reconstruction error
-of a noised image (eq. 23.8), which gives the diffusion information gain of lesson 23 without Monte Carlo.
+of a noised image (eq. 23.9), which gives the diffusion information gain of lesson 23 without Monte Carlo.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _ifft(x: Tensor) -> Tensor:
 
 
 class StationaryGaussian:
-    r"""The exact model of a stationary Gaussian image prior (lesson 23, eq. 23.7).
+    r"""The exact model of a stationary Gaussian image prior (lesson 23, eq. 23.8).
 
     Parameters
     ----------
@@ -120,7 +120,7 @@ class StationaryGaussian:
         return m + _ifft(gain * _fft(x - a4 * m))
 
     def posterior_mean(self, x: Tensor, t: Tensor | float) -> Tensor:
-        r"""$\mathbb E[x_0 \mid x_t]$, the Wiener filter of eq. 23.7.
+        r"""$\mathbb E[x_0 \mid x_t]$, the Wiener filter of eq. 23.8.
 
         Parameters
         ----------
@@ -182,7 +182,7 @@ class StationaryGaussian:
 
     def expected_error(self, c: Tensor, t: Tensor | float) -> Tensor:
         r"""$\mathbb E_\varepsilon \lVert \hat x_0(a_t c + b_t\varepsilon) - c\rVert^2$ per image, in closed form
-        (lesson 23, eq. 23.8).
+        (lesson 23, eq. 23.9).
 
         With $s^2 = b_t^2/a_t^2$, $h_f = P_f/(P_f + s^2)$ and $C_f = \mathcal F(c - m)_f$, each frequency contributes
         $(1 - h_f)^2 |C_f|^2 + h_f^2 s^2$ (the orthonormal transform keeps white noise white).

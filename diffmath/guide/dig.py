@@ -10,7 +10,7 @@ the model's reconstruction of a noised copy of $c_k$ improves between two noise 
 The gains depend on the sources and the time only, never on $x_t$, so :func:`dig_weights` computes the weights of a
 whole grid before sampling. The guidance then acts on the denoised guess (an ``on_pair`` hook of the one loop,
 :class:`FusionGuidance`: an $x_0$-space step or an EM rectification, eqs. 23.5-23.6) or on the score through the
-denoiser (:class:`FusionGuided`, a model with the one interface: a DPS-style gradient, eq. 23.9). :func:`fuse` wires
+denoiser (:class:`FusionGuided`, a model with the one interface: a DPS-style gradient, eq. 23.7). :func:`fuse` wires
 them to :func:`~diffmath.sampling.loop.run`; there is no loop here.
 """
 
@@ -38,7 +38,7 @@ LOSSES = ("l2", "l1")
 GUIDANCE = ("x0", "em", "dps")
 r"""How $\nabla\log p(c_k\mid x_t)$ enters (lesson 23, sec. 23.3): an $x_0$-space step towards the weighted sources
 (eq. 23.5), an EM rectification of $\hat x_0$ under a Laplace likelihood in DDFM's spirit (eq. 23.6), or the
-gradient of the weighted residual through the denoiser, DPS-style (eq. 23.9)."""
+gradient of the weighted residual through the denoiser, DPS-style (eq. 23.7)."""
 
 WEIGHTS = ("dig", "fixed", "oracle")
 """The weight strategies of :func:`fuse`: diffusion information gains, $1/K$ (DDFM), or the task's ideal masks."""
@@ -291,7 +291,7 @@ def dig_weights(
         $S \ge 1$, steps between refreshes.
     temperature : float
         $\tau$ of the softmax. The paper's plain softmax is $\tau = 1$; per-pixel squared errors of images in
-        $[-1, 1]$ give gains of order $10^{-2}$, so that $\tau = 1$ is nearly $1/K$ (lesson 23, sec. 23.7).
+        $[-1, 1]$ give gains of order $10^{-2}$, so that $\tau = 1$ is nearly $1/K$ (lesson 23, sec. 23.8).
     spatial : bool
         Per-pixel weights (smoothed error maps) or one weight per source and image.
     smooth : float
@@ -506,7 +506,7 @@ class FusionGuidance:
 
 
 class FusionGuided:
-    r"""DPS-style fusion guidance through the denoiser, as a model with the one interface (lesson 23, eq. 23.9).
+    r"""DPS-style fusion guidance through the denoiser, as a model with the one interface (lesson 23, eq. 23.7).
 
     $\nabla\log p(c\mid x_t) \approx -\zeta\,\nabla_{x_t} r(x_t)$ with $r = (\sum_k w_k \lVert c_k -
     \hat x_0(x_t)\rVert^2)^{1/2}$ per image (DPS's normalised step), added to the score; as
