@@ -201,7 +201,7 @@ def sde_rule(schedule: Schedule, noise_scale: float = 1.0) -> Rule:
     Parameters
     ----------
     schedule : Schedule
-        A continuous schedule (it gives $f_t, g_t^2$, eq. 5.21; $g^2 = -2f$ exactly on VP schedules).
+        A continuous schedule (it gives $f_t, g_t^2$, eq. 5.6; $g^2 = -2f$ exactly on VP schedules).
     noise_scale : float
         $\lambda = \sigma_t^2 / g_t^2 \ge 0$.
 

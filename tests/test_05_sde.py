@@ -97,7 +97,7 @@ def test_sde_bad_input():
 
 
 def test_sde_coefficients_are_finite_at_the_data_end():
-    """On VP schedules g_t^2 = beta(t) = -2 f_t is finite at t = 0 (eq. 5.21); the general form 2b(db - f b) would be
+    """On VP schedules g_t^2 = beta(t) = -2 f_t is finite at t = 0 (eq. 5.6, Su's 5.21); the general form 2b(db - f b) would be
     0 * inf there."""
     from diffmath.sde import sde_coefficients
 
