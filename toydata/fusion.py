@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffmath.core._validate import check_dtype, check_int, check_positive
+from diffmath.fusion import gaussian_blur
 from toydata.images import IMAGE_DATASETS, image_dataset
 
 Generator = torch.Generator | None
@@ -84,20 +85,6 @@ def _check_images(x: object, min_size: int = 8) -> Tensor:
 def _uniform(shape: tuple[int, ...], generator: Generator, low: float = 0.0, high: float = 1.0) -> Tensor:
     """Uniform draws in float64 on the CPU, so that a seed gives the same task in every dtype and on every device."""
     return low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64)
-
-
-def _blur(x: Tensor, sd: float) -> Tensor:
-    """Separable Gaussian blur of standard deviation ``sd`` pixels over the last two axes, reflect padding; the kernel
-    is truncated at 3 sd (or one pixel short of the image size) and normalised."""
-    h, w = x.shape[-2:]
-    r = min(math.ceil(3 * sd), h - 1, w - 1)
-    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sd) ** 2)
-    k = k / k.sum()
-    y = x.reshape(-1, 1, h, w)
-    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
-    return y.reshape(x.shape)
 
 
 def _grid(h: int, w: int) -> tuple[Tensor, Tensor]:
@@ -255,7 +242,7 @@ def multi_focus(x: Tensor, generator: Generator = None, num_sources: int = 2, bl
     k, blur = check_int(num_sources, "num_sources", 2), check_positive(blur, "blur")
     n, _, h, w = x.shape
     masks = _strips(n, k, h, w, generator).to(x)
-    sources = masks * x + (1 - masks) * _blur(x, blur)
+    sources = masks * x + (1 - masks) * gaussian_blur(x, blur)
     return FusionTask(sources, x.clone(), masks, "multi-focus")
 
 
@@ -346,7 +333,7 @@ def multi_exposure(
     levels = 2**bits - 1
     v = torch.round(s.clamp(0, 1) * levels) / levels
     sources = (2 * v**gamma / e - 1).clamp(-1, 1)
-    err = _blur((sources - x).abs().mean(2, keepdim=True), 1.0)
+    err = gaussian_blur((sources - x).abs().mean(2, keepdim=True), 1.0)
     return FusionTask(sources, x.clone(), _ties(err), "multi-exposure")
 
 
@@ -419,7 +406,7 @@ def infrared_visible(
     truth = x * keep + paint
     visible = x + contrast * (truth - x)
     mean = x.mean((2, 3), keepdim=True)
-    infrared = (mean + 0.5 * (_blur(x, blur) - mean)) * keep + paint
+    infrared = (mean + 0.5 * (gaussian_blur(x, blur) - mean)) * keep + paint
     cover = 1 - keep
     w_ir = (cover > 0.5).to(x) + 0.5 * (cover == 0.5).to(x)
     oracle = torch.stack([w_ir, 1 - w_ir])

@@ -16,17 +16,16 @@ them to :func:`~diffmath.sampling.loop.run`; there is no loop here.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from diffmath.core._validate import check_batch, check_choice, check_int, check_positive
 from diffmath.core.models import Model, check_model
 from diffmath.core.notation import Pair, from_pair, to_pair
 from diffmath.core.schedules import Schedule
+from diffmath.fusion import gaussian_blur
 from diffmath.guide.guidance import _scale
 from diffmath.guide.multi import _floats, _one_time
 from diffmath.sampling.loop import check_grid, run
@@ -108,35 +107,6 @@ def _check_weights(w: Tensor, sources: Tensor, name: str = "weights") -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------------ the gains
-def gaussian_blur(x: Tensor, sd: float) -> Tensor:
-    r"""Separable Gaussian smoothing of maps (B, C, H, W), reflect padding, radius $\lceil 3\,\mathrm{sd}\rceil$
-    (lesson 23, eq. 23.4). ``sd = 0`` returns ``x``.
-
-    Parameters
-    ----------
-    x : Tensor, shape (B, C, H, W)
-        The maps.
-    sd : float
-        Standard deviation in pixels, >= 0.
-
-    Returns
-    -------
-    Tensor, shape (B, C, H, W)
-    """
-    sd = check_positive(sd, "smooth", allow_zero=True)
-    if sd == 0:
-        return x
-    r = min(math.ceil(3 * sd), min(x.shape[-2:]) - 1)
-    u = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (u / sd) ** 2)
-    k = k / k.sum()
-    B, C, H, W = x.shape
-    y = F.pad(x.reshape(B * C, 1, H, W), (r, r, r, r), mode="reflect")
-    y = F.conv2d(y, k.reshape(1, 1, 1, -1))
-    y = F.conv2d(y, k.reshape(1, 1, -1, 1))
-    return y.reshape(B, C, H, W)
-
-
 def reconstruction_errors(
     model: Model,
     schedule: Schedule,
@@ -212,8 +182,7 @@ def information_gain(err_high: Tensor, err_low: Tensor, spatial: bool = True, sm
         return gain.mean(tuple(range(2, gain.dim())), keepdim=True)
     if gain.dim() != 5:  # vectors: one gain per coordinate, nothing to smooth
         return gain
-    K, B = gain.shape[:2]
-    return gaussian_blur(gain.reshape(K * B, 1, *gain.shape[3:]), smooth).reshape(gain.shape)
+    return gaussian_blur(gain, smooth)
 
 
 def softmax_weights(gain: Tensor, temperature: float = 1.0) -> Tensor:
