@@ -1,0 +1,640 @@
+r"""Constrained alignment and composition (lesson 24): Lagrange multipliers in place of hand-tuned weights.
+
+Three problems over a distribution $p$, each with a closed-form optimum for a fixed multiplier and a concave dual:
+
+- **alignment**: the closest $p$ (reverse KL) to a pretrained $q$ whose expected rewards reach thresholds,
+  $\mathbb E_p r_i \ge b_i$; optimum the tilt $q_\lambda \propto q\,e^{\lambda\cdot r}$, $\lambda \ge 0$ (eqs. 24.1-24.2);
+- **AND** (product): the $p$ whose largest reverse KL to $m$ models is smallest; optimum the weighted geometric product
+  $q_\lambda \propto \prod_i q_i^{\lambda_i}$, $\lambda$ on the simplex (eqs. 24.3-24.5);
+- **OR** (mixture): the $p$ whose largest cross-entropy from $m$ models is smallest; optimum the mixture
+  $\sum_i \lambda_i q_i$ (eq. 24.6).
+
+The duals are solved by projected ascent (:func:`dual_ascent`), with the exact sort-based projection onto the simplex
+(:func:`project_simplex`) and averaged iterates. In 2-D every quantity is exact on a grid (:class:`Grid2D`) and for
+Gaussians in closed form; for score models the KLs come from the point-wise identity along the forward process
+(:func:`pointwise_kl`, eq. 24.7), and the training-free AND of the paper weights the models' scores by the dual
+(:func:`dual_only_and`, eq. 24.8), which for two models can only return equal weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from diffmath.core._validate import check_batch, check_int, check_positive
+from diffmath.core.models import Model, check_model, predict
+from diffmath.core.schedules import Schedule
+from diffmath.guide.compose import Combine
+from diffmath.sampling.samplers import sample
+from diffmath.sde import sde_coefficients
+
+
+# ------------------------------------------------------------------------------------------------ projections
+def project_simplex(v: Tensor) -> Tensor:
+    r"""Euclidean projection onto the probability simplex $\{\lambda \ge 0, \sum_i\lambda_i = 1\}$, exact, by sorting
+    (lesson 24, eq. 24.9): $\lambda_i = \max(v_i - \theta, 0)$ with $\theta$ the threshold that makes the sum 1.
+
+    Parameters
+    ----------
+    v : Tensor, shape (..., m)
+        Points, projected along the last axis.
+
+    Returns
+    -------
+    Tensor, shape (..., m)
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``v`` is not a finite floating tensor with a non-empty last axis.
+    """
+    v = check_batch(v, "v", min_dim=1)
+    if v.shape[-1] == 0:
+        raise ValueError("v must have at least one entry along its last axis")
+    u = v.sort(dim=-1, descending=True).values
+    css = u.cumsum(-1) - 1
+    k = torch.arange(1, v.shape[-1] + 1, dtype=v.dtype, device=v.device)
+    rho = (u - css / k > 0).to(v.dtype).cumsum(-1).argmax(-1, keepdim=True)  # last index where the test holds
+    theta = css.gather(-1, rho) / (rho + 1).to(v.dtype)
+    return (v - theta).clamp_min(0)
+
+
+def project_orthant(v: Tensor) -> Tensor:
+    r"""Projection onto the non-negative orthant, $\max(v, 0)$: the multipliers of inequality constraints
+    (lesson 24, eq. 24.2).
+
+    Parameters
+    ----------
+    v : Tensor, shape (m,)
+
+    Returns
+    -------
+    Tensor, shape (m,)
+    """
+    return check_batch(v, "v", min_dim=1).clamp_min(0)
+
+
+class Ascent(NamedTuple):
+    r"""The result of :func:`dual_ascent` (lesson 24, sec. 24.2).
+
+    Attributes
+    ----------
+    lam : Tensor, shape (m,)
+        The last iterate.
+    averaged : Tensor, shape (m,)
+        The mean of the second half of the iterates (the averaged iterate).
+    history : Tensor, shape (iters + 1, m)
+        Every iterate, from the start.
+    gradients : Tensor, shape (iters, m)
+        The ascent direction at each iterate (the constraint values).
+    """
+
+    lam: Tensor
+    averaged: Tensor
+    history: Tensor
+    gradients: Tensor
+
+
+def dual_ascent(
+    direction: Callable[[Tensor], Tensor],
+    lam0: Tensor,
+    project: Callable[[Tensor], Tensor],
+    step: float,
+    iters: int,
+    normalise: bool = False,
+) -> Ascent:
+    r"""Projected dual ascent $\lambda \leftarrow \Pi(\lambda + \eta\,d(\lambda))$ (lesson 24, eqs. 24.2 and 24.3).
+
+    Parameters
+    ----------
+    direction : callable
+        ``direction(lam) -> Tensor (m,)``: the dual's ascent direction at ``lam`` (e.g. the KLs of AND, the slacks
+        $b - \mathbb E r$ of alignment).
+    lam0 : Tensor, shape (m,)
+        The start.
+    project : callable
+        :func:`project_simplex` or :func:`project_orthant`.
+    step : float
+        $\eta > 0$.
+    iters : int
+        Iterations.
+    normalise : bool
+        Divide each direction by its largest absolute entry (a scale-free step, for KLs of any size).
+
+    Returns
+    -------
+    Ascent
+
+    Raises
+    ------
+    ValueError
+        If ``step`` is not positive, ``iters`` not a positive integer, or ``direction`` returns a tensor of the wrong
+        shape or a non-finite value.
+    """
+    eta, n = check_positive(step, "step"), check_int(iters, "iters")
+    lam = project(check_batch(lam0, "lam0", min_dim=1).clone())
+    history, grads = [lam], []
+    for _ in range(n):
+        d = direction(lam)
+        if not isinstance(d, Tensor) or d.shape != lam.shape or not bool(torch.isfinite(d).all()):
+            raise ValueError(f"direction must return a finite tensor of shape {tuple(lam.shape)}")
+        grads.append(d)
+        if normalise:
+            d = d / d.abs().max().clamp_min(1e-300)
+        lam = project(lam + eta * d)
+        history.append(lam)
+    h = torch.stack(history)
+    return Ascent(lam, h[(n + 1) // 2 :].mean(0), h, torch.stack(grads))
+
+
+# ------------------------------------------------------------------------------------------------ Gaussians
+def _gaussians(means: Tensor, covs: Tensor) -> tuple[Tensor, Tensor]:
+    means = check_batch(means, "means", min_dim=2).double()
+    covs = check_batch(covs, "covs", min_dim=3).double()
+    if means.dim() != 2 or covs.shape != (*means.shape, means.shape[1]):
+        raise ValueError(f"means must be (m, d) and covs (m, d, d), got {tuple(means.shape)} and {tuple(covs.shape)}")
+    return means, covs
+
+
+def gaussian_kl(m1: Tensor, S1: Tensor, m2: Tensor, S2: Tensor) -> Tensor:
+    r"""$\mathrm{KL}(\mathcal N(m_1, S_1)\,\|\,\mathcal N(m_2, S_2))$ in nats (lesson 24, eq. 24.5).
+
+    Parameters
+    ----------
+    m1, m2 : Tensor, shape (d,)
+    S1, S2 : Tensor, shape (d, d)
+
+    Returns
+    -------
+    Tensor, shape ()
+    """
+    d = m1.shape[-1]
+    P2 = torch.linalg.inv(S2)
+    diff = m2 - m1
+    return 0.5 * (
+        torch.trace(P2 @ S1) + diff @ P2 @ diff - d + torch.logdet(S2) - torch.logdet(S1)
+    )  # fmt: skip
+
+
+def gaussian_product(means: Tensor, covs: Tensor, lam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The weighted geometric product $\prod_i \mathcal N(m_i, S_i)^{\lambda_i}$, normalised, and its $\log Z$
+    (lesson 24, eq. 24.5): precision $P = \sum_i\lambda_i S_i^{-1}$, mean $P^{-1}\sum_i\lambda_i S_i^{-1}m_i$.
+
+    Parameters
+    ----------
+    means : Tensor, shape (m, d)
+    covs : Tensor, shape (m, d, d)
+    lam : Tensor, shape (m,)
+        Non-negative weights, not all 0.
+
+    Returns
+    -------
+    (mean, cov, log_z) : Tensor (d,), Tensor (d, d), Tensor ()
+        $\log Z = \log\int\prod_i \mathcal N(x; m_i, S_i)^{\lambda_i}\,\mathrm dx$.
+    """
+    means, covs = _gaussians(means, covs)
+    lam = lam.double()
+    P_i = torch.linalg.inv(covs)
+    P = (lam[:, None, None] * P_i).sum(0)
+    h = (lam[:, None] * (P_i @ means[..., None])[..., 0]).sum(0)
+    cov = torch.linalg.inv(P)
+    mu = cov @ h
+    d = means.shape[1]
+    quad = (lam * (means[:, None, :] @ P_i @ means[..., None])[:, 0, 0]).sum()
+    norm = (lam * (torch.logdet(covs) + d * math.log(2 * math.pi))).sum()
+    log_z = 0.5 * (mu @ P @ mu - quad - norm) + 0.5 * (d * math.log(2 * math.pi) - torch.logdet(P))
+    return mu, cov, log_z
+
+
+# ------------------------------------------------------------------------------------------------ 2-D grids
+class Grid2D:
+    r"""Densities on a regular 2-D grid: normalisation, KL, expectations and exact draws, all by quadrature
+    (lesson 24, sec. 24.5). Cell-centred, ``n`` x ``n`` cells over ``[low, high]^2``.
+
+    Parameters
+    ----------
+    low, high : float
+        The square's sides.
+    n : int
+        Cells per side.
+
+    Raises
+    ------
+    ValueError
+        If ``high <= low`` or ``n < 2``.
+    """
+
+    def __init__(self, low: float, high: float, n: int = 400) -> None:
+        if not high > low:
+            raise ValueError(f"high must exceed low, got low={low}, high={high}")
+        self.n = check_int(n, "n", 2)
+        self.low, self.high = float(low), float(high)
+        self.h = (self.high - self.low) / self.n
+        c = self.low + self.h * (torch.arange(self.n, dtype=torch.float64) + 0.5)
+        gx, gy = torch.meshgrid(c, c, indexing="ij")
+        self.points = torch.stack([gx.flatten(), gy.flatten()], 1)
+        self.area = self.h * self.h
+
+    def normalise(self, log_density: Tensor) -> tuple[Tensor, float]:
+        r"""$\log p = \log\tilde p - \log Z$ with $Z = \sum \tilde p\,\Delta A$ (sec. 24.5).
+
+        Parameters
+        ----------
+        log_density : Tensor, shape (n * n,)
+            An unnormalised log density at :attr:`points`.
+
+        Returns
+        -------
+        (Tensor, float)
+            The normalised log density and $\log Z$.
+
+        Raises
+        ------
+        ValueError
+            If ``log_density`` does not hold one value per grid point.
+        """
+        if log_density.shape != (self.points.shape[0],):
+            raise ValueError(f"log_density must have shape ({self.points.shape[0]},), got {tuple(log_density.shape)}")
+        log_z = torch.logsumexp(log_density.double(), 0) + math.log(self.area)
+        return log_density.double() - log_z, float(log_z)
+
+    def kl(self, log_p: Tensor, log_q: Tensor) -> float:
+        r"""$\mathrm{KL}(p\,\|\,q) = \sum p\,(\log p - \log q)\,\Delta A$ (lesson 24, sec. 24.5).
+
+        Parameters
+        ----------
+        log_p, log_q : Tensor, shape (n * n,)
+            Normalised log densities at the points.
+
+        Returns
+        -------
+        float
+            In nats.
+        """
+        p = log_p.exp()
+        return float((torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))).sum() * self.area)
+
+    def expect(self, log_p: Tensor, values: Tensor) -> Tensor:
+        r"""$\mathbb E_p f = \sum p\,f\,\Delta A$ (lesson 24, sec. 24.5).
+
+        Parameters
+        ----------
+        log_p : Tensor, shape (n * n,)
+            A normalised log density.
+        values : Tensor, shape (n * n,) or (k, n * n)
+            One or ``k`` functions at the points.
+
+        Returns
+        -------
+        Tensor, shape () or (k,)
+        """
+        return (values * log_p.exp()).sum(-1) * self.area
+
+    def sample(self, log_p: Tensor, num: int, generator: torch.Generator | None = None) -> Tensor:
+        r"""Exact draws from the piecewise-constant density: a cell by its mass, then uniform within it (sec. 24.5).
+
+        Parameters
+        ----------
+        log_p : Tensor, shape (n * n,)
+            A normalised log density.
+        num : int
+            Draws.
+        generator : torch.Generator, optional
+
+        Returns
+        -------
+        Tensor, shape (num, 2), float64
+        """
+        cells = torch.multinomial(log_p.exp(), check_int(num, "num"), replacement=True, generator=generator)
+        jitter = torch.rand(num, 2, generator=generator, dtype=torch.float64) - 0.5
+        return self.points[cells] + self.h * jitter
+
+
+# ------------------------------------------------------------------------------------------------ the duals
+class Solution(NamedTuple):
+    r"""A constrained problem solved on a grid (lesson 24, sec. 24.5).
+
+    Attributes
+    ----------
+    lam : Tensor, shape (m,)
+        The multipliers (the averaged iterate).
+    log_density : Tensor, shape (n * n,)
+        The optimum's normalised log density at the multipliers.
+    values : Tensor, shape (m,)
+        The constraint values there: KLs (AND), cross-entropies (OR) or expected rewards (alignment).
+    dual : float
+        The dual objective there.
+    ascent : Ascent
+        The iterates.
+    """
+
+    lam: Tensor
+    log_density: Tensor
+    values: Tensor
+    dual: float
+    ascent: Ascent
+
+
+def _log_densities(log_densities: Tensor, grid: Grid2D) -> Tensor:
+    lq = check_batch(log_densities, "log_densities", min_dim=2).double()
+    if lq.dim() != 2 or lq.shape[1] != grid.points.shape[0] or lq.shape[0] < 2:
+        raise ValueError(f"log_densities must have shape (m >= 2, {grid.points.shape[0]}), got {tuple(lq.shape)}")
+    return torch.stack([grid.normalise(row)[0] for row in lq])
+
+
+def and_product(log_densities: Tensor, grid: Grid2D, lam: Tensor) -> tuple[Tensor, Tensor, float]:
+    r"""The AND target $q_\lambda \propto \prod_i q_i^{\lambda_i}$ on a grid, the reverse KLs
+    $\mathrm{KL}(q_\lambda\,\|\,q_i)$ and the dual $-\log Z(\lambda)$ (lesson 24, eq. 24.3).
+
+    Parameters
+    ----------
+    log_densities : Tensor, shape (m, n * n)
+        The models' log densities at ``grid.points`` (normalised or not).
+    grid : Grid2D
+    lam : Tensor, shape (m,)
+        A point of the simplex.
+
+    Returns
+    -------
+    (log_q, kls, dual) : Tensor (n * n,), Tensor (m,), float
+    """
+    lq = _log_densities(log_densities, grid)
+    log_q, log_z = grid.normalise((lam.double()[:, None] * lq).sum(0))
+    kls = torch.tensor([grid.kl(log_q, row) for row in lq], dtype=torch.float64)
+    return log_q, kls, -log_z
+
+
+def solve_and(log_densities: Tensor, grid: Grid2D, step: float = 0.2, iters: int = 400) -> Solution:
+    r"""AND by dual ascent on the simplex: $\lambda \leftarrow \Pi_\Delta(\lambda + \eta\,\mathrm{KL}(q_\lambda\|q_i)
+    / \max_j \mathrm{KL}_j)$ from $1/m$ (lesson 24, eqs. 24.3-24.4).
+
+    Parameters
+    ----------
+    log_densities : Tensor, shape (m, n * n)
+        The models' log densities on the grid.
+    grid : Grid2D
+    step : float
+        $\eta$ (on the normalised direction).
+    iters : int
+        Iterations.
+
+    Returns
+    -------
+    Solution
+        ``values`` are the KLs at the averaged multipliers, ``dual`` is $-\log Z$ there.
+    """
+    m = check_batch(log_densities, "log_densities", min_dim=2).shape[0]
+    ascent = dual_ascent(
+        lambda lam: and_product(log_densities, grid, lam)[1],
+        torch.full((m,), 1.0 / m, dtype=torch.float64),
+        project_simplex,
+        step,
+        iters,
+        normalise=True,
+    )
+    log_q, kls, dual = and_product(log_densities, grid, ascent.averaged)
+    return Solution(ascent.averaged, log_q, kls, dual, ascent)
+
+
+def solve_or(log_densities: Tensor, grid: Grid2D, step: float = 0.1, iters: int = 400) -> Solution:
+    r"""OR by dual ascent on the simplex with cross-entropy constraints $\mathrm{CE}(q_i, p) = -\mathbb E_{q_i}\log p$
+    at the mixture $p = \sum_i\lambda_i q_i$ (lesson 24, eq. 24.6).
+
+    Parameters
+    ----------
+    log_densities : Tensor, shape (m, n * n)
+        The models' log densities on the grid.
+    grid : Grid2D
+    step : float
+        $\eta$ (on the normalised direction).
+    iters : int
+        Iterations.
+
+    Returns
+    -------
+    Solution
+        ``values`` are the cross-entropies, ``dual`` is the mixture's entropy $H(p)$ at the averaged multipliers.
+    """
+    lq = _log_densities(log_densities, grid)
+
+    def mixture(lam: Tensor) -> Tensor:
+        return torch.logsumexp(lq + lam.clamp_min(1e-300).log()[:, None], 0)
+
+    def ces(lam: Tensor) -> Tensor:
+        lp = mixture(lam)
+        return torch.stack([-grid.expect(row, lp) for row in lq])
+
+    m = lq.shape[0]
+    start = torch.full((m,), 1.0 / m, dtype=torch.float64)
+    ascent = dual_ascent(ces, start, project_simplex, step, iters, normalise=False)
+    lp = mixture(ascent.averaged)
+    return Solution(ascent.averaged, lp, ces(ascent.averaged), float(-grid.expect(lp, lp)), ascent)
+
+
+def solve_alignment(
+    log_q: Tensor, rewards: Tensor, thresholds: Tensor, grid: Grid2D, step: float = 0.5, iters: int = 2000
+) -> Solution:
+    r"""Reward alignment by dual ascent on the orthant: $\lambda \leftarrow [\lambda + \eta(b - \mathbb E_{q_\lambda}r)]_+$
+    with the tilt $q_\lambda \propto q\,e^{\lambda\cdot r}$ (lesson 24, eqs. 24.1-24.2; the poster's sign is
+    flipped).
+
+    Parameters
+    ----------
+    log_q : Tensor, shape (n * n,)
+        The pretrained log density on the grid.
+    rewards : Tensor, shape (m, n * n)
+        Each reward at the grid points.
+    thresholds : Tensor, shape (m,)
+        $b$.
+    grid : Grid2D
+    step : float
+        $\eta$.
+    iters : int
+        Iterations.
+
+    Returns
+    -------
+    Solution
+        ``values`` are the expected rewards under the tilt, ``dual`` is $\lambda\cdot b - \log Z(\lambda)$ (which
+        equals $\mathrm{KL}(q_\lambda\|q)$ where every active constraint is tight).
+
+    Raises
+    ------
+    ValueError
+        If ``rewards`` is not (m, n * n) or ``thresholds`` not (m,).
+    """
+    lq = grid.normalise(log_q.double())[0]
+    r, b = rewards.double(), thresholds.double()
+    if r.dim() != 2 or r.shape[1] != lq.shape[0] or b.shape != (r.shape[0],):
+        raise ValueError(
+            f"rewards must be (m, {lq.shape[0]}) and thresholds (m,), got {tuple(r.shape)}, {tuple(b.shape)}"
+        )
+
+    def tilt(lam: Tensor) -> tuple[Tensor, float]:
+        return grid.normalise(lq + (lam[:, None] * r).sum(0))
+
+    ascent = dual_ascent(
+        lambda lam: b - grid.expect(tilt(lam)[0], r), torch.zeros_like(b), project_orthant, step, iters
+    )
+    log_t, log_z = tilt(ascent.averaged)
+    return Solution(ascent.averaged, log_t, grid.expect(log_t, r), float(ascent.averaged @ b - log_z), ascent)
+
+
+# ------------------------------------------------------------------------------------------------ score models
+class PointwiseKL(NamedTuple):
+    r"""What :func:`pointwise_kl` returns (lesson 24, eq. 24.7).
+
+    Attributes
+    ----------
+    value : float
+        The integral (plus ``terminal``), in nats.
+    se : float
+        Its Monte Carlo standard error over the samples (each sample's own integral; not the quadrature error).
+    times : Tensor, shape (k,)
+        The quadrature times.
+    integrand : Tensor, shape (k,)
+        $\tfrac{g_t^2}{2b_t^2}\,\mathbb E\lVert\Delta\hat\varepsilon\rVert^2$ at each.
+    """
+
+    value: float
+    se: float
+    times: Tensor
+    integrand: Tensor
+
+
+def pointwise_kl(
+    p: Model,
+    q: Model,
+    schedule: Schedule,
+    x0: Tensor,
+    num_times: int = 50,
+    t_min: float = 1e-3,
+    t_max: float | None = None,
+    terminal: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> PointwiseKL:
+    r"""$\mathrm{KL}(p_0\,\|\,q_0) = \int_0^T \tfrac12 g_t^2\,\mathbb E_{p_t}\lVert\nabla\log p_t - \nabla\log q_t\rVert^2
+    \mathrm dt + \mathrm{KL}(p_T\|q_T)$ for two score models of one forward process (lesson 24, eq. 24.7).
+
+    In noise units $\nabla\log p_t = -\hat\varepsilon_p/b_t$, so the weight on $\lVert\hat\varepsilon_p -
+    \hat\varepsilon_q\rVert^2$ is $g_t^2/(2b_t^2)$ ($g_t^2$ of lesson 5, eq. 5.6). The expectation is over forward-noised
+    samples $x_t = a_t x_0 + b_t\varepsilon$, $x_0 \sim p_0$ (one draw of $\varepsilon$ per sample and time), the
+    integral a trapezoid on ``num_times`` log-spaced times. Exact only when both models are the true scores of their
+    noised marginals.
+
+    Parameters
+    ----------
+    p, q : Model
+        The two models.
+    schedule : Schedule
+        A continuous schedule both were trained on.
+    x0 : Tensor, shape (B, ...)
+        Samples of $p_0$.
+    num_times : int
+        Quadrature points.
+    t_min, t_max : float
+        The range (default ``t_max``: the schedule's end, less 1e-3 of it, where $g_t$ may be infinite).
+    terminal : float
+        $\mathrm{KL}(p_T\|q_T)$, added (0 when both end at the same prior).
+    generator : torch.Generator, optional
+
+    Returns
+    -------
+    PointwiseKL
+
+    Raises
+    ------
+    TypeError, ValueError
+        On invalid models, samples or times.
+    """
+    check_model(p)
+    check_model(q)
+    x0 = check_batch(x0, "x0")
+    k = check_int(num_times, "num_times", 2)
+    t_hi = schedule.t_max * (1 - 1e-3) if t_max is None else float(t_max)
+    if not 0 < t_min < t_hi:
+        raise ValueError(f"need 0 < t_min < t_max, got t_min={t_min}, t_max={t_hi}")
+    times = torch.logspace(math.log10(t_min), math.log10(t_hi), k, dtype=torch.float64)
+    values = []
+    with torch.no_grad():
+        for t in times.tolist():
+            c = schedule.coefficients(torch.tensor([t], dtype=torch.float64))
+            a, b = float(c.a[0]), float(c.b[0])
+            _, g2 = sde_coefficients(schedule, torch.tensor(t, dtype=torch.float64))
+            eps = torch.randn(x0.shape, generator=generator, dtype=torch.float64).to(x0.dtype)
+            xt = a * x0 + b * eps
+            d = predict(p, xt, t, schedule, "eps") - predict(q, xt, t, schedule, "eps")
+            values.append(float(g2) / (2 * b * b) * d.double().square().flatten(1).sum(1))
+    f = torch.stack(values)  # (k, B): every sample's integrand
+    per_sample = torch.trapezoid(f, times, dim=0)
+    se = float(per_sample.std() / math.sqrt(per_sample.numel())) if per_sample.numel() > 1 else math.nan
+    return PointwiseKL(float(per_sample.mean()) + float(terminal), se, times, f.mean(1))
+
+
+def dual_only_and(
+    models: Sequence[Model],
+    schedule: Schedule,
+    start: Callable[[int], Tensor],
+    grid: Tensor,
+    step: float = 0.5,
+    iters: int = 20,
+    num_times: int = 30,
+    generator: torch.Generator | None = None,
+    lam0: Tensor | None = None,
+) -> Ascent:
+    r"""The paper's training-free AND (lesson 24, eq. 24.8): sample the weighted score sum
+    $\sum_j\lambda_j\hat\varepsilon_j$ (:class:`~diffmath.guide.compose.Combine`), estimate each
+    $\mathrm{KL}(p_\lambda\|q_i)$ by :func:`pointwise_kl` between the *sum* and model $i$ on its samples, and ascend
+    on the simplex. For two models the estimates have the ratio $\lambda_2^2/\lambda_1^2$, so equal weights are the
+    only fixed point whatever the models (sec. 24.6).
+
+    Parameters
+    ----------
+    models : sequence of Model
+        $m \ge 2$ models of one schedule.
+    schedule : Schedule
+        Their schedule.
+    start : callable
+        ``start(i) -> Tensor (B, ...)``: the sampler's start at iteration ``i``.
+    grid : Tensor
+        The sampling grid (DDIM).
+    step : float
+        $\eta$ on the normalised direction.
+    iters : int
+        Dual steps.
+    num_times : int
+        Quadrature points of each KL.
+    generator : torch.Generator, optional
+        For the KLs' noise.
+    lam0 : Tensor, shape (m,), optional
+        The start (default $1/m$).
+
+    Returns
+    -------
+    Ascent
+
+    Raises
+    ------
+    ValueError
+        If fewer than two models are given (and as :func:`dual_ascent`, :func:`pointwise_kl`).
+    """
+    if len(models) < 2:
+        raise ValueError(f"dual_only_and needs at least 2 models, got {len(models)}")
+    calls = iter(range(check_int(iters, "iters")))
+
+    def direction(lam: Tensor) -> Tensor:
+        i = next(calls, iters)
+        combined = Combine(list(models), lam.tolist(), "eps", schedule)
+        x0 = sample(combined, start(i), grid, schedule)
+        return torch.tensor(
+            [pointwise_kl(combined, m, schedule, x0, num_times, generator=generator).value for m in models],
+            dtype=torch.float64,
+        )
+
+    m = len(models)
+    start_lam = torch.full((m,), 1.0 / m, dtype=torch.float64) if lam0 is None else lam0.double()
+    return dual_ascent(direction, start_lam, project_simplex, step, iters, True)

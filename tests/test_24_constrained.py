@@ -1,0 +1,232 @@
+"""Lesson 24: constrained alignment and composition, exact in 2-D. The simplex projection, the closed-form products
+and tilts against grid quadrature, the optimality conditions at the dual optimum, the point-wise KL identity against
+the closed form, and the degeneracy of the training-free AND for two models."""
+
+import math
+
+import pytest
+import torch
+
+import diffmath as dm
+from diffmath.exact.mixtures import GaussianMixture
+from diffmath.guide import constrained as C
+
+D = torch.float64
+I2 = torch.eye(2, dtype=D)
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def normal_logpdf(mean, var, points):
+    return torch.distributions.MultivariateNormal(torch.tensor(mean, dtype=D), var * I2).log_prob(points)
+
+
+@pytest.fixture(scope="module")
+def grid():
+    return C.Grid2D(-4.0, 4.0, 200)
+
+
+@pytest.fixture(scope="module")
+def pair(grid):
+    """The unequal-variance pair: N((1, 0), 0.025 I) and N((-1, 0), 0.5 I)."""
+    return torch.stack([normal_logpdf([1.0, 0.0], 0.025, grid.points), normal_logpdf([-1.0, 0.0], 0.5, grid.points)])
+
+
+# ------------------------------------------------------------------------------------------------ projections
+def test_simplex_projection_is_the_euclidean_projection():
+    g = gen(0)
+    for m in (1, 2, 3, 7):
+        v = 3 * torch.randn(50, m, generator=g, dtype=D)
+        p = C.project_simplex(v)
+        assert (p >= 0).all() and torch.allclose(p.sum(-1), torch.ones(50, dtype=D), atol=1e-12)
+        # optimality: no random simplex point is closer to v
+        others = torch.distributions.Dirichlet(torch.ones(m, dtype=D)).sample((200,))
+        d_p = (v - p).norm(dim=-1)
+        d_o = (v[:, None] - others[None]).norm(dim=-1)
+        assert (d_p[:, None] <= d_o + 1e-12).all()
+    x = torch.tensor([0.2, 0.5, 0.3], dtype=D)
+    assert torch.equal(C.project_simplex(x), x)  # a simplex point is its own projection
+    assert torch.allclose(C.project_simplex(x + 4.0), x)  # adding a constant changes nothing
+    assert C.project_simplex(torch.tensor([0.3, 2.0, -1.0], dtype=D)).tolist() == [0.0, 1.0, 0.0]
+
+
+# ------------------------------------------------------------------------------------------------ exact targets
+def test_gaussian_product_and_kls_match_grid_quadrature(grid, pair):
+    means = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=D)
+    covs = torch.stack([0.025 * I2, 0.5 * I2])
+    for lam in ([0.5, 0.5], [0.2, 0.8], [0.9, 0.1]):
+        lam = torch.tensor(lam, dtype=D)
+        mu, cov, log_z = C.gaussian_product(means, covs, lam)
+        log_q, kls, dual = C.and_product(pair, grid, lam)
+        assert abs(dual + log_z.item()) < 1e-4
+        p = log_q.exp() * grid.area
+        assert torch.allclose((p[:, None] * grid.points).sum(0), mu, atol=1e-6)
+        exact = torch.stack([C.gaussian_kl(mu, cov, means[i], covs[i]) for i in range(2)])
+        assert torch.allclose(kls, exact, rtol=1e-4), (kls, exact)
+
+
+def test_tilt_of_a_gaussian_by_linear_rewards_is_the_shifted_gaussian():
+    grid = C.Grid2D(-7.0, 7.0, 280)
+    log_q = normal_logpdf([0.0, 0.0], 1.0, grid.points)
+    lam = torch.tensor([0.7, -0.4], dtype=D)
+    log_t, _ = grid.normalise(log_q + grid.points @ lam)
+    assert torch.allclose(grid.expect(log_t, grid.points.T), lam, atol=1e-6)  # N(0, I) e^{lam.x} = N(lam, I)
+    assert abs(grid.kl(log_t, grid.normalise(log_q)[0]) - 0.5 * lam.square().sum().item()) < 1e-5
+
+
+# ------------------------------------------------------------------------------------------------ AND
+def test_and_dual_ascent_reaches_the_closed_form_optimum(grid, pair):
+    sol = C.solve_and(pair, grid)
+    # the closed form: lam* equalises the two KLs of the Gaussian product (bisection on lam_1)
+    means = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=D)
+    covs = torch.stack([0.025 * I2, 0.5 * I2])
+
+    def gap(l1):
+        mu, cov, _ = C.gaussian_product(means, covs, torch.tensor([l1, 1 - l1], dtype=D))
+        return (C.gaussian_kl(mu, cov, means[0], covs[0]) - C.gaussian_kl(mu, cov, means[1], covs[1])).item()
+
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if gap(mid) > 0 else (lo, mid)
+    assert abs(sol.lam[0].item() - lo) < 1e-4, (sol.lam, lo)
+    assert abs(sol.lam[0].item() - 0.2096) < 1e-3  # the notes' 0.210
+    # at the optimum: the active KLs are equal, and sum_i lam_i KL_i = -log Z (the dual)
+    assert abs(sol.values[0] - sol.values[1]) < 1e-6
+    assert abs((sol.lam * sol.values).sum().item() - sol.dual) < 1e-6
+    # equal weights are worse: their largest KL exceeds the optimum's
+    _, kls_eq, _ = C.and_product(pair, grid, torch.tensor([0.5, 0.5], dtype=D))
+    assert kls_eq.max() > sol.values.max() + 1.0
+
+
+def test_and_complementary_slackness_with_an_inactive_model(grid):
+    """Means (1, 0), (-1, 0), (0, 1.5), variances 0.025, 0.5, 0.1: model 2 is inactive (lam_2 = 0) and its KL is
+    below the common value of the active two."""
+    lq = torch.stack(
+        [normal_logpdf(m, v, grid.points) for m, v in (([1.0, 0.0], 0.025), ([-1.0, 0.0], 0.5), ([0.0, 1.5], 0.1))]
+    )
+    sol = C.solve_and(lq, grid, iters=600)
+    lam, kl = sol.lam, sol.values
+    assert lam[1] < 1e-9 and abs(lam[0].item() - 0.335) < 0.01, lam
+    assert abs(kl[0] - kl[2]) < 1e-3 * kl[0] and kl[1] < kl[0] - 1.0, kl
+    assert torch.allclose(lam * (kl - kl.max()), torch.zeros(3, dtype=D), atol=1e-6)  # lam_i (KL_i - u*) = 0
+    assert abs((lam * kl).sum().item() - sol.dual) < 1e-5
+
+
+# ------------------------------------------------------------------------------------------------ OR
+def test_or_equalises_cross_entropies_and_weights_by_exp_entropy_on_disjoint_supports(grid):
+    one = normal_logpdf([0.75, 0.0], 0.025, grid.points)
+    two = torch.logsumexp(
+        torch.stack([normal_logpdf([-0.75, s * 0.75], 0.025, grid.points) for s in (1.0, -1.0)]), 0
+    ) - math.log(2)
+    sol = C.solve_or(torch.stack([one, two]), grid)
+    assert abs(sol.values[0] - sol.values[1]) < 1e-6
+    # nearly disjoint supports: lam_i proportional to exp H(q_i), and model 2 has one more bit (log 2) of entropy
+    h = torch.tensor([-grid.expect(grid.normalise(r)[0], grid.normalise(r)[0]) for r in (one, two)], dtype=D)
+    want = h.exp() / h.exp().sum()
+    assert torch.allclose(sol.lam, want, atol=1e-4) and abs(sol.lam[0].item() - 1 / 3) < 1e-4
+
+
+# ------------------------------------------------------------------------------------------------ alignment
+def test_alignment_dual_finds_the_closed_form_multipliers():
+    """q = N(0, I), r_1 = x_1, r_2 = (x_1 + x_2)/sqrt 2: the tilt is N(lam_1 a_1 + lam_2 a_2, I), so E r is linear in lam."""
+    grid = C.Grid2D(-7.0, 7.0, 200)
+    log_q = normal_logpdf([0.0, 0.0], 1.0, grid.points)
+    a = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=D)
+    a[1] /= math.sqrt(2)
+    r = a @ grid.points.T
+    # b = (1, 0.5): only r_1 binds, lam = (1, 0), and r_2 has slack 1/sqrt 2 - 0.5 = 0.207
+    loose = C.solve_alignment(log_q, r, torch.tensor([1.0, 0.5], dtype=D), grid)
+    assert torch.allclose(loose.lam, torch.tensor([1.0, 0.0], dtype=D), atol=2e-3), loose.lam
+    assert abs(loose.values[1].item() - 0.5 - 0.2071) < 2e-3
+    # b = (1, 1.2): both bind; solve G lam = b with the Gram matrix G = a a^T
+    tight = C.solve_alignment(log_q, r, torch.tensor([1.0, 1.2], dtype=D), grid)
+    want = torch.linalg.solve(a @ a.T, torch.tensor([1.0, 1.2], dtype=D))
+    assert torch.allclose(tight.lam, want, atol=2e-3), (tight.lam, want)  # the notes' (0.303, 0.986)
+    assert torch.allclose(tight.values, torch.tensor([1.0, 1.2], dtype=D), atol=2e-3)
+    # where every active constraint is tight the dual equals KL(q_lam || q)
+    assert abs(tight.dual - grid.kl(tight.log_density, grid.normalise(log_q)[0])) < 1e-3
+
+
+# ------------------------------------------------------------------------------------------------ score models
+def gaussian_model(mean, var, schedule):
+    mix = GaussianMixture(torch.ones(1, dtype=D), torch.tensor([mean], dtype=D), var * I2[None])
+    return mix, mix.model(schedule, "eps")
+
+
+def test_pointwise_kl_matches_the_closed_form():
+    sch = dm.VPLinear()
+    p, P = gaussian_model([1.0, 0.0], 0.025, sch)
+    _, Q = gaussian_model([-1.0, 0.0], 0.5, sch)
+    x0 = p.sample(4000, gen(0))
+    c = sch.coefficients(torch.tensor([1.0], dtype=D))
+    a, b = float(c.a[0]), float(c.b[0])
+    m1, m2 = torch.tensor([1.0, 0.0], dtype=D), torch.tensor([-1.0, 0.0], dtype=D)
+    terminal = C.gaussian_kl(a * m1, (a * a * 0.025 + b * b) * I2, a * m2, (a * a * 0.5 + b * b) * I2).item()
+    exact = C.gaussian_kl(m1, 0.025 * I2, m2, 0.5 * I2).item()
+    est = C.pointwise_kl(P, Q, sch, x0, num_times=100, t_min=1e-4, t_max=1.0, terminal=terminal, generator=gen(1))
+    # Monte Carlo within 4 s.e., plus 1% for the quadrature (100 log-spaced points; the notes measured 0.5%)
+    assert abs(est.value - exact) < 4 * est.se + 0.01 * exact, (est.value, est.se, exact)
+    # ten points are far off: the weight g^2 / 2b^2 needs the log-spaced grid to be fine near t = 0
+    coarse = C.pointwise_kl(P, Q, sch, x0, num_times=10, t_min=1e-4, t_max=1.0, generator=gen(1))
+    assert coarse.value > 1.1 * exact
+    # the same model has zero KL
+    assert C.pointwise_kl(P, P, sch, x0[:100], num_times=5).value == 0.0
+
+
+def test_dual_only_and_of_two_models_returns_equal_weights_whatever_the_models():
+    """The surrogate's estimated KLs are lam_2^2 E|d|^2 and lam_1^2 E|d|^2 (d = s_1 - s_2): equal weights are its only
+    fixed point, far from the true optimum (0.210, 0.790) of this pair."""
+    sch = dm.VPLinear()
+    _, P = gaussian_model([1.0, 0.0], 0.025, sch)
+    _, Q = gaussian_model([-1.0, 0.0], 0.5, sch)
+    grid = sch.grid(30)
+
+    def start(i):
+        return torch.randn(256, 2, generator=gen(100 + i), dtype=D)
+
+    run = C.dual_only_and([P, Q], sch, start, grid, step=0.2, iters=8, num_times=15, generator=gen(2),
+                          lam0=torch.tensor([0.8, 0.2], dtype=D))  # fmt: skip
+    ratio = run.gradients[:, 0] / run.gradients[:, 1]
+    lam = run.history[:-1]
+    assert torch.allclose(ratio, (lam[:, 1] / lam[:, 0]) ** 2, rtol=0.15)  # the degeneracy, step by step
+    assert abs(run.history[-1, 0].item() - 0.5) < 0.05, run.history[:, 0]
+
+
+def test_dual_only_and_of_three_models_misses_the_optimum(grid):
+    """The three-model case of sec. 24.5: the optimum is (0.335, 0, 0.665); the surrogate loop ends near (0.5, 0, 0.5)."""
+    sch = dm.VPLinear()
+    spec = (([1.0, 0.0], 0.025), ([-1.0, 0.0], 0.5), ([0.0, 1.5], 0.1))
+    models = [gaussian_model(m, v, sch)[1] for m, v in spec]
+    run = C.dual_only_and(models, sch, lambda i: torch.randn(256, 2, generator=gen(200 + i), dtype=D), sch.grid(30),
+                          step=0.2, iters=25, num_times=15, generator=gen(3))  # fmt: skip
+    lq = torch.stack([normal_logpdf(m, v, grid.points) for m, v in spec])
+    best = C.solve_and(lq, grid, iters=600)
+    assert run.averaged[1] < 0.05 and abs(run.averaged[0].item() - 0.5) < 0.05, run.averaged
+    assert abs(best.lam[0].item() - 0.335) < 0.01
+    # the surrogate's weights cost real max-KL: compare the exact largest KL at each
+    worst = C.and_product(lq, grid, run.averaged)[1].max()
+    assert worst > best.values.max() + 1.0, (worst, best.values)
+
+
+def test_bad_input_is_named(grid, pair):
+    with pytest.raises(ValueError, match="step"):
+        C.dual_ascent(lambda lam: lam, torch.ones(2, dtype=D) / 2, C.project_simplex, 0.0, 5)
+    with pytest.raises(ValueError, match="direction must return"):
+        C.dual_ascent(lambda lam: torch.ones(3, dtype=D), torch.ones(2, dtype=D) / 2, C.project_simplex, 0.1, 5)
+    with pytest.raises(ValueError, match="log_densities must have shape"):
+        C.solve_and(pair[:1], grid)
+    with pytest.raises(ValueError, match="log_densities must have shape"):
+        C.solve_and(pair[:, :10], grid)
+    with pytest.raises(ValueError, match="high must exceed low"):
+        C.Grid2D(1.0, 1.0)
+    with pytest.raises(ValueError, match="rewards must be"):
+        C.solve_alignment(pair[0], pair, torch.ones(3, dtype=D), grid)
+    with pytest.raises(ValueError, match="t_min"):
+        sch = dm.VPLinear()
+        _, P = gaussian_model([0.0, 0.0], 1.0, sch)
+        C.pointwise_kl(P, P, sch, torch.zeros(4, 2, dtype=D), t_min=2.0)
+    with pytest.raises(ValueError, match="at least 2 models"):
+        C.dual_only_and([P], sch, lambda i: torch.zeros(4, 2, dtype=D), sch.grid(5))
