@@ -31,6 +31,7 @@ from diffmath.core.schedules import Schedule
 from diffmath.guide.compose import Combine
 from diffmath.sampling.samplers import sample
 from diffmath.sde import sde_coefficients
+from diffmath.train.training import fit
 
 
 # ------------------------------------------------------------------------------------------------ projections
@@ -638,3 +639,93 @@ def dual_only_and(
     m = len(models)
     start_lam = torch.full((m,), 1.0 / m, dtype=torch.float64) if lam0 is None else lam0.double()
     return dual_ascent(direction, start_lam, project_simplex, step, iters, True)
+
+
+class PrimalDual(NamedTuple):
+    r"""What :func:`and_primal_dual` returns (lesson 24, sec. 24.6).
+
+    Attributes
+    ----------
+    ascent : Ascent
+        The multipliers at every round (``ascent.gradients``: the KLs of the trained model to each model).
+    model : nn.Module
+        The trained score model of the product, after the last round.
+    """
+
+    ascent: Ascent
+    model: torch.nn.Module
+
+
+def and_primal_dual(
+    mixtures: Sequence,
+    schedule: Schedule,
+    net: torch.nn.Module,
+    grid: Grid2D,
+    rounds: int = 8,
+    steps: int = 400,
+    num: int = 4096,
+    step: float = 0.2,
+    num_times: int = 30,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> PrimalDual:
+    r"""AND with its primal (lesson 24, Algorithm 24.1): alternate training a score model on exact draws of the
+    product $q_\lambda$ and a dual step on its KLs to the models.
+
+    Each round draws ``num`` samples of $q_\lambda \propto \prod_i q_i^{\lambda_i}$ from the grid (exactly, no MCMC),
+    trains ``net`` on them for ``steps`` DSM steps (warm-started from the previous round), estimates
+    $\mathrm{KL}(p_\theta\|q_i)$ by :func:`pointwise_kl` between the trained model and each exact model on fresh draws,
+    and ascends on the simplex (eq. 24.3). The primal is DSM on samples of $q_\lambda$ because on the simplex
+    $\sum_i\lambda_i\mathrm{KL}(p\|q_i) = \mathrm{KL}(p\|q_\lambda) - \log Z$.
+
+    Parameters
+    ----------
+    mixtures : sequence of GaussianMixture
+        The $m \ge 2$ models, exact 2-D mixtures (their densities on the grid, their scores for the KLs).
+    schedule : Schedule
+        A continuous schedule for training and the KLs.
+    net : nn.Module
+        The score model to train (e.g. a :class:`~diffmath.nets.mlp.MLP` of 2-D data).
+    grid : Grid2D
+        Where the product is evaluated and sampled.
+    rounds, steps, num : int
+        Dual rounds, DSM steps per round, draws per round.
+    step : float
+        $\eta$ on the normalised KLs.
+    num_times : int
+        Quadrature points of each KL.
+    batch_size, lr : int, float
+        Of the DSM training.
+    seed : int
+        Seeds the draws, the training and the KLs.
+
+    Returns
+    -------
+    PrimalDual
+
+    Raises
+    ------
+    ValueError
+        If fewer than two mixtures are given (and as :func:`dual_ascent`, :func:`~diffmath.train.training.train`).
+    """
+    if len(mixtures) < 2:
+        raise ValueError(f"and_primal_dual needs at least 2 models, got {len(mixtures)}")
+    log_q = torch.stack([mix.log_prob(grid.points) for mix in mixtures])
+    exact = [mix.model(schedule, "eps") for mix in mixtures]
+    g = torch.Generator().manual_seed(seed)
+    rnd = iter(range(check_int(rounds, "rounds")))
+
+    def direction(lam: Tensor) -> Tensor:
+        r = next(rnd, rounds)
+        log_p, _, _ = and_product(log_q, grid, lam)
+        fit(net, grid.sample(log_p, num, g), schedule, steps, batch_size=batch_size, lr=lr, ema_decay=None,
+            seed=seed + r, progress=False)  # fmt: skip
+        x0 = grid.sample(log_p, num, g)
+        return torch.tensor(
+            [pointwise_kl(net, e, schedule, x0, num_times, generator=g).value for e in exact], dtype=torch.float64
+        )
+
+    m = len(mixtures)
+    ascent = dual_ascent(direction, torch.full((m,), 1.0 / m, dtype=torch.float64), project_simplex, step, rounds, True)
+    return PrimalDual(ascent, net)
