@@ -93,7 +93,7 @@ def test_and_dual_ascent_reaches_the_closed_form_optimum(grid, pair):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if gap(mid) > 0 else (lo, mid)
     assert abs(sol.lam[0].item() - lo) < 1e-4, (sol.lam, lo)
-    assert abs(sol.lam[0].item() - 0.2096) < 1e-3  # the notes' 0.210
+    assert abs(sol.lam[0].item() - 0.2096) < 1e-3  # the bisection's value to four digits
     # at the optimum: the active KLs are equal, and sum_i lam_i KL_i = -log Z (the dual)
     assert abs(sol.values[0] - sol.values[1]) < 1e-6
     assert abs((sol.lam * sol.values).sum().item() - sol.dual) < 1e-6
@@ -145,7 +145,7 @@ def test_alignment_dual_finds_the_closed_form_multipliers():
     # b = (1, 1.2): both bind; solve G lam = b with the Gram matrix G = a a^T
     tight = C.solve_alignment(log_q, r, torch.tensor([1.0, 1.2], dtype=D), grid)
     want = torch.linalg.solve(a @ a.T, torch.tensor([1.0, 1.2], dtype=D))
-    assert torch.allclose(tight.lam, want, atol=2e-3), (tight.lam, want)  # the notes' (0.303, 0.986)
+    assert torch.allclose(tight.lam, want, atol=2e-3), (tight.lam, want)  # G^-1 b = (0.303, 0.986)
     assert torch.allclose(tight.values, torch.tensor([1.0, 1.2], dtype=D), atol=2e-3)
     # where every active constraint is tight the dual equals KL(q_lam || q)
     assert abs(tight.dual - grid.kl(tight.log_density, grid.normalise(log_q)[0])) < 1e-3
@@ -168,7 +168,7 @@ def test_pointwise_kl_matches_the_closed_form():
     terminal = C.gaussian_kl(a * m1, (a * a * 0.025 + b * b) * I2, a * m2, (a * a * 0.5 + b * b) * I2).item()
     exact = C.gaussian_kl(m1, 0.025 * I2, m2, 0.5 * I2).item()
     est = C.pointwise_kl(P, Q, sch, x0, num_times=100, t_min=1e-4, t_max=1.0, terminal=terminal, generator=gen(1))
-    # Monte Carlo within 4 s.e., plus 1% for the quadrature (100 log-spaced points; the notes measured 0.5%)
+    # Monte Carlo within 4 s.e., plus 1% for the quadrature (100 log-spaced points)
     assert abs(est.value - exact) < 4 * est.se + 0.01 * exact, (est.value, est.se, exact)
     # ten points are far off: the weight g^2 / 2b^2 needs the log-spaced grid to be fine near t = 0
     coarse = C.pointwise_kl(P, Q, sch, x0, num_times=10, t_min=1e-4, t_max=1.0, generator=gen(1))
