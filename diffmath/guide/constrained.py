@@ -554,6 +554,15 @@ def pointwise_kl(
     """
     check_model(p)
     check_model(q)
+    return _likelihood_weighted(
+        lambda xt, t, eps: predict(p, xt, t, schedule, "eps") - predict(q, xt, t, schedule, "eps"),
+        schedule, x0, num_times, t_min, t_max, terminal, generator,
+    )  # fmt: skip
+
+
+def _likelihood_weighted(diff, schedule, x0, num_times, t_min, t_max, terminal, generator) -> PointwiseKL:
+    r"""$\int g_t^2/(2b_t^2)\,\mathbb E\lVert \mathrm{diff}(x_t, t, \varepsilon)\rVert^2\,\mathrm dt$ on log-spaced
+    times over forward-noised ``x0``: the integral of eqs. 24.7 and 24.10, with its Monte Carlo s.e."""
     x0 = check_batch(x0, "x0")
     k = check_int(num_times, "num_times", 2)
     t_hi = schedule.t_max * (1 - 1e-3) if t_max is None else float(t_max)
@@ -567,8 +576,7 @@ def pointwise_kl(
             a, b = float(c.a[0]), float(c.b[0])
             _, g2 = sde_coefficients(schedule, torch.tensor(t, dtype=torch.float64))
             eps = torch.randn(x0.shape, generator=generator, dtype=torch.float64).to(x0.dtype)
-            xt = a * x0 + b * eps
-            d = predict(p, xt, t, schedule, "eps") - predict(q, xt, t, schedule, "eps")
+            d = diff(a * x0 + b * eps, t, eps)
             values.append(float(g2) / (2 * b * b) * d.double().square().flatten(1).sum(1))
     f = torch.stack(values)  # (k, B): every sample's integrand
     per_sample = torch.trapezoid(f, times, dim=0)
@@ -728,4 +736,127 @@ def and_primal_dual(
 
     m = len(mixtures)
     ascent = dual_ascent(direction, torch.full((m,), 1.0 / m, dtype=torch.float64), project_simplex, step, rounds, True)
+    return PrimalDual(ascent, net)
+
+
+def denoising_bound(
+    model: Model,
+    schedule: Schedule,
+    x0: Tensor,
+    num_times: int = 50,
+    t_min: float = 1e-3,
+    t_max: float | None = None,
+    generator: torch.Generator | None = None,
+) -> PointwiseKL:
+    r"""The likelihood-weighted denoising loss, a bound on the cross-entropy $-\mathbb E_{q}\log p_\theta$ up to a
+    constant that is the same for every data set (lesson 24, eq. 24.10):
+    $\int \tfrac{g_t^2}{2b_t^2}\,\mathbb E\lVert\varepsilon - \hat\varepsilon_\theta(x_t, t)\rVert^2\,\mathrm dt$
+    over forward-noised samples of $q$. Differences between data sets estimate differences of cross-entropies, which is
+    all the OR dual needs (the simplex projection removes a common constant).
+
+    Parameters
+    ----------
+    model : Model
+        The trained model.
+    schedule : Schedule
+        A continuous schedule.
+    x0 : Tensor, shape (B, ...)
+        Samples of one data set.
+    num_times, t_min, t_max, generator
+        As :func:`pointwise_kl` (use the same for every data set: common random numbers).
+
+    Returns
+    -------
+    PointwiseKL
+        The integral and its Monte Carlo s.e.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On an invalid model, samples or times.
+    """
+    check_model(model)
+    return _likelihood_weighted(
+        lambda xt, t, eps: eps - predict(model, xt, t, schedule, "eps"),
+        schedule, x0, num_times, t_min, t_max, 0.0, generator,
+    )  # fmt: skip
+
+
+def or_primal_dual(
+    datasets: Sequence[Tensor],
+    schedule: Schedule,
+    net: torch.nn.Module,
+    rounds: int = 10,
+    steps: int = 300,
+    num: int = 4096,
+    step: float = 0.2,
+    num_times: int = 30,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> PrimalDual:
+    r"""OR with its primal (lesson 24, Algorithm 24.2): train one model on the $\lambda$-mixture of the data sets and
+    ascend on their cross-entropy bounds.
+
+    Each round trains ``net`` (warm-started) on ``num`` points drawn from data set $i$ with probability $\lambda_i$,
+    which is DSM on $\sum_i\lambda_i q_i$; estimates each data set's :func:`denoising_bound` on a held-out half with one
+    shared noise; and takes the step $\lambda \leftarrow \Pi_\Delta(\lambda + \eta\,\widehat{\mathrm{CE}})$
+    (eq. 24.6).
+
+    Parameters
+    ----------
+    datasets : sequence of Tensor, each (N_i, ...)
+        $m \ge 2$ data sets; the first half of each trains, the second half measures.
+    schedule : Schedule
+        A continuous schedule.
+    net : nn.Module
+        The model to train.
+    rounds, steps, num : int
+        Dual rounds, DSM steps per round, training points per round.
+    step : float
+        $\eta$ (in nats: the bounds' differences are cross-entropy differences).
+    num_times : int
+        Quadrature points of each bound.
+    batch_size, lr : int, float
+        Of the DSM training.
+    seed : int
+        Seeds the draws, the training and the bounds.
+
+    Returns
+    -------
+    PrimalDual
+        ``ascent.gradients`` are the bounds at each round.
+
+    Raises
+    ------
+    ValueError
+        If fewer than two data sets are given or one has fewer than 4 points.
+    """
+    if len(datasets) < 2:
+        raise ValueError(f"or_primal_dual needs at least 2 data sets, got {len(datasets)}")
+    sets = [check_batch(x, f"datasets[{i}]") for i, x in enumerate(datasets)]
+    if min(x.shape[0] for x in sets) < 4:
+        raise ValueError("every data set needs at least 4 points (half to train, half to measure)")
+    train_sets = [x[: x.shape[0] // 2] for x in sets]
+    test_sets = [x[x.shape[0] // 2 :] for x in sets]
+    g = torch.Generator().manual_seed(seed)
+    rnd = iter(range(check_int(rounds, "rounds")))
+
+    def direction(lam: Tensor) -> Tensor:
+        r = next(rnd, rounds)
+        which = torch.multinomial(lam, num, replacement=True, generator=g)
+        parts = []
+        for i, xs in enumerate(train_sets):
+            k = int((which == i).sum())
+            parts.append(xs[torch.randint(xs.shape[0], (k,), generator=g)])
+        fit(net, torch.cat(parts), schedule, steps, batch_size=batch_size, lr=lr, ema_decay=None, seed=seed + r,
+            progress=False)  # fmt: skip
+        bounds = []
+        for xs in test_sets:
+            common = torch.Generator().manual_seed(seed + 7919 * (r + 1))  # one noise for every data set
+            bounds.append(denoising_bound(net, schedule, xs, num_times, generator=common).value)
+        return torch.tensor(bounds, dtype=torch.float64)
+
+    m = len(sets)
+    ascent = dual_ascent(direction, torch.full((m,), 1.0 / m, dtype=torch.float64), project_simplex, step, rounds)
     return PrimalDual(ascent, net)
