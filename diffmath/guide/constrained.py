@@ -411,7 +411,7 @@ def solve_or(log_densities: Tensor, grid: Grid2D, step: float = 0.1, iters: int 
         The models' log densities on the grid.
     grid : Grid2D
     step : float
-        $\eta$ (on the normalised direction).
+        $\eta$, in inverse nats (the cross-entropies enter unnormalised).
     iters : int
         Iterations.
 
