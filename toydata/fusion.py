@@ -32,7 +32,7 @@ from torch import Tensor
 
 from diffmath.core._validate import check_dtype, check_int, check_positive
 from diffmath.fusion import gaussian_blur
-from toydata.images import IMAGE_DATASETS, image_dataset
+from toydata.images import IMAGE_DATASETS, _uniform, image_dataset
 
 Generator = torch.Generator | None
 
@@ -80,11 +80,6 @@ def _check_images(x: object, min_size: int = 8) -> Tensor:
     if lo < -1 or hi > 1:
         raise ValueError(f"x must hold images in [-1, 1], got values in [{lo:g}, {hi:g}]")
     return x
-
-
-def _uniform(shape: tuple[int, ...], generator: Generator, low: float = 0.0, high: float = 1.0) -> Tensor:
-    """Uniform draws in float64 on the CPU, so that a seed gives the same task in every dtype and on every device."""
-    return low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64)
 
 
 def _grid(h: int, w: int) -> tuple[Tensor, Tensor]:

@@ -88,8 +88,9 @@ def _out(x: Tensor, dtype: torch.dtype | None) -> Tensor:
     return x.to(check_dtype(dtype) or torch.get_default_dtype())
 
 
-def _uniform(n: int, generator: Generator, low: float = 0.0, high: float = 1.0) -> Tensor:
-    return low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
+def _uniform(shape: int | tuple[int, ...], generator: Generator, low: float = 0.0, high: float = 1.0) -> Tensor:
+    """Uniform draws in float64 on the CPU, so that a seed gives the same data in every dtype and on every device."""
+    return low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64)
 
 
 def _correlated(labels: dict[str, Tensor], correlate: dict, names: dict[str, tuple[str, ...]], generator) -> None:

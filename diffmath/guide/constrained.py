@@ -18,6 +18,7 @@ Gaussians in closed form; for score models the KLs come from the point-wise iden
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -344,7 +345,14 @@ def _log_densities(log_densities: Tensor, grid: Grid2D) -> Tensor:
     lq = check_batch(log_densities, "log_densities", min_dim=2).double()
     if lq.dim() != 2 or lq.shape[1] != grid.points.shape[0] or lq.shape[0] < 2:
         raise ValueError(f"log_densities must have shape (m >= 2, {grid.points.shape[0]}), got {tuple(lq.shape)}")
-    return torch.stack([grid.normalise(row)[0] for row in lq])
+    return lq - torch.logsumexp(lq, 1, keepdim=True) - math.log(grid.area)
+
+
+def _and_product(lq: Tensor, grid: Grid2D, lam: Tensor) -> tuple[Tensor, Tensor, float]:
+    """:func:`and_product` on log densities that :func:`_log_densities` has checked and normalised."""
+    log_q, log_z = grid.normalise((lam.double()[:, None] * lq).sum(0))
+    kls = torch.tensor([grid.kl(log_q, row) for row in lq], dtype=torch.float64)
+    return log_q, kls, -log_z
 
 
 def and_product(log_densities: Tensor, grid: Grid2D, lam: Tensor) -> tuple[Tensor, Tensor, float]:
@@ -363,10 +371,7 @@ def and_product(log_densities: Tensor, grid: Grid2D, lam: Tensor) -> tuple[Tenso
     -------
     (log_q, kls, dual) : Tensor (n * n,), Tensor (m,), float
     """
-    lq = _log_densities(log_densities, grid)
-    log_q, log_z = grid.normalise((lam.double()[:, None] * lq).sum(0))
-    kls = torch.tensor([grid.kl(log_q, row) for row in lq], dtype=torch.float64)
-    return log_q, kls, -log_z
+    return _and_product(_log_densities(log_densities, grid), grid, lam)
 
 
 def solve_and(log_densities: Tensor, grid: Grid2D, step: float = 0.2, iters: int = 400) -> Solution:
@@ -388,16 +393,17 @@ def solve_and(log_densities: Tensor, grid: Grid2D, step: float = 0.2, iters: int
     Solution
         ``values`` are the KLs at the averaged multipliers, ``dual`` is $-\log Z$ there.
     """
-    m = check_batch(log_densities, "log_densities", min_dim=2).shape[0]
+    lq = _log_densities(log_densities, grid)  # checked and normalised once, not at every iterate
+    m = lq.shape[0]
     ascent = dual_ascent(
-        lambda lam: and_product(log_densities, grid, lam)[1],
+        lambda lam: _and_product(lq, grid, lam)[1],
         torch.full((m,), 1.0 / m, dtype=torch.float64),
         project_simplex,
         step,
         iters,
         normalise=True,
     )
-    log_q, kls, dual = and_product(log_densities, grid, ascent.averaged)
+    log_q, kls, dual = _and_product(lq, grid, ascent.averaged)
     return Solution(ascent.averaged, log_q, kls, dual, ascent)
 
 
@@ -633,10 +639,10 @@ def dual_only_and(
     """
     if len(models) < 2:
         raise ValueError(f"dual_only_and needs at least 2 models, got {len(models)}")
-    calls = iter(range(check_int(iters, "iters")))
+    calls = itertools.count()  # the iteration, for the sampler's start (dual_ascent checks iters)
 
     def direction(lam: Tensor) -> Tensor:
-        i = next(calls, iters)
+        i = next(calls)
         combined = Combine(list(models), lam.tolist(), "eps", schedule)
         x0 = sample(combined, start(i), grid, schedule)
         return torch.tensor(
@@ -719,14 +725,14 @@ def and_primal_dual(
     """
     if len(mixtures) < 2:
         raise ValueError(f"and_primal_dual needs at least 2 models, got {len(mixtures)}")
-    log_q = torch.stack([mix.log_prob(grid.points) for mix in mixtures])
+    log_q = _log_densities(torch.stack([mix.log_prob(grid.points) for mix in mixtures]), grid)
     exact = [mix.model(schedule, "eps") for mix in mixtures]
     g = torch.Generator().manual_seed(seed)
-    rnd = iter(range(check_int(rounds, "rounds")))
+    rnd = itertools.count()  # the round, for the training seed (dual_ascent checks rounds)
 
     def direction(lam: Tensor) -> Tensor:
-        r = next(rnd, rounds)
-        log_p, _, _ = and_product(log_q, grid, lam)
+        r = next(rnd)
+        log_p, _, _ = _and_product(log_q, grid, lam)
         fit(net, grid.sample(log_p, num, g), schedule, steps, batch_size=batch_size, lr=lr, ema_decay=None,
             seed=seed + r, progress=False)  # fmt: skip
         x0 = grid.sample(log_p, num, g)
@@ -840,10 +846,10 @@ def or_primal_dual(
     train_sets = [x[: x.shape[0] // 2] for x in sets]
     test_sets = [x[x.shape[0] // 2 :] for x in sets]
     g = torch.Generator().manual_seed(seed)
-    rnd = iter(range(check_int(rounds, "rounds")))
+    rnd = itertools.count()  # the round, for the training seed (dual_ascent checks rounds)
 
     def direction(lam: Tensor) -> Tensor:
-        r = next(rnd, rounds)
+        r = next(rnd)
         which = torch.multinomial(lam, num, replacement=True, generator=g)
         parts = []
         for i, xs in enumerate(train_sets):

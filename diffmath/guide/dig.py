@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from diffmath.core._validate import check_batch, check_choice, check_int, check_positive
-from diffmath.core.models import Model, check_model
+from diffmath.core.models import Model, check_model, predict
 from diffmath.core.notation import Pair, from_pair, to_pair
 from diffmath.core.schedules import Schedule
 from diffmath.fusion import gaussian_blur
@@ -101,6 +101,10 @@ def _check_weights(w: Tensor, sources: Tensor, name: str = "weights") -> Tensor:
         raise TypeError(f"{name} must be a tensor of shape {(K, B, *full)} or {(K, B, *ones)}")
     if tuple(w.shape) not in ((K, B, *full), (K, B, *ones)):
         raise ValueError(f"{name} must have shape {(K, B, *full)} or {(K, B, *ones)}, got {tuple(w.shape)}")
+    return _check_simplex(w, name)
+
+
+def _check_simplex(w: Tensor, name: str) -> Tensor:
     if bool((w < 0).any()) or not torch.allclose(w.sum(0), torch.ones((), dtype=w.dtype), atol=1e-6):
         raise ValueError(f"{name} must be non-negative and sum to 1 over the sources at every pixel")
     return w
@@ -145,14 +149,13 @@ def reconstruction_errors(
     c = check_sources(sources)
     loss = check_choice(loss, "loss", LOSSES)
     K, B = c.shape[:2]
-    a, b, da, db = _floats(schedule, t)
+    a, b, _, _ = _floats(schedule, t)
     if b == 0:
         return c.new_zeros((K, B, *map_shape(c)))
     flat = c.reshape(K * B, *c.shape[2:])
     xt = a * flat + b * noise.to(flat.dtype).repeat(K, *([1] * (flat.dim() - 1)))
-    time = torch.full((K * B,), t, dtype=flat.dtype, device=flat.device)
     cc = None if cond is None else cond.repeat(K, *([1] * (cond.dim() - 1)))
-    x0 = to_pair(model(xt, time, cc), model.prediction, xt, a, b, da, db).x0
+    x0 = predict(model, xt, t, schedule, "x0", cc)
     diff = x0 - flat
     err = diff.square() if loss == "l2" else diff.abs()
     if c.dim() == 5:
@@ -334,9 +337,7 @@ def constant_weights(weights: Tensor, num_steps: int) -> FusionWeights:
     """
     if not isinstance(weights, Tensor) or weights.dim() < 3:
         raise TypeError("weights must be a tensor of shape (K, B, 1, H, W), (K, B, 1, 1, 1) or (K, B, D)")
-    if bool((weights < 0).any()) or not torch.allclose(weights.sum(0), torch.ones((), dtype=weights.dtype)):
-        raise ValueError("weights must be non-negative and sum to 1 over the sources at every pixel")
-    return FusionWeights([weights] * check_int(num_steps, "num_steps"), [], [], 0)
+    return FusionWeights([_check_simplex(weights, "weights")] * check_int(num_steps, "num_steps"), [], [], 0)
 
 
 def fixed_weights(sources: Tensor, num_steps: int) -> FusionWeights:
