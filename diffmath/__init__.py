@@ -2,7 +2,8 @@
 
 # the layers (subpackages) first, then the chapter modules that read like the lessons
 from diffmath import core, exact, guide, nets, sampling, train  # isort: skip
-from diffmath import compare, ddpm, flows, greens, heat, metrics, ode, pfgm, recipes, sde, variance  # isort: skip
+from diffmath import compare, ddpm, flows, greens, heat, metrics, ode, pfgm, recipes, scorematching, sde  # isort: skip
+from diffmath import variance  # isort: skip
 from diffmath.core.models import Model, check_model, predict, predict_pair
 from diffmath.core.notation import PREDICTIONS, Pair, convert, from_pair, to_pair
 from diffmath.core.schedules import (
@@ -67,6 +68,7 @@ __all__ = [
     "recipes",
     "sample",
     "sampling",
+    "scorematching",
     "sde",
     "su_linear",
     "to_pair",

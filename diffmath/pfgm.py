@@ -882,9 +882,10 @@ class PoissonLoss:
       $E_x/E_z$ (eq. 13.14); the loss is bounded for an ``"x0"`` model, heavy-tailed for ``"eps"``/``"velocity"``.
     - ``target="batch"``: the self-normalised field of the whole minibatch as charges,
       $(\hat x_0, (x - a\hat x_0)/b)$ with $\hat x_0$ the batch's :meth:`PoissonField.posterior_mean`: the paper's
-      large-batch target in our parameterisation (eq. 13.15; biased for small batches). The batch holds the charge
+      large-batch target in our parameterisation (eq. 13.15; unbiased at every batch size, lesson 18, eq. 18.10,
+      up to the radius clip). The batch holds the charge
       $x_0$ that $x$ came from, so $\hat c = c + a(x_0 - \hat x_0)/b$ stays finite as $b_t \to 0$. It averages
-      the noisy target over the charges near $x$: a far smaller variance than the unbiased one at small $z$.
+      the noisy target over the charges near $x$: a far smaller variance than ``"unbiased"``'s at small $z$.
 
     Parameters
     ----------
