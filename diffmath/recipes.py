@@ -36,6 +36,7 @@ from diffmath.nets.unet import UNet
 from diffmath.ode import ode_sample
 from diffmath.pfgm import PoissonLoss
 from diffmath.train.training import DiffusionLoss, TrainStep, fit, read_checkpoint, save_atomic, train
+from diffmath.udm import CORRUPTIONS, RestorationLoss, get_corruption
 
 _CACHED = ("model", "losses")  # the entries of a cached recipe file besides its configuration
 
@@ -75,6 +76,7 @@ OBJECTIVES: dict[str, Callable] = {
     "diffusion": DiffusionLoss,
     "pfgm": PoissonLoss,
     "flow-matching": FlowMatchingLoss,
+    "restore": RestorationLoss,
 }
 """Training objectives a recipe can name: each a factory, called as ``Factory(schedule, **objective_kwargs)`` to give
 the ``loss`` of :func:`~diffmath.train.training.train`."""
@@ -493,6 +495,17 @@ _ATTR = {  # 24 px attribute shapes (32 px costs 1.7x per step on 2 CPU cores): 
     "ema_decay": 0.999,
     "checkpoint_every": 500,
 }
+_RESTORE = {  # lesson 11, sec. 11.2: a restorer predicts x0 from a corrupted image at one of T = 20 levels
+    **_IMAGE,
+    "size": 32,
+    "schedule": "blur",
+    "schedule_kwargs": {"T": 20, "sd_max": 8.0},
+    "prediction": "x0",
+    "objective": "restore",
+    "objective_kwargs": {"norm": 1},
+    "steps": 2500,
+    "checkpoint_every": 250,
+}
 IMAGE_RECIPES: dict[str, dict] = {
     # class-conditional on the shape, 10% of labels dropped to the null label for classifier-free guidance
     "shapes-ddpm": {**_IMAGE, "condition_on": "shape", "label_dropout": 0.1, "steps": 2000},
@@ -517,6 +530,13 @@ IMAGE_RECIPES: dict[str, dict] = {
         "condition_on": list(ATTRIBUTE_GROUPS["joint"]),
         "label_dropout": 0.15,
         "dropout_per_label": True,
+    },
+    # lesson 11: restorers G_t(x_t) ~ x0 for cold diffusion on 32 px shapes, trained with the l1 loss (eq. 11.3)
+    "restore-shapes-blur": _RESTORE,
+    "restore-shapes-mask": {
+        **_RESTORE,
+        "schedule": "pixel-mask",
+        "schedule_kwargs": {"T": 20, "size": [32, 32], "seed": 0, "fill": 0.0},
     },
 }
 """Named image recipes (lesson 20, sec. 20.3): data set, network, schedule, objective and optimiser settings."""
@@ -620,7 +640,8 @@ def image_setup(config: dict) -> tuple[torch.nn.Module, Schedule, torch.Tensor, 
 
     data_gen = torch.Generator().manual_seed(config["data_seed"])
     batch = image_dataset(config["dataset"], config["n_data"], config["size"], data_gen, **config["dataset_kwargs"])
-    schedule = get_schedule(config["schedule"], **config["schedule_kwargs"])
+    make = get_corruption if config["schedule"] in CORRUPTIONS else get_schedule  # a restorer's corruption (lesson 11)
+    schedule = make(config["schedule"], **config["schedule_kwargs"])
     cond = _condition(config, batch.labels)
     sizes = 0 if cond is None else int(cond.max()) + 1 if cond.dim() == 1 else tuple((cond.amax(0) + 1).tolist())
     torch.manual_seed(config["seed"])

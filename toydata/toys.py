@@ -6,6 +6,7 @@ Each sampler returns a tensor of shape ``(n, 2)``. The Gaussian-mixture toys als
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from torch import Tensor
 
 from diffmath.core._validate import check_dtype, check_int, check_positive
 from diffmath.exact.mixtures import GaussianMixture
+from diffmath.masking import TokenLaw
 
 Generator = torch.Generator | None
 
@@ -509,3 +511,34 @@ def two_attributes(d: int = 1024, rare: float = 0.05, separation: float = 1.0, s
         separation=m,
         sd=sd,
     )
+
+
+def potts_chain(L: int = 4, V: int = 3, coupling: float = 1.6, field: tuple[float, ...] | None = None) -> TokenLaw:
+    r"""A Potts chain $p(x) \propto \exp(J\sum_i \mathbf 1[x_i = x_{i+1}] + \sum_i h_{x_i})$ (lesson 11, sec. 11.5), the enumerable token toy:
+    neighbouring tokens agree more often than chance, so the marginals miss the joint law.
+
+    Parameters
+    ----------
+    L, V : int
+        Length and vocabulary size.
+    coupling : float
+        $J$.
+    field : tuple of float, optional
+        $h_v$ for each token (default: $0, 0.3, 0.6, \dots$).
+
+    Returns
+    -------
+    TokenLaw
+
+    Raises
+    ------
+    ValueError
+        If ``field`` does not have ``V`` entries.
+    """
+    h = torch.tensor(field if field is not None else [0.3 * v for v in range(V)], dtype=torch.float64)
+    if h.shape != (V,):
+        raise ValueError(f"field must have one entry per token ({V}), got {tuple(h.shape)}")
+    states = torch.tensor(list(itertools.product(range(V), repeat=L)), dtype=torch.long)
+    energy = coupling * (states[:, 1:] == states[:, :-1]).sum(1) + h[states].sum(1)
+    p = torch.exp(energy - energy.max())
+    return TokenLaw(p / p.sum(), L, V)
