@@ -2,8 +2,8 @@
 
 # the layers (subpackages) first, then the chapter modules that read like the lessons
 from diffmath import core, exact, guide, nets, sampling, train  # isort: skip
-from diffmath import compare, ddpm, flows, greens, heat, metrics, ode, pfgm, recipes, scorematching, sde  # isort: skip
-from diffmath import variance  # isort: skip
+from diffmath import compare, ddpm, flows, gradflow, greens, heat, masking, metrics, ode, pfgm  # isort: skip
+from diffmath import recipes, scorematching, sde, udm, variance, w2bound  # isort: skip
 from diffmath.core.models import Model, check_model, predict, predict_pair
 from diffmath.core.notation import PREDICTIONS, Pair, convert, from_pair, to_pair
 from diffmath.core.schedules import (
@@ -55,10 +55,12 @@ __all__ = [
     "flows",
     "from_pair",
     "get_schedule",
+    "gradflow",
     "greens",
     "guide",
     "heat",
     "ho_linear",
+    "masking",
     "metrics",
     "nets",
     "ode",
@@ -73,5 +75,7 @@ __all__ = [
     "su_linear",
     "to_pair",
     "train",
+    "udm",
     "variance",
+    "w2bound",
 ]

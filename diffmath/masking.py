@@ -1,4 +1,4 @@
-r"""Discrete corruptions of token sequences (lesson 11, secs. 11.4-11.5): masking and editing, exact and learned.
+r"""Discrete corruptions of token sequences (lesson 11, secs. 11.3-11.5): masking and editing, exact and learned.
 
 A sequence $x \in \{0..V-1\}^L$ is corrupted at level $t \in 0..L$ by masking $t$ positions chosen uniformly
 (``MASK`` marks them) or by substituting $t$ positions with *different* tokens (editing). :class:`TokenLaw` is an
@@ -336,8 +336,8 @@ def token_chain(
 
     ``method="naive"``: draw $\hat x_0 \sim q(x_0\mid x_t)$ (the joint posterior, or position by position from the
     marginals if ``factorised``) and corrupt it afresh at $t-1$ uniform positions (eq. 11.10, Su's basic sampler).
-    ``method="improved"``: masking reveals one uniformly chosen masked position from its marginal (eq. 11.11);
-    editing draws $\hat x_0$ from the joint posterior (exactly $t$ differences) and corrects one of them (eq. 11.12).
+    ``method="improved"``: masking reveals one uniformly chosen masked position from its marginal (eq. 11.12);
+    editing draws $\hat x_0$ from the joint posterior (exactly $t$ differences) and corrects one of them (eq. 11.11).
 
     Parameters
     ----------

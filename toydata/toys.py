@@ -514,7 +514,7 @@ def two_attributes(d: int = 1024, rare: float = 0.05, separation: float = 1.0, s
 
 
 def potts_chain(L: int = 4, V: int = 3, coupling: float = 1.6, field: tuple[float, ...] | None = None) -> TokenLaw:
-    r"""A Potts chain $p(x) \propto \exp(J\sum_i \mathbf 1[x_i = x_{i+1}] + \sum_i h_{x_i})$ (lesson 11, sec. 11.5), the enumerable token toy:
+    r"""A Potts chain $p(x) \propto \exp(J\sum_i \mathbf 1[x_i = x_{i+1}] + \sum_i h_{x_i})$ (lesson 11, sec. 11.3), the enumerable token toy:
     neighbouring tokens agree more often than chance, so the marginals miss the joint law.
 
     Parameters
