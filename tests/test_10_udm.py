@@ -15,14 +15,6 @@ from diffmath.udm import Blur, Corruption, OracleRestorer, PixelMask, Restoratio
 f64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _step(t, s, sched=None):
     """A Step between two levels (coefficients of a Gaussian schedule, or placeholders for a Corruption)."""
     if sched is None:

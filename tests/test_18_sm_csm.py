@@ -14,14 +14,6 @@ f64 = torch.float64
 RING = td.eight_gaussians_mixture()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _ring_draws(N, seed, a=1.0, b=0.5):
     g = torch.Generator().manual_seed(seed)
     x0, eps = RING.sample(N, g, dtype=f64), torch.randn(N, 2, generator=g, dtype=f64)
