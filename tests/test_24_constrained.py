@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import diffmath as dm
+import toydata as td
 from diffmath.exact.mixtures import GaussianMixture
 from diffmath.guide import constrained as C
 from diffmath.nets.mlp import MLP
@@ -244,6 +245,24 @@ def test_or_primal_dual_weights_a_two_mode_model_twice(grid):
     assert abs(res.ascent.averaged[0].item() - 1 / 3) < 0.03, res.ascent.history[:, 0]
     # at the end the two bounds (cross-entropies up to one shared constant) agree to 0.1 nat
     assert abs(res.ascent.gradients[-1, 0] - res.ascent.gradients[-1, 1]) < 0.1
+
+
+def test_align_primal_dual_fits_the_tilt_and_finds_the_multiplier(grid):
+    """Algorithm 24.3 on the ring with r(x) = x_1 and b = 1: importance-weighted DSM towards q e^{lambda r}, the dual
+    step on the trained model's own samples. The exact multiplier on the grid is 0.570; over seeds 0-2 the averaged
+    iterate was 0.558-0.602 and the last slack within 0.035 of 0 (its Monte Carlo SE is about 0.02)."""
+    ring = td.eight_gaussians_mixture()
+    b = torch.tensor([1.0], dtype=D)
+    exact = C.solve_alignment(ring.log_prob(grid.points), grid.points[:, :1].T, b, grid)
+    assert abs(exact.lam.item() - 0.5697) < 2e-3
+    torch.manual_seed(0)
+    net = MLP(2, hidden=64, depth=3, prediction="eps").to(D)
+    data = ring.sample(20_000, gen(0), dtype=D)
+    res = C.align_primal_dual(data, lambda x: x[:, :1], b, dm.VPLinear(), net, rounds=8, steps=300, seed=0)
+    assert abs(res.ascent.averaged.item() - exact.lam.item()) < 0.06, res.ascent.history.flatten()
+    assert res.ascent.gradients[-3:].mean().abs().item() < 0.1, res.ascent.gradients.flatten()
+    with pytest.raises(ValueError, match="rewards"):
+        C.align_primal_dual(data, lambda x: x, b, dm.VPLinear(), net, rounds=1, steps=1)
 
 
 def test_bad_input_is_named(grid, pair):

@@ -745,6 +745,104 @@ def and_primal_dual(
     return PrimalDual(ascent, net)
 
 
+def align_primal_dual(
+    data: Tensor,
+    rewards: Callable[[Tensor], Tensor],
+    thresholds: Tensor,
+    schedule: Schedule,
+    net: torch.nn.Module,
+    rounds: int = 10,
+    steps: int = 300,
+    num: int = 4096,
+    step: float = 0.5,
+    num_samples: int = 4000,
+    sample_steps: int = 40,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> PrimalDual:
+    r"""Reward alignment with its primal (lesson 24, Algorithm 24.3): importance-weighted DSM towards the tilt
+    $q_\lambda \propto q\,e^{\lambda\cdot r}$, and the dual step on the trained model's expected rewards.
+
+    Each round resamples ``num`` training points from ``data`` (draws of the pretrained $q$) with weights
+    $\propto e^{\lambda\cdot r(x)}$, an unbiased estimate of the weighted DSM loss whose minimiser is the score of
+    $q_\lambda$; trains ``net`` on them (warm-started); draws ``num_samples`` from the trained model by DDIM on a
+    ``sample_steps`` grid; and takes $\lambda \leftarrow [\lambda + \eta\,(b - \widehat{\mathbb E}_{p_\theta} r)]_+$
+    (eq. 24.2, with the model's own samples in place of the exact tilt).
+
+    Parameters
+    ----------
+    data : Tensor, shape (N, ...)
+        Draws of the pretrained distribution $q$.
+    rewards : callable
+        ``rewards(x) -> Tensor (B, m)``: the $m$ rewards of a batch.
+    thresholds : Tensor, shape (m,)
+        $b$.
+    schedule : Schedule
+        The forward process of the DSM training and of the sampler.
+    net : nn.Module
+        The model to train.
+    rounds, steps, num : int
+        Dual rounds, DSM steps per round, resampled training points per round.
+    step : float
+        $\eta$, in units of the rewards.
+    num_samples, sample_steps : int
+        Model samples per round for the expected rewards, and their DDIM steps.
+    batch_size, lr : int, float
+        Of the DSM training.
+    seed : int
+        Seeds the resampling, the training and the samples.
+
+    Returns
+    -------
+    PrimalDual
+        ``ascent.gradients`` are the slacks $b - \widehat{\mathbb E}\,r$ at each round.
+
+    Raises
+    ------
+    TypeError
+        If ``rewards`` is not callable.
+    ValueError
+        If ``data`` is not a batch, ``thresholds`` is not 1-D, or ``rewards`` returns something other than (B, m).
+    """
+    if not callable(rewards):
+        raise TypeError(f"rewards must be callable as rewards(x) -> (B, m), got {type(rewards).__name__}")
+    data = check_batch(data, "data")
+    b = torch.as_tensor(thresholds, dtype=torch.float64)
+    if b.dim() != 1 or b.numel() < 1:
+        raise ValueError(f"thresholds must be a 1-D tensor of m >= 1 reward levels, got shape {tuple(b.shape)}")
+
+    def reward(x: Tensor) -> Tensor:
+        r = rewards(x)
+        if not isinstance(r, Tensor) or r.shape != (x.shape[0], b.numel()):
+            raise ValueError(
+                f"rewards(x) must return a ({x.shape[0]}, {b.numel()}) tensor, got {getattr(r, 'shape', r)}"
+            )
+        return r.double()
+
+    r_data = reward(data)
+    g = torch.Generator().manual_seed(seed)
+    rnd = itertools.count()  # the round, for the training seed (dual_ascent checks rounds)
+    grid = schedule.grid(sample_steps)
+    dtype = next(net.parameters()).dtype
+    c = schedule.coefficients(grid[:1])
+    scale = float(torch.sqrt(c.a**2 + c.b**2))  # the prior's spread at grid[0]
+
+    def direction(lam: Tensor) -> Tensor:
+        r = next(rnd)
+        w = torch.softmax(r_data @ lam, 0)  # importance weights of the tilt, self-normalised
+        idx = torch.multinomial(w, num, replacement=True, generator=g)
+        fit(net, data[idx], schedule, steps, batch_size=batch_size, lr=lr, ema_decay=None, seed=seed + r,
+            progress=False)  # fmt: skip
+        x_T = scale * torch.randn((num_samples, *data.shape[1:]), generator=g, dtype=dtype)
+        with torch.no_grad():
+            x0 = sample(net, x_T, grid, schedule)
+        return b - reward(x0).mean(0)
+
+    ascent = dual_ascent(direction, torch.zeros_like(b), project_orthant, step, rounds)
+    return PrimalDual(ascent, net)
+
+
 def denoising_bound(
     model: Model,
     schedule: Schedule,
