@@ -179,10 +179,14 @@ def test_grids_decrease_and_end_at_data(name, spacing):
 
 @pytest.mark.parametrize("name", ["vp-linear", "ve", "ho-linear"])
 def test_karras_and_log_snr_grids_are_uniform_in_their_variable(name):
-    """Karras: sigma^(1/7) equally spaced (lesson 0, sec. 0.4); log-snr: log(a/b) equally spaced; both before the final t = 0."""
+    """Karras: sigma^(1/7) equally spaced (lesson 0, sec. 0.4); log-snr: log(a/b) equally spaced; both before the final
+    t = 0, from sigma(t_max) to sigma(t_1), t_1 = 1 (discrete) or 1e-3 t_max (continuous), to 1e-9 relative."""
     s = dm.get_schedule(name)
+    t1 = 1.0 if s.discrete else 1e-3 * s.t_max
+    sig = lambda t: s.sigma(torch.tensor(t, dtype=torch.float64)).item()  # noqa: E731
     for spacing, transform in (("karras", lambda v: v ** (1 / 7)), ("log-snr", torch.log)):
         g = s.grid(12, spacing)[:-1]
+        assert g[0].item() == s.t_max and abs(sig(g[-1].item()) / sig(t1) - 1) < 1e-9
         c = s.coefficients(g)
         steps = torch.diff(transform(c.b / c.a))
         tol = 0.05 if s.discrete else 1e-6  # discrete grids are rounded to integer times

@@ -78,7 +78,8 @@ def check_prediction(kind: object, name: str = "prediction") -> str:
 def _nonzero(c: Tensor, what: str, kind: str) -> Tensor:
     if (c == 0).any():
         raise ValueError(
-            f"cannot recover {what} from a {kind!r} prediction where {what} is 0 (e.g. at an endpoint of time)"
+            f"cannot convert a prediction of kind {kind!r} where {what} is 0: the conversion divides by {what} "
+            "(e.g. at an endpoint of time)"
         )
     return c
 
@@ -99,8 +100,8 @@ def _derivatives(x: Tensor, da: object, db: object) -> tuple[Tensor, Tensor]:
         c_ = as_tensor(c, name, x)
         if torch.isinf(c_).any():
             raise ValueError(
-                f"{name} is infinite here (db = inf at t = 0 on VP-linear with beta_min > 0): a 'velocity' "
-                "prediction is not finite there; use t > 0"
+                f"{name} is infinite here: converting a 'velocity' prediction needs finite da and db (db is "
+                "infinite at t = 0 on VP-linear with beta_min > 0); use t > 0"
             )
         out.append(per_sample(check_coefficient(c_, name, x, nonneg=False), x, name))
     return out[0], out[1]
