@@ -46,6 +46,34 @@ def test_mle_variance_is_biased_by_the_mean_error(t):
     assert est["biased"].value > est["exact"].value
 
 
+def test_an_upper_clip_at_the_bound_would_bind_between_modes():
+    """The bound (7.8) holds on average over x_t, not at each point (sec. 8.4): on the ring at t = 100-300, where
+    m_t = b^2/a^2 (below Var[x0]: the noise bound is the one that binds), the exact diag Cov[x0|x_t] exceeds m_t at
+    more than 5% of the entries, and clipping it at m_t removes more than 5% of its average at t = 100-200; its
+    average stays below m_t (N = 8000, seed 0; measured in the printout)."""
+    x0 = RING.sample(8000, torch.Generator().manual_seed(0), dtype=torch.float64)
+    var = RING.covariance().diagonal().mean().item()  # Var[x0] of eq. 7.5, exact
+    for t in (50.0, 100.0, 150.0, 200.0, 300.0, 500.0):
+        c = SCHED.coefficients(torch.tensor(t, dtype=torch.float64))
+        noise = (c.b / c.a).item() ** 2
+        m = min(var, noise)
+        xt = c.a * x0 + c.b * torch.randn(x0.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        diag = torch.diagonal(RING.posterior_cov(xt, c.a, c.b), dim1=-2, dim2=-1)
+        above = (diag > m).double().mean().item()
+        removed = 1 - (diag.clamp(max=m).mean() / diag.mean()).item()
+        print(
+            f"t = {t:.0f}: m_t = {m:.3f}, entries above m_t {above:.3f}, max {diag.max().item() / m:.2f} m_t, "
+            f"clip removes {removed:.3f} of the average"
+        )
+        assert diag.mean().item() < m
+        if 100 <= t <= 300:
+            assert m == noise and above > 0.05
+        if 100 <= t <= 200:
+            assert removed > 0.05
+        if t in (50.0, 500.0):
+            assert removed < 0.01
+
+
 @pytest.fixture(scope="module")
 def npr():
     torch.manual_seed(0)
@@ -61,17 +89,22 @@ def npr():
 def test_npr_learns_the_diagonal_posterior_covariance(npr):
     """Eqs. 8.5-8.6 with the exact mean: the learned sbar^2(x_t) vs the exact diag Cov[x0|x_t] over x_t ~ p_t at ten
     times: its average within 10% at every t, and the pointwise L1 error below 10% of the exact value overall
-    (measured: averages within 5%, worst at t = 150-250 where posteriors are bimodal; pointwise about 3%)."""
+    (measured, printed with pytest -s: averages within 7.0%, worst at t = 150-250 where posteriors are bimodal;
+    pointwise 2.6%)."""
     g = torch.Generator().manual_seed(3)
-    num = den = 0.0
+    num = den = worst = 0.0
     for t in torch.linspace(50, 950, 10, dtype=torch.float64):
         x0 = RING.sample(4000, g, dtype=torch.float64)
         c = SCHED.coefficients(t)
         xt = c.a * x0 + c.b * torch.randn(x0.shape, generator=g, dtype=torch.float64)
         exact = torch.diagonal(RING.posterior_cov(xt, c.a, c.b), dim1=-2, dim2=-1)
         learned = npr(xt, t)
-        assert abs(learned.mean() / exact.mean() - 1) < 0.10, t
+        err = abs(learned.mean() / exact.mean() - 1).item()
+        print(f"t = {t.item():.0f}: average ratio error {err:.3f}")
+        assert err < 0.10, t
+        worst = max(worst, err)
         num, den = num + (learned - exact).abs().mean(), den + exact.mean()
+    print(f"worst average error {worst:.3f}, pointwise L1 error {(num / den).item():.3f}")
     assert num / den < 0.10
 
 
