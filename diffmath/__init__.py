@@ -1,9 +1,26 @@
-"""diffmath: diffusion generative models derived, implemented and tested, from 2-D toys to images."""
+"""diffmath: diffusion generative models derived, implemented and tested, from 2-D toys to images.
+
+Every module implements a lesson of the course (lessons/NN-*.md); its docstrings name the equations.
+
+Layers (used by every lesson)
+    core        notation (five parameterisations, ``predict``), schedules, the model interface, devices   lesson 0
+    exact       exact models: Gaussian mixtures, empirical data, stationary Gaussians, reference solves    lessons 0, 23
+    sampling    the one sampler loop (``run``) and the DDIM family (``sample``, ``ddim``)                 lesson 4
+    nets        MLP for toys, UNet for images                                                              lessons 3, 20
+    train       the training loop (``train``, ``fit``), checkpoints that resume                            lesson 3
+    guide       guidance and composition; AMDM, Z-Magic, Dig2DIG, constrained composition                  lessons 9, 21-24
+
+Chapters
+    ddpm 1-3 · sde 5 · ode 6 · variance 7-8 · udm, masking 10-11 · heat 12 · pfgm 13 · greens 14 · flows 15, 17
+    w2bound 16 · scorematching 18 · gradflow 19 · recipes, metrics, fusion, compare 20-23 · plots (figures)
+
+Start with ``help(diffmath.sampling.loop)`` (how every sampler runs) and the README's "In five lines".
+"""
 
 # the layers (subpackages) first, then the chapter modules that read like the lessons
 from diffmath import core, exact, guide, nets, sampling, train  # isort: skip
 from diffmath import compare, ddpm, flows, gradflow, greens, heat, masking, metrics, ode, pfgm  # isort: skip
-from diffmath import recipes, scorematching, sde, udm, variance, w2bound  # isort: skip
+from diffmath import plots, recipes, scorematching, sde, udm, variance, w2bound  # isort: skip
 from diffmath.core.models import Model, check_model, predict, predict_pair
 from diffmath.core.notation import PREDICTIONS, Pair, convert, from_pair, to_pair
 from diffmath.core.schedules import (
@@ -65,6 +82,7 @@ __all__ = [
     "nets",
     "ode",
     "pfgm",
+    "plots",
     "predict",
     "predict_pair",
     "recipes",

@@ -174,11 +174,15 @@ def toy_recipe(name: str, **overrides: object) -> dict:
     ValueError
         If ``name`` is unknown or an override is not a setting of the recipe.
     """
-    return _configure(TOY_RECIPES, "recipe", name, overrides)
+    return _configure(TOY_RECIPES, "recipe", name, overrides, (IMAGE_RECIPES, "an image recipe: use train_image"))
 
 
-def _configure(table: dict[str, dict], kind: str, name: str, overrides: dict) -> dict:
+def _configure(
+    table: dict[str, dict], kind: str, name: str, overrides: dict, other: tuple[dict, str] | None = None
+) -> dict:
     if name not in table:
+        if other is not None and name in other[0]:  # the other family's recipe: say which function takes it
+            raise ValueError(f"{name!r} is {other[1]}({name!r})")
         raise ValueError(f"unknown {kind} {name!r}; expected one of {tuple(table)}")
     unknown = set(overrides) - set(table[name])
     if unknown:
@@ -615,7 +619,7 @@ def image_recipe(name: str, **overrides: object) -> dict:
     ValueError
         If ``name`` is unknown or an override is not a setting of the recipe.
     """
-    return _configure(IMAGE_RECIPES, "image recipe", name, overrides)
+    return _configure(IMAGE_RECIPES, "image recipe", name, overrides, (TOY_RECIPES, "a toy recipe: use train_toy"))
 
 
 def image_setup(config: dict) -> tuple[torch.nn.Module, Schedule, torch.Tensor, dict[str, torch.Tensor]]:

@@ -367,3 +367,17 @@ def test_cli_trains_toy_recipes_on_one_thread(tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert seen == [1]
+
+
+def test_a_missing_checkpoint_is_a_file_not_found_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint file"):
+        read_checkpoint(tmp_path / "absent.pt")
+
+
+def test_a_recipe_of_the_other_family_names_the_right_function():
+    from diffmath.recipes import train_image, train_toy
+
+    with pytest.raises(ValueError, match=r"image recipe: use train_image\('shapes-ddpm'\)"):
+        train_toy("shapes-ddpm")
+    with pytest.raises(ValueError, match=r"toy recipe: use train_toy\('eight-gaussians-ddpm'\)"):
+        train_image("eight-gaussians-ddpm")

@@ -241,10 +241,14 @@ def load_data(path: str | Path) -> object:
 
     Raises
     ------
+    FileNotFoundError
+        If there is no file at ``path``.
     ValueError
-        If the file is missing, empty, truncated, not a torch file, holds anything but tensors and plain data
-        (such objects are never constructed), is not a dict, or its content does not match its SHA-256.
+        If the file is empty, truncated, not a torch file, holds anything but tensors and plain data (such objects
+        are never constructed), is not a dict, or its content does not match its SHA-256.
     """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path} (expected a file written by save_atomic)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch's remarks on odd pickles; a failure raises below

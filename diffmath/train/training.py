@@ -649,9 +649,11 @@ def read_checkpoint(path: str | Path, keys: tuple[str, ...] = ()) -> dict:
 
     Raises
     ------
+    FileNotFoundError
+        If there is no file at ``path``.
     ValueError
-        If the file is missing, empty, truncated, not a torch file, holds anything but tensors and plain data,
-        does not match its SHA-256 (corrupted), is not a dict or lacks one of ``keys``.
+        If the file is empty, truncated, not a torch file, holds anything but tensors and plain data, does not match
+        its SHA-256 (corrupted), is not a dict or lacks one of ``keys``.
     """
     ck = load_data(path)
     if not isinstance(ck, dict):
