@@ -86,7 +86,14 @@ def test_no_diffmath_import_hides_inside_a_function(module):
 
 def test_objectives_name_their_loss_factories_directly():
     """OBJECTIVES maps a recipe's objective name to the loss class itself (lesson 3, eq. 3.14), no import strings."""
-    assert recipes.OBJECTIVES == {"diffusion": DiffusionLoss, "pfgm": PoissonLoss, "flow-matching": FlowMatchingLoss}
+    from diffmath.udm import RestorationLoss
+
+    assert recipes.OBJECTIVES == {
+        "diffusion": DiffusionLoss,
+        "pfgm": PoissonLoss,
+        "flow-matching": FlowMatchingLoss,
+        "restore": RestorationLoss,
+    }
     assert isinstance(recipes.objective("flow-matching", get_schedule("rectified-flow")), FlowMatchingLoss)
     with pytest.raises(ValueError, match="unknown objective"):
         recipes.objective("score", get_schedule("rectified-flow"))

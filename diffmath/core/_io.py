@@ -258,10 +258,10 @@ def load_data(path: str | Path) -> object:
             f"cannot read checkpoint {path}: it holds objects other than tensors and plain data, which are never "
             "unpickled; expected a file written by diffmath.train.training.save_atomic"
         ) from err
-    except Exception as err:  # missing, empty, truncated or foreign
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    except Exception as err:  # empty, truncated or foreign: torch's own reason is in the chained exception
         raise ValueError(
-            f"cannot read checkpoint {path}: expected a torch file of tensors and plain data ({reason})"
+            f"cannot read checkpoint {path}: it is empty, truncated or not a torch file; expected a file of tensors "
+            "and plain data written by diffmath.train.training.save_atomic (or torch.save)"
         ) from err
     if not isinstance(ck, dict):
         raise ValueError(f"cannot read checkpoint {path}: expected a dict, got a {type(ck).__name__}")

@@ -123,6 +123,36 @@ def predict_pair(model: Model, x: Tensor, t: Tensor | float, schedule: Schedule,
     return _evaluate(model, x, t, schedule, cond, want=None)
 
 
+_CASTS = {
+    torch.float32: ".float()",
+    torch.float64: ".double()",
+    torch.float16: ".half()",
+    torch.bfloat16: ".bfloat16()",
+}
+
+
+def dtype_mismatch(x_dtype: torch.dtype, param_dtype: torch.dtype, name: str = "x", owner: str = "model") -> str:
+    """The message for a batch in another dtype than a network's parameters, with both remedies (lesson 0, sec. 0.5).
+
+    Parameters
+    ----------
+    x_dtype, param_dtype : torch.dtype
+        The batch's and the parameters' dtypes.
+    name, owner : str
+        What the batch and the network are called in the message.
+
+    Returns
+    -------
+    str
+    """
+    to_x = _CASTS.get(param_dtype, f".to({param_dtype})")
+    to_net = _CASTS.get(x_dtype, f".to({x_dtype})")
+    return (
+        f"{name} has dtype {x_dtype} but the {owner}'s parameters are {param_dtype}; expected {name} in {param_dtype}: "
+        f"pass {name}{to_x}, or convert the {owner} with {owner}{to_net}"
+    )
+
+
 def check_input_dtype(model: Model, x: Tensor) -> None:
     """Refuse a batch whose dtype differs from a network's parameters (lesson 0, sec. 0.5), naming both.
 
@@ -141,10 +171,7 @@ def check_input_dtype(model: Model, x: Tensor) -> None:
     if isinstance(model, nn.Module):
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), x.dtype)
         if dtype != x.dtype:
-            raise TypeError(
-                f"x has dtype {x.dtype} but the model's parameters are {dtype}; expected x in {dtype} "
-                f"(cast x, or the model with .to({x.dtype}))"
-            )
+            raise TypeError(dtype_mismatch(x.dtype, dtype, "x", "model"))
 
 
 def call_model(model: Model, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:

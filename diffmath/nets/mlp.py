@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from diffmath.core._validate import as_tensor, check_batch, check_finite, check_int
+from diffmath.core.models import dtype_mismatch
 from diffmath.core.notation import check_prediction
 
 
@@ -177,9 +178,7 @@ def _check_input(x: object, dtype: torch.dtype, name: str = "x") -> Tensor:
     """A network's input: a finite floating batch (B, ...) in the dtype of the network's parameters."""
     x = check_batch(x, name)
     if x.dtype != dtype:
-        raise TypeError(
-            f"{name} has dtype {x.dtype} but the network's parameters are {dtype}; convert one to the other"
-        )
+        raise TypeError(dtype_mismatch(x.dtype, dtype, name, "network"))
     return x
 
 
