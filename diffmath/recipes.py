@@ -100,6 +100,18 @@ TOY_RECIPES: dict[str, dict] = {
 }
 
 
+def _summary(trained: object) -> str:
+    """One line for a trained model: recipe, network size, schedule, data, steps and last loss (not the tensors)."""
+    params = sum(p.numel() for p in trained.model.parameters())
+    last = f"{trained.losses[-1]:.4g}" if trained.losses else "-"
+    return (
+        f"{type(trained).__name__}({trained.config.get('name', '?')!r}: {type(trained.model).__name__} with "
+        f"{params:,} parameters, predicts {getattr(trained.model, 'prediction', '?')!r}, schedule "
+        f"{trained.schedule.name}, data {tuple(trained.data.shape)}, {len(trained.losses)} steps, last loss {last}, "
+        f"weights {trained.path})"
+    )
+
+
 @dataclass
 class ToyModel:
     """A trained toy model: the (EMA) network, its schedule, its training data, the recipe that made it, the loss curve.
@@ -131,6 +143,9 @@ class ToyModel:
     path: Path
     losses: list[float]
     labels: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        return _summary(self)
 
 
 def _optimiser(config: dict, seed_offset: int = 0) -> dict:
@@ -580,6 +595,9 @@ class ImageModel:
     config: dict
     path: Path
     losses: list[float]
+
+    def __repr__(self) -> str:
+        return _summary(self)
 
     @property
     def cond(self) -> torch.Tensor | None:

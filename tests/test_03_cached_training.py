@@ -97,3 +97,16 @@ def test_objectives_name_their_loss_factories_directly():
     assert isinstance(recipes.objective("flow-matching", get_schedule("rectified-flow")), FlowMatchingLoss)
     with pytest.raises(ValueError, match="unknown objective"):
         recipes.objective("score", get_schedule("rectified-flow"))
+
+
+def test_results_print_a_summary_not_tensors():
+    """print() of a training state or a trained model is one line: the network's size, the recipe, the steps."""
+    from diffmath.core.schedules import su_linear
+    from diffmath.train.training import fit
+
+    st = fit(MLP(2, hidden=8, depth=1, prediction="eps", t_max=1000), torch.randn(64, 2), su_linear(), 3,
+             batch_size=16, progress=False)  # fmt: skip
+    im = recipes.train_image("digits-ddpm", progress=False)
+    for text in (repr(st), repr(im)):
+        assert "\n" not in text and "tensor(" not in text and "parameters" in text, text
+    assert "'digits-ddpm'" in repr(im) and "1200 steps" in repr(im)

@@ -209,6 +209,13 @@ class TrainStep:
     ema: nn.Module | None
     losses: list[float] = field(repr=False, default_factory=list)
 
+    def __repr__(self) -> str:
+        params = sum(p.numel() for p in self.model.parameters())
+        return (
+            f"TrainStep(step={self.step}, loss={self.loss:.4g}, model={type(self.model).__name__} ({params:,} "
+            f"parameters), ema={'kept' if self.ema is not None else 'None'})"
+        )
+
 
 def diffusion_loss(
     model: nn.Module,
