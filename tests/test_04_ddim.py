@@ -87,6 +87,22 @@ def test_ddim_step_is_euler_in_x_over_a():
         torch.testing.assert_close(lhs, (ct.b / ct.a - cs.b / cs.a) * pair.eps, rtol=1e-10, atol=1e-10)
 
 
+def test_ddpm_step_is_not_an_euler_step_of_the_ode():
+    """Only eta = 0 is Euler's method for the ODE (eq. 4.13): the eta = 1 (DDPM) step adds noise of sd sigma > 0 and,
+    even with that noise set to 0, moves x by a different amount than the Euler step (eq. 4.12), by more than half
+    the Euler displacement (median over 100 points) at single steps t -> t - 1 (measured 0.94 at t = 50, 2.6 at 400)."""
+    gmm = td.eight_gaussians_mixture()
+    model = gmm.model(SU, "eps")
+    x = torch.randn(100, 2, generator=torch.Generator().manual_seed(5), dtype=f64)
+    for t in (50.0, 400.0):
+        x_euler, _ = dm.ddim_step(model, x, t, t - 1, SU, eta=0.0)
+        x_ddpm, _ = dm.ddim_step(model, x, t, t - 1, SU, eta=1.0, noise=torch.zeros_like(x))
+        rel = ((x_ddpm - x_euler).norm(dim=1) / (x_euler - x).norm(dim=1)).median().item()
+        assert rel > 0.5, (t, rel)
+        sigma = dm.ddim_coefficients(SU, torch.tensor(t, dtype=f64), torch.tensor(t - 1, dtype=f64), 1.0)[2]
+        assert sigma.item() > 0
+
+
 def test_first_order_convergence_to_the_pf_ode():
     """DDIM with K steps converges to the scipy RK45 (rtol 1e-9) solution of the PF-ODE from the same x_T at first
     order: the log-log slope of the mean error vs K lies in [-1.15, -0.85] (eq. 4.14)."""
