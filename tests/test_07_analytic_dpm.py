@@ -80,8 +80,7 @@ def elbo_table():
 
 def test_analytic_variance_has_the_best_elbo(elbo_table):
     """Eq. 7.9 with the exact mean on the 8-ring (same noise for all choices): analytic <= beta-hat <= beta-tilde at
-    K = 5, 10, 100 (measured 1.60/1.63/2.20, 1.09/1.35/1.99, 0.62/0.73/1.43 nats/dim; notes: 1.58/1.63/2.21,
-    1.13/1.30/1.98, 0.610/0.668/1.41)."""
+    K = 5, 10, 100 (measured 1.60/1.63/2.20, 1.09/1.35/1.99, 0.62/0.73/1.43 nats/dim)."""
     for K, row in elbo_table.items():
         a, up, post = (row[v].value for v in ("analytic", "upper", "posterior"))
         assert a < up < post, (K, a, up, post)

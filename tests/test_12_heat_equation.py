@@ -18,7 +18,7 @@ GRID = torch.stack(torch.meshgrid(*[torch.linspace(-3, 3, 13, dtype=f64)] * 2, i
 @pytest.mark.parametrize("t", [0.3, 1.0])
 def test_noised_mixture_solves_the_heat_equation(t):
     """p_t = p_0 * N(0, t^2 I) solves d_t p = sigma sigma' Lap p (eqs. 12.5, 12.7): finite-difference residual
-    (h = 1e-3) below 1e-5 of max |d_t p| (notes: 1e-5 / 1e-6 at t = 0.3 / 1); with D = sigma' alone (a wrong
+    (h = 1e-3) below 1e-5 of max |d_t p|; with D = sigma' alone (a wrong
     diffusion coefficient) it is O(1)."""
     res = heat_residual(RING, HEAT, GRID, t)
     dp_dt = (RING.noised_log_prob(GRID, 1.0, t + 1e-5).exp() - RING.noised_log_prob(GRID, 1.0, t - 1e-5).exp()) / 2e-5
