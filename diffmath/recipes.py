@@ -276,7 +276,13 @@ def _stored(path: Path, config: dict, keys: tuple[str, ...]) -> dict:
     return stored
 
 
-def train_toy(recipe: str | dict, progress: bool = True, folder: str | Path | None = None) -> ToyModel:
+def train_toy(
+    recipe: str | dict,
+    progress: bool = True,
+    folder: str | Path | None = None,
+    force: bool = False,
+    device: str = "cpu",
+) -> ToyModel:
     r"""Train (or load from the cache) a toy MLP by recipe (lesson 3, eq. 3.14).
 
     The file ``<name>-<hash>.pt`` is looked up, trained and stored under a lock on ``<name>-<hash>.pt.lock``: a
@@ -290,6 +296,10 @@ def train_toy(recipe: str | dict, progress: bool = True, folder: str | Path | No
         Show tqdm progress while training.
     folder : path, optional
         Cache folder (default :func:`cache_dir`).
+    force : bool
+        Delete a stored file of this recipe (and a half-done run's checkpoint) and train again.
+    device : str
+        Where to train (``"cpu"``, ``"cuda"``, ``"auto"``); the stored weights are on the CPU.
 
     Returns
     -------
@@ -310,6 +320,9 @@ def train_toy(recipe: str | dict, progress: bool = True, folder: str | Path | No
         raise ValueError("a recipe must come from toy_recipe(...) (it needs 'name' and 'toy')")
     folder = Path(folder) if folder is not None else cache_dir()
     path = folder / f"{config['name']}-{recipe_hash(config)}.pt"
+    if force:  # the weights and any half-done run's checkpoint
+        path.unlink(missing_ok=True)
+        path.with_suffix(".ckpt").unlink(missing_ok=True)
     schedule = get_schedule(config["schedule"], **config["schedule_kwargs"])
     num_classes = config.get("num_classes", 0)
     data_gen = torch.Generator().manual_seed(config["data_seed"])
@@ -334,13 +347,14 @@ def train_toy(recipe: str | dict, progress: bool = True, folder: str | Path | No
             loss=objective(config.get("objective", "diffusion"), schedule, **config.get("objective_kwargs", {})),
             labels=labels,
             label_dropout=config.get("label_dropout", 0.0),
+            device=device,
         )
         final = state.ema if state.ema is not None else state.model
-        return {"model": final.state_dict(), "losses": state.losses}
+        return {"model": {k: v.cpu() for k, v in final.state_dict().items()}, "losses": state.losses}
 
     stored = cached(path, config, _CACHED, run)
     model.load_state_dict(stored["model"])
-    return ToyModel(model.eval(), schedule, data, config, path, stored["losses"], labels)
+    return ToyModel(model.cpu().eval(), schedule, data, config, path, stored["losses"], labels)
 
 
 def objective(name: str, schedule: Schedule, **kwargs: object):
@@ -679,7 +693,13 @@ def image_setup(config: dict) -> tuple[torch.nn.Module, Schedule, torch.Tensor, 
     return model, schedule, batch.images, batch.labels
 
 
-def train_image(recipe: str | dict, progress: bool = True, folder: str | Path | None = None) -> ImageModel:
+def train_image(
+    recipe: str | dict,
+    progress: bool = True,
+    folder: str | Path | None = None,
+    force: bool = False,
+    device: str = "cpu",
+) -> ImageModel:
     r"""Train (or load) a UNet by image recipe (lesson 20, sec. 20.3; the loop of lesson 3, eq. 3.14).
 
     The weights are looked up first in :data:`COMMITTED` (small models shipped with the package), then in
@@ -696,6 +716,11 @@ def train_image(recipe: str | dict, progress: bool = True, folder: str | Path | 
         Show tqdm progress while training.
     folder : path, optional
         Cache folder (default :func:`cache_dir`).
+    force : bool
+        Ignore a committed file and delete a cached one (and a half-done run's checkpoint): train again, into
+        ``folder``.
+    device : str
+        Where to train (``"cpu"``, ``"cuda"``, ``"auto"``); the stored weights are on the CPU.
 
     Returns
     -------
@@ -717,18 +742,21 @@ def train_image(recipe: str | dict, progress: bool = True, folder: str | Path | 
     model, schedule, data, labels = image_setup(config)
 
     def run(checkpoint: Path) -> dict:
-        *_, state = image_training(config, model, schedule, data, labels, checkpoint, progress)
+        *_, state = image_training(config, model, schedule, data, labels, checkpoint, progress, device)
         final = state.ema if state.ema is not None else state.model
-        weights = {k: v.half() if v.is_floating_point() else v for k, v in final.state_dict().items()}
+        weights = {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in final.state_dict().items()}
         return {"model": weights, "losses": state.losses}
 
     path = COMMITTED / filename
-    if path.exists():  # shipped with the package: read only, no lock
+    if force:  # the cached weights and any half-done run's checkpoint
+        (folder / filename).unlink(missing_ok=True)
+        (folder / filename).with_suffix(".ckpt").unlink(missing_ok=True)
+    if path.exists() and not force:  # shipped with the package: read only, no lock
         stored = _stored(path, config, _CACHED)
     else:
         path = folder / filename
         stored = cached(path, config, _CACHED, run)
-    model.load_state_dict({k: v.float() for k, v in stored["model"].items()})
+    model.cpu().load_state_dict({k: v.float() for k, v in stored["model"].items()})
     return ImageModel(model.eval(), schedule, data, labels, config, path, stored["losses"])
 
 
@@ -740,6 +768,7 @@ def image_training(
     labels: dict[str, torch.Tensor],
     checkpoint: str | Path | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> Iterator[TrainStep]:
     r"""The training run of an image recipe, step by step: :func:`~diffmath.train.training.train` with the recipe's
     objective and settings (lesson 20, sec. 20.3; lesson 3, eq. 3.14).
@@ -754,6 +783,8 @@ def image_training(
         Checkpoint file (every ``config["checkpoint_every"]`` steps; an existing one is resumed).
     progress : bool
         Show a tqdm bar.
+    device : str
+        Where to train.
 
     Yields
     ------
@@ -778,6 +809,7 @@ def image_training(
         labels=_condition(config, labels),
         label_dropout=config["label_dropout"],
         dropout_per_label=config.get("dropout_per_label", False),
+        device=device,
     )
 
 

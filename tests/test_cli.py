@@ -69,3 +69,33 @@ def test_make_demo_writes_only_ignored_files():
     for out in outs:
         ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", out])
         assert ignored.returncode == 0, f"{out} is not git-ignored: make demo would dirty the checkout"
+
+
+def test_cli_version_and_help():
+    from diffmath import __version__
+
+    out = subprocess.run([sys.executable, "-m", "diffmath", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == f"diffmath {__version__}"
+    out = subprocess.run([sys.executable, "-m", "diffmath", "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--steps" in out.stdout and "(default: cpu)" in out.stdout
+
+
+def test_cli_train_says_what_it_did(tmp_path, monkeypatch, capsys):
+    """The recipe table shows where weights are; ``train`` says whether it trained, resumed or loaded."""
+    monkeypatch.setenv("DIFFMATH_CACHE", str(tmp_path))
+    assert main(["train"]) == 0
+    table = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in table.splitlines()[1:] if line.strip() and "cache folder" not in line}
+    assert "committed" in rows["shapes-ddpm"] and "not trained" in rows["eight-gaussians-ddpm"]
+    assert f"cache folder: {tmp_path}" in table
+    args = ["train", "eight-gaussians-ddpm", "--steps", "40", "--no-progress"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "eight-gaussians-ddpm: trained; 40 steps" in first and str(tmp_path) in first
+    assert main(args) == 0
+    assert "loaded from the cache; 40 steps" in capsys.readouterr().out
+    assert main([*args, "--force"]) == 0
+    assert "eight-gaussians-ddpm: trained; 40 steps" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as err:
+        main(["train", "eight-gaussians-ddpm", "--steps", "0"])
+    assert err.value.code == 2 and "--steps must be a positive integer" in capsys.readouterr().err
