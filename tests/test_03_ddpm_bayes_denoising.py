@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from modes import widths_within
 
 import diffmath as dm
 import toydata as td
@@ -80,8 +81,10 @@ def test_ddpm_mean_is_posterior_mean_at_tweedie():
 
 
 def test_ancestral_sampling_with_exact_eps_restores_the_ring():
-    """1000 DDPM steps with the exact eps on the 8-Gaussian ring (sd 0.15, radius 2): every mode weight 1/8 +- 0.02
-    and MMD^2 (RBF bw 0.3, N = 3000) below 2e-3."""
+    """1000 DDPM steps with the exact eps on the 8-Gaussian ring (sd 0.15, radius 2): every mode weight 1/8 +- 0.02,
+    MMD^2 (RBF bw 0.3, N = 3000) below 2e-3, and every mode's SD within 4 standard errors of 0.15 (about 750
+    samples a mode, SE 0.0027; a ring of sd 0.20 is 18 SE away, see the next test). Measured at N = 30000 (seed 50):
+    pooled SD 0.1476 +- 0.0004, 1.6% narrow, well inside the per-mode tolerance."""
     gmm, sched = td.eight_gaussians_mixture(), dm.su_linear(1000)
     g = torch.Generator().manual_seed(5)
     x = dm.sample(
@@ -90,3 +93,19 @@ def test_ancestral_sampling_with_exact_eps_restores_the_ring():
     w = mode_weights(gmm, x)
     assert (w - 1 / 8).abs().max() < 0.02, w
     assert mmd_rbf(x[:3000], gmm.sample(3000, g, dtype=f64), bandwidth=0.3) < 2e-3
+    ok, spread = widths_within(gmm, x, 0.15, n_se=4)
+    assert ok, spread
+
+
+def test_the_mode_width_check_sees_what_mmd_misses():
+    """The per-mode SD check of the sampling tests accepts exact ring samples (sd 0.15) and rejects a ring whose
+    modes have sd 0.20 (every mode more than 10 SE away at N = 6000), while the MMD^2 bound of lesson 7's sampling
+    test (5e-3) passes that wider ring: MMD^2 averages over the whole distribution and hardly sees a mode width."""
+    gmm, wide = td.eight_gaussians_mixture(), td.eight_gaussians_mixture(std=0.20)
+    g = torch.Generator().manual_seed(0)
+    assert widths_within(gmm, gmm.sample(6000, g, dtype=f64), 0.15, n_se=4)[0]
+    x = wide.sample(6000, g, dtype=f64)
+    ok, spread = widths_within(gmm, x, 0.15, n_se=4)
+    assert not ok and ((spread.sd - 0.15) / spread.se > 10).all(), spread
+    assert (mode_weights(gmm, x) - 1 / 8).abs().max() < 0.02
+    assert mmd_rbf(x[:3000], gmm.sample(3000, g, dtype=f64), bandwidth=0.3) < 5e-3
