@@ -6,7 +6,9 @@ $p(x_0\mid x_t)$ (lesson 7, eq. 7.2). Matching its mean and its isotropic varian
 $$p(x_s\mid x_t) \approx \mathcal N\big(c_t x_t + c_0\,\mu(x_t),\ (\sigma^2 + c_0^2\,\bar s_t^2)\,I\big),
 \qquad \bar s_t^2 = \tfrac1d\,\mathbb E\operatorname{tr}\operatorname{Cov}[x_0\mid x_t],$$
 
-where $c_t, c_0, \sigma$ are the posterior's coefficients (lesson 3, eq. 3.8) and $\mu = \mathbb E[x_0\mid x_t]$. This
+where $c_t, c_0, \sigma$ are the posterior's coefficients (lesson 3, eq. 3.8) and $\mu = \mathbb E[x_0\mid x_t]$; for
+any member of the DDIM family (fresh noise $\sigma \le b_s$, lesson 4) $c_0$ becomes $\lambda_\sigma$ and the correction
+$\lambda_\sigma^2\bar s_t^2$ stays even at $\sigma = 0$ (lesson 7, eqs. 7.11-7.12). This
 module estimates $\bar s_t^2$ three ways (eqs. 7.5-7.7), learns a per-point version (NPR, lesson 8, eq. 8.4), scores
 a (mean, variance) choice by its negative ELBO in nats per dimension (eq. 7.9) and samples with it.
 """
@@ -258,18 +260,24 @@ def reverse_step_variance(
     s: Tensor | float,
     kind: str = "analytic",
     sbar2: Tensor | float | None = None,
+    eta: float = 1.0,
 ) -> Tensor:
-    r"""Variance of the reverse step $t \to s$ for any subsequence (lesson 7, eqs. 7.3-7.4).
+    r"""Variance of the reverse step $t \to s$ for any subsequence (lesson 7, eqs. 7.3-7.4 and 7.11-7.12).
 
     With the transition $s\to t$ ($\alpha = a_t/a_s$, $\beta^2 = b_t^2 - \alpha^2 b_s^2$) and the posterior
-    coefficients $c_0 = a_s\beta^2/b_t^2$, $\sigma^2 = b_s^2\beta^2/b_t^2$:
+    coefficients $c_0 = a_s\beta^2/b_t^2$, $\tilde\sigma^2 = b_s^2\beta^2/b_t^2$:
 
-    - ``"posterior"`` ($\tilde\beta$): $\sigma^2$, right when the data is a single point;
+    - ``"posterior"`` ($\tilde\beta$): $\tilde\sigma^2$, right when the data is a single point;
     - ``"upper"`` ($\hat\beta$): $\beta^2$, right when the data is standard normal;
-    - ``"analytic"``: $\sigma^2 + c_0^2\bar s_t^2$, the best isotropic choice (Bao et al.'s Analytic-DPM).
+    - ``"analytic"``: the best isotropic variance for the DDIM-family kernel with fresh noise $\sigma = \eta\tilde\sigma$
+      (lesson 4, eqs. 4.5 and 4.9), $v = \sigma^2 + \lambda_\sigma^2\bar s_t^2$ with
+      $\lambda_\sigma = a_s - a_t\sqrt{b_s^2 - \sigma^2}/b_t$ (eq. 7.12). At $\eta = 1$, $\lambda_\sigma = c_0$ and
+      this is Bao et al.'s Analytic-DPM, $\tilde\sigma^2 + c_0^2\bar s_t^2$ (eq. 7.4); at $\eta = 0$ (DDIM) it is
+      $\lambda_0^2\bar s_t^2 > 0$, Analytic-DDIM.
 
-    On a step into $b_s = 0$ (the data end) $\sigma^2 = 0$ makes the Gaussian decoder degenerate; ``"posterior"``
-    then takes $\beta^2$ there, as Ho et al.'s decoder does, while ``"analytic"`` gives $\bar s_t^2$ (here $c_0 = 1$).
+    On a step into $b_s = 0$ (the data end) $\tilde\sigma^2 = 0$ makes the Gaussian decoder degenerate; ``"posterior"``
+    then takes $\beta^2$ there, as Ho et al.'s decoder does, while ``"analytic"`` gives $\bar s_t^2$ (here
+    $\lambda_\sigma = 1$).
 
     Parameters
     ----------
@@ -281,6 +289,9 @@ def reverse_step_variance(
         The choice (see :data:`VARIANCES`).
     sbar2 : float or Tensor, optional
         $\bar s_t^2$ (scalar, per step, or per point and dimension); needed for ``"analytic"``.
+    eta : float
+        For ``"analytic"``: the DDIM-family member, $\sigma = \eta\tilde\sigma$ with $0 \le \eta \le 1$ (1: the
+        posterior, DDPM; 0: deterministic DDIM). The other kinds take only ``eta = 1``.
 
     Returns
     -------
@@ -290,20 +301,60 @@ def reverse_step_variance(
     Raises
     ------
     ValueError
-        If ``kind`` is unknown, ``"analytic"`` gets no ``sbar2`` or one that is negative or not finite, ``s >= t``,
-        or a time lies outside the schedule's range.
+        If ``kind`` is unknown, ``"analytic"`` gets no ``sbar2`` or one that is negative or not finite, ``eta`` lies
+        outside $[0, 1]$ (or is not 1 for another kind), ``s >= t``, or a time lies outside the schedule's range.
     """
     check_choice(kind, "kind", VARIANCES)
+    eta = _check_eta(eta, kind)
     post = posterior(schedule, t, s)
-    ct = schedule.coefficients(as_tensor(t, "t"))
-    beta2 = (post.coef_x0 / schedule.coefficients(as_tensor(s, "s")).a) * ct.b**2
+    ct, cs = schedule.coefficients(as_tensor(t, "t")), schedule.coefficients(as_tensor(s, "s"))
+    beta2 = (post.coef_x0 / cs.a) * ct.b**2
     if kind == "upper":
         return beta2
     if kind == "posterior":
         return torch.where(post.std > 0, post.std**2, beta2)
     if sbar2 is None:
         raise ValueError('the "analytic" variance needs sbar2 (see sbar2_estimate or exact_sbar2)')
-    return post.std**2 + post.coef_x0**2 * check_coefficient(sbar2, "sbar2", beta2)
+    lam = _ddim_family(ct.a, ct.b, cs.a, cs.b, beta2, eta)[1]
+    return eta**2 * post.std**2 + lam**2 * check_coefficient(sbar2, "sbar2", beta2)
+
+
+def _ddim_family(a_t: Tensor, b_t: Tensor, a_s: Tensor, b_s: Tensor, beta2: Tensor, eta: float):
+    r"""The DDIM-family kernel $q_\sigma(x_s\mid x_t, x_0) = \mathcal N(\kappa x_t + \lambda x_0, \sigma^2 I)$ with
+    $\sigma = \eta\tilde\sigma$ (lesson 4, eqs. 4.5 and 4.9; lesson 7, eq. 7.11), as $(\kappa, \lambda, \sigma^2)$.
+
+    $\kappa = b_s\sqrt{b_t^2 - \eta^2\beta^2}/b_t^2$ and, free of the cancellation in $a_s - a_t\kappa$,
+    $\lambda = \beta^2(a_s^2b_t^2 + \eta^2a_t^2b_s^2)\,/\,\big(b_t^2(a_sb_t^2 + a_tb_s\sqrt{b_t^2 - \eta^2\beta^2})\big)$
+    (at $\eta = 1$: $\lambda = a_s\beta^2/b_t^2 = c_0$ of eq. 3.8).
+
+    Parameters
+    ----------
+    a_t, b_t, a_s, b_s : Tensor
+        The schedule at the step's two times.
+    beta2 : Tensor
+        $\beta^2 = b_t^2 - (a_t/a_s)^2b_s^2$, the transition's variance.
+    eta : float
+        In $[0, 1]$.
+
+    Returns
+    -------
+    (kappa, lam, sigma2) : tuple of Tensor
+    """
+    root = torch.sqrt(torch.clamp(b_t**2 - eta**2 * beta2, min=0))
+    kappa = b_s * root / b_t**2
+    lam = beta2 * (a_s**2 * b_t**2 + eta**2 * a_t**2 * b_s**2) / (b_t**2 * (a_s * b_t**2 + a_t * b_s * root))
+    return kappa, lam, eta**2 * b_s**2 * beta2 / b_t**2
+
+
+def _check_eta(eta: object, kind: str) -> float:
+    eta = check_positive(eta, "eta", allow_zero=True)
+    if kind != "analytic" and eta != 1:
+        raise ValueError(
+            f'eta selects a DDIM-family member for the "analytic" variance only; got eta={eta} for "{kind}"'
+        )
+    if eta > 1:
+        raise ValueError(f"eta must lie in [0, 1] (the fresh noise may not exceed the posterior's), got {eta}")
+    return eta
 
 
 def _step_variance(schedule, t, s, kind, sbar2, k, xt) -> Tensor:
@@ -416,12 +467,14 @@ def analytic_ddpm(
     cond: Tensor | None = None,
     *,
     noise: Noise = None,
+    eta: float = 1.0,
 ) -> Iterator[SamplerStep]:
     r"""Ancestral sampling with the posterior mean and a chosen reverse variance (lesson 7, eq. 7.2):
     $x_s = c_t x_t + c_0\hat x_0(x_t) + \sqrt v\,z$ with $v$ from :func:`reverse_step_variance`.
 
     ``variance="posterior"`` is DDPM (lesson 3) on any subsequence; ``"analytic"`` with $\bar s^2$ is Analytic-DPM,
-    and with an :class:`NPRVariance` as ``sbar2`` it is NPR-DPM (lesson 8). The last step returns $\hat x_0$
+    and with an :class:`NPRVariance` as ``sbar2`` it is NPR-DPM (lesson 8). With ``eta < 1`` the mean is the DDIM
+    family's $\kappa x_t + \lambda\hat x_0$ instead (lesson 7, eq. 7.12). The last step returns $\hat x_0$
     (no noise is added at the data end).
 
     Parameters
@@ -445,6 +498,10 @@ def analytic_ddpm(
     noise : Noise, optional
         Injected $z$ instead of ``generator``'s draws (:func:`~diffmath.sampling.samplers.noise_source`): one per step, step
         ``k`` uses draw ``k`` and the last step (into the data) none.
+    eta : float
+        For ``"analytic"``: the DDIM-family member whose kernel is averaged, $\sigma = \eta\tilde\sigma$ in
+        $[0, 1]$; ``eta=0`` is Analytic-DDIM, the deterministic DDIM mean with variance $\lambda_0^2\bar s_t^2$
+        (eq. 7.12).
 
     Yields
     ------
@@ -460,14 +517,16 @@ def analytic_ddpm(
         loop name the step).
     """
     grid = _check_chain(grid, schedule, variance, sbar2)
-    rule = ddim_rule(1.0) if variance == "posterior" else ancestral_rule(variance, sbar2)  # posterior = DDPM (eq. 4.9)
+    eta = _check_eta(eta, variance)
+    rule = ddim_rule(1.0) if variance == "posterior" else ancestral_rule(variance, sbar2, eta)  # posterior: eq. 4.9
     yield from run(model, x, grid, schedule, rule, cond=cond, noise=generator if noise is None else noise)
 
 
-def ancestral_rule(variance: str = "analytic", sbar2: SBar2 | None = None) -> Rule:
-    r"""The ancestral step with the posterior mean and a chosen reverse variance (lesson 7, eq. 7.2) as a rule of the
-    one loop: mean $c_t x_t + c_0\hat x_0$, variance $v$ of :func:`reverse_step_variance`; the last step returns
-    $\hat x_0$.
+def ancestral_rule(variance: str = "analytic", sbar2: SBar2 | None = None, eta: float = 1.0) -> Rule:
+    r"""The ancestral step with the mean of the true reverse step and a chosen variance (lesson 7, eqs. 7.2 and 7.12)
+    as a rule of the one loop: mean $\kappa x_t + \lambda\hat x_0$ of the DDIM-family kernel with $\sigma =
+    \eta\tilde\sigma$ (the posterior's $c_t x_t + c_0\hat x_0$ at $\eta = 1$), variance $v$ of
+    :func:`reverse_step_variance`; the last step returns $\hat x_0$.
 
     Parameters
     ----------
@@ -476,6 +535,8 @@ def ancestral_rule(variance: str = "analytic", sbar2: SBar2 | None = None) -> Ru
         :func:`~diffmath.sampling.samplers.ddim_rule`).
     sbar2 : Tensor of shape (K,) or callable, optional
         For ``"analytic"``: $\bar s^2$ per step, or ``sbar2(x, t)`` (e.g. an :class:`NPRVariance`).
+    eta : float
+        For ``"analytic"``: the DDIM-family member, in $[0, 1]$ (0: Analytic-DDIM, eq. 7.12).
 
     Returns
     -------
@@ -485,10 +546,11 @@ def ancestral_rule(variance: str = "analytic", sbar2: SBar2 | None = None) -> Ru
     Raises
     ------
     ValueError
-        If ``variance`` is unknown or ``"analytic"`` gets no ``sbar2``; a step raises it when $\bar s^2$ is negative
-        or not finite.
+        If ``variance`` is unknown, ``"analytic"`` gets no ``sbar2``, or ``eta`` is outside $[0, 1]$ (or not 1 for
+        ``"upper"``); a step raises it when $\bar s^2$ is negative or not finite.
     """
     check_choice(variance, "variance", ("upper", "analytic"))
+    eta = _check_eta(eta, variance)
     if variance == "analytic" and sbar2 is None:
         raise ValueError('the "analytic" variance needs sbar2 (see sbar2_estimate or exact_sbar2)')
 
@@ -497,17 +559,18 @@ def ancestral_rule(variance: str = "analytic", sbar2: SBar2 | None = None) -> Ru
             return pair.x0, 0.0, state
         ratio = step.a_t / step.a_s
         beta2 = max(step.b_t**2 - ratio**2 * step.b_s**2, 0.0)  # the one-step variance ("upper")
-        coef_xt, coef_x0 = ratio * step.b_s**2 / step.b_t**2, step.a_s * beta2 / step.b_t**2
-        mean = coef_xt * x + coef_x0 * pair.x0
         if variance == "upper":
+            mean = ratio * step.b_s**2 / step.b_t**2 * x + step.a_s * beta2 / step.b_t**2 * pair.x0
             return mean, math.sqrt(beta2), state
-        post_var = step.b_s**2 * beta2 / step.b_t**2
+        coefs = (torch.tensor(v, dtype=torch.float64) for v in (step.a_t, step.b_t, step.a_s, step.b_s, beta2))
+        kappa, lam, sigma2 = (v.item() for v in _ddim_family(*coefs, eta))
+        mean = kappa * x + lam * pair.x0
         if callable(sbar2):
             sb = sbar2(x, torch.full((x.shape[0],), step.t, dtype=x.dtype, device=x.device))
         else:
             sb = sbar2[step.index]
         sb = check_coefficient(sb, "sbar2", x)
-        return mean, per_sample(post_var + coef_x0**2 * sb, x, "variance").sqrt(), state
+        return mean, per_sample(sigma2 + lam**2 * sb, x, "variance").sqrt(), state
 
     return rule
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from modes import mode_spread, widths_within
 
 import diffmath as dm
 import toydata as td
@@ -110,20 +111,86 @@ def test_analytic_and_beta_hat_tie_at_full_length():
     assert abs(gap) < 0.05 and res["posterior"].value - res["upper"].value > 0.5
 
 
-def test_analytic_ddpm_samples_the_ring_in_ten_steps():
-    """Ancestral sampling with the analytic variance (eq. 7.2) and the exact mean, K = 10: mode weights within
-    0.03 of 1/8 and MMD^2 < 5e-3 against fresh data (beta-tilde DDPM at K = 10 is included in the same run for
-    comparison, as a smoke check that it runs)."""
-    g = torch.Generator().manual_seed(10)
-    grid = SCHED.grid(10)
-    sbar2 = exact_sbar2(RING, grid[:-1], SCHED, 2000, g).value
-    x = torch.randn(3000, 2, generator=g, dtype=torch.float64)
-    *_, last = analytic_ddpm(EXACT, x, grid, SCHED, "analytic", sbar2, g)
-    w = dm.metrics.mode_weights(RING, last.x)
-    assert (w - 1 / 8).abs().max() < 0.03
-    assert dm.metrics.mmd_rbf(last.x, _data(3000, seed=11)) < 5e-3
-    *_, ddpm = analytic_ddpm(EXACT, x, grid, SCHED, "posterior", None, g)
-    assert torch.isfinite(ddpm.x).all()
+@pytest.fixture(scope="module")
+def ring_samples():
+    """Ancestral samples of the ring with the exact mean, K = 10 and 20 steps, N = 6000, the same x_T and the same
+    noise for every variance choice (paired)."""
+    out = {}
+    for K in (10, 20):
+        g = torch.Generator().manual_seed(10)
+        grid = SCHED.grid(K)
+        sbar2 = exact_sbar2(RING, grid[:-1], SCHED, 2000, g).value
+        x = torch.randn(6000, 2, generator=g, dtype=torch.float64)
+        for v in VARIANCES:
+            sb = sbar2 if v == "analytic" else None
+            *_, last = analytic_ddpm(EXACT, x, grid, SCHED, v, sb, torch.Generator().manual_seed(11))
+            out[K, v] = last.x
+        out[K, "ddim"] = dm.sample(EXACT, x, grid, SCHED, 0.0)
+        *_, last = analytic_ddpm(EXACT, x, grid, SCHED, "analytic", sbar2, torch.Generator().manual_seed(11), eta=0.0)
+        out[K, "analytic-ddim"] = last.x
+    return out
+
+
+def test_variance_choices_set_the_mode_width(ring_samples):
+    """Ancestral sampling with the exact mean, K = 20, paired: the analytic variance (eq. 7.4) gives every mode an SD
+    within 4 SE of 0.15 (about 750 samples a mode, SE 0.004); beta-hat makes the modes wider and beta-tilde
+    narrower, each by more than 4 SE of the pooled SD (measured 0.149, 0.170, 0.124, pooled SE 0.0014). Mode weights
+    and MMD^2 cannot tell the three apart: all three put every weight within 0.03 of 1/8 and have MMD^2 < 5e-3."""
+    fresh = _data(3000, seed=11)
+    for v in VARIANCES:
+        x = ring_samples[20, v]
+        assert (dm.metrics.mode_weights(RING, x) - 1 / 8).abs().max() < 0.03, v
+        assert dm.metrics.mmd_rbf(x[:3000], fresh) < 5e-3, v
+    ok, spread = widths_within(RING, ring_samples[20, "analytic"], 0.15, n_se=4)
+    assert ok, spread
+    up, post = (mode_spread(RING, ring_samples[20, v]) for v in ("upper", "posterior"))
+    assert up.pooled_sd > 0.15 + 4 * up.pooled_se, up
+    assert post.pooled_sd < 0.15 - 4 * post.pooled_se, post
+
+
+def test_ten_steps_widen_the_modes_for_every_variance(ring_samples):
+    """What K = 10 can distinguish: nothing by width. With the exact mean, each of the three variances, and DDIM
+    without noise, gives modes wider than 0.15 by more than 4 SE of the pooled SD (measured 0.187, 0.199, 0.196 and
+    DDIM 0.189, SE 0.002): at steps of 100 the error is the mean's discretisation, which no variance repairs."""
+    for v in (*VARIANCES, "ddim"):
+        spread = mode_spread(RING, ring_samples[10, v])
+        assert spread.pooled_sd > 0.15 + 4 * spread.pooled_se, (v, spread)
+
+
+@pytest.mark.parametrize(("t", "s"), [(600.0, 300.0), (200.0, 100.0), (50.0, 10.0)])
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_the_analytic_variance_of_the_ddim_family(t, s, eta):
+    """Eqs. 7.11-7.12 by Monte Carlo: draw x0 from the ring, x_t = a_t x0 + b_t eps and x_s from the DDIM-family kernel
+    as lesson 4 writes it, a_s x0 + sqrt(b_s^2 - sigma^2) eps + sigma z (eq. 4.6), and take the true reverse mean
+    from ddim_step with the exact model and no noise. E||x_s - mean||^2 / d equals
+    reverse_step_variance(..., eta) = sigma^2 + lambda^2 sbar^2 within 4 SE (N = 20000, both estimates' SEs), and at
+    eta = 0 (sigma = 0: DDIM) it is positive by more than 10 SE: the correction survives a deterministic kernel."""
+    N, g = 20_000, torch.Generator().manual_seed(int(t + s + 10 * eta))
+    t_, s_ = torch.tensor(t, dtype=torch.float64), torch.tensor(s, dtype=torch.float64)
+    ct, cs = SCHED.coefficients(t_), SCHED.coefficients(s_)
+    sigma = dm.ddim_coefficients(SCHED, t_, s_, eta)[2]
+    x0, eps = _data(N, seed=int(t)), torch.randn(N, 2, generator=g, dtype=torch.float64)
+    x_t = ct.a * x0 + ct.b * eps
+    x_s = cs.a * x0 + (cs.b**2 - sigma**2).sqrt() * eps + sigma * torch.randn(N, 2, generator=g, dtype=torch.float64)
+    mean, _ = dm.ddim_step(EXACT, x_t, t, s, SCHED, eta=eta, noise=torch.zeros_like(x_t))
+    r2 = ((x_s - mean) ** 2).mean(1)
+    sb = exact_sbar2(RING, t, SCHED, N, g)
+    v = reverse_step_variance(SCHED, t, s, "analytic", sb.value, eta)
+    lam2 = (v - sigma**2) / sb.value
+    se = (r2.var() / N + lam2**2 * sb.se**2).sqrt()
+    assert abs(r2.mean() - v) < 4 * se, (r2.mean(), v, se)
+    if eta == 0:
+        assert sigma == 0 and v > 10 * se
+
+
+def test_analytic_ddim_restores_the_width_that_ddim_loses(ring_samples):
+    """Eq. 7.12 in sampling, K = 20, paired with DDIM: the deterministic DDIM (eta = 0) with the exact mean makes the
+    modes too narrow (pooled SD more than 4 SE below 0.15; measured 0.133), while the same mean with the variance
+    lambda_0^2 sbar^2 (Analytic-DDIM) gives every mode an SD within 4 SE of 0.15 (measured pooled 0.1475)."""
+    ddim = mode_spread(RING, ring_samples[20, "ddim"])
+    assert ddim.pooled_sd < 0.15 - 4 * ddim.pooled_se, ddim
+    ok, spread = widths_within(RING, ring_samples[20, "analytic-ddim"], 0.15, n_se=4)
+    assert ok, spread
 
 
 def test_variance_bad_input():
@@ -138,6 +205,12 @@ def test_variance_bad_input():
         reverse_step_variance(SCHED, 10.0, 5.0, "analytic")
     with pytest.raises(ValueError, match="s < t"):
         reverse_step_variance(SCHED, 10.0, 10.0, "upper")
+    with pytest.raises(ValueError, match=r"eta must lie in \[0, 1\]"):
+        reverse_step_variance(SCHED, 10.0, 5.0, "analytic", 0.1, eta=1.5)
+    with pytest.raises(ValueError, match='analytic" variance only'):
+        reverse_step_variance(SCHED, 10.0, 5.0, "upper", eta=0.5)
+    with pytest.raises(ValueError, match="non-negative"):
+        list(analytic_ddpm(EXACT, x0, SCHED.grid(5), SCHED, "analytic", torch.ones(5), eta=-0.1))
     with pytest.raises(ValueError, match=r"shape \(K,\)"):
         neg_elbo(EXACT, x0, SCHED.grid(5), SCHED, "analytic", torch.ones(4))
     with pytest.raises(ValueError, match="end at t = 0"):
