@@ -11,7 +11,7 @@ Layers (used by every lesson)
     guide       guidance and composition; AMDM, Z-Magic, Dig2DIG, constrained composition                  lessons 9, 21-24
 
 Chapters
-    ddpm 1-3 · sde 5 · ode 6 · variance 7-8 · udm, masking 10-11 · heat 12 · pfgm 13 · greens 14 · flows 15, 17
+    ddpm 1-3 · sde 5 · ode, solvers 6 · variance 7-8 · udm, masking 10-11 · heat 12 · pfgm 13 · greens 14 · flows 15, 17
     w2bound 16 · scorematching 18 · gradflow 19 · recipes, metrics, fusion, compare 20-23 · plots (figures)
 
 Start with ``help(diffmath.sampling.loop)`` (how every sampler runs) and the README's "In five lines".
@@ -20,7 +20,7 @@ Start with ``help(diffmath.sampling.loop)`` (how every sampler runs) and the REA
 # the layers (subpackages) first, then the chapter modules that read like the lessons
 from diffmath import core, exact, guide, nets, sampling, train  # isort: skip
 from diffmath import compare, ddpm, flows, gradflow, greens, heat, masking, metrics, ode, pfgm  # isort: skip
-from diffmath import plots, recipes, scorematching, sde, udm, variance, w2bound  # isort: skip
+from diffmath import plots, recipes, scorematching, sde, solvers, udm, variance, w2bound  # isort: skip
 from diffmath.core.models import Model, check_model, predict, predict_pair
 from diffmath.core.notation import PREDICTIONS, Pair, convert, from_pair, to_pair
 from diffmath.core.schedules import (
@@ -90,6 +90,7 @@ __all__ = [
     "sampling",
     "scorematching",
     "sde",
+    "solvers",
     "su_linear",
     "to_pair",
     "train",

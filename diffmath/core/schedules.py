@@ -204,6 +204,7 @@ class Schedule:
         t_start: float | None = None,
         t_end: float = 0.0,
         rho: float = 7.0,
+        t_min: float | None = None,
     ) -> Tensor:
         r"""A decreasing time grid from ``t_start`` (default $t_{\max}$) to ``t_end`` (lesson 0, sec. 0.4).
 
@@ -211,17 +212,22 @@ class Schedule:
         ----------
         num_steps : int
             Number of intervals; the grid has ``num_steps + 1`` points and its last point is ``t_end``.
-        spacing : {"uniform", "quadratic", "karras", "log-snr"}
+        spacing : {"uniform", "quadratic", "karras", "log-snr", "power"}
             ``"uniform"`` in $t$; ``"quadratic"``: uniform in $\sqrt{t}$ (the DDIM paper's grid, denser near the
             data); ``"karras"``: the noise-to-signal ratio $\sigma = b/a$ uniform in $\sigma^{1/\rho}$ from
-            $\sigma(t_{\rm start})$ to $\sigma(t_1)$, then ``t_end`` (Karras et al.; lesson 0, sec. 0.4);
-            ``"log-snr"``: uniform in $\lambda = \log(a/b)$ over the same range (DPM-Solver's grid). For the last
-            two, $t_1$ is the schedule's first step above ``t_end`` on a discrete schedule, or
-            ``t_end + 1e-3 (t_start - t_end)`` on a continuous one.
+            $\sigma(t_{\rm start})$ to $\sigma(t_1)$, then ``t_end`` (Karras et al.; lesson 0, sec. 0.4;
+            lesson 6, eq. 6.29); ``"log-snr"``: uniform in $\lambda = \log(a/b)$ over the same range (DPM-Solver's
+            grid). For these two, $t_1$ is ``t_min`` if given, else the schedule's first step above ``t_end`` on a
+            discrete schedule, or ``t_end + 1e-3 (t_start - t_end)`` on a continuous one. ``"power"``: uniform in
+            $(t - t_1)^{1/\rho}$ from ``t_start`` to $t_1$ = ``t_min``, then ``t_end`` (lesson 6, eq. 6.30); without
+            ``t_min``, uniform in $(t - t_{\rm end})^{1/\rho}$ down to ``t_end`` ($\rho = 2$ is ``"quadratic"``).
         t_start, t_end : float
             End points, ``t_start > t_end``.
         rho : float
-            Exponent of the Karras grid.
+            Exponent of the Karras and power grids, $\rho > 0$.
+        t_min : float, optional
+            The grid's smallest time above ``t_end`` for ``"karras"``, ``"log-snr"`` and ``"power"``,
+            ``t_end < t_min < t_start`` (``num_steps >= 2``).
 
         Returns
         -------
@@ -233,8 +239,9 @@ class Schedule:
         ValueError
             If ``num_steps`` is not a positive integer (or exceeds the integer steps of a discrete schedule),
             ``t_start`` or ``t_end`` lies outside the schedule's time range, ``t_start <= t_end``, ``spacing`` is
-            unknown, $b/a$ is infinite at ``t_start`` (``"karras"``, ``"log-snr"``), or the grid is not strictly
-            decreasing.
+            unknown, $b/a$ is infinite at ``t_start`` (``"karras"``, ``"log-snr"``), ``rho`` is not a finite number
+            > 0, ``t_min`` is not inside ``(t_end, t_start)`` (or comes with one step, or with another spacing), or
+            the grid is not strictly decreasing.
         """
         if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
@@ -246,13 +253,28 @@ class Schedule:
             raise ValueError(
                 f"num_steps={num_steps} exceeds the {int(t0 - t_end)} integer steps in [{t_end:g}, {t0:g}]"
             )
+        if not isinstance(rho, (int, float)) or isinstance(rho, bool) or not 0 < rho < math.inf:
+            raise ValueError(f"rho must be a finite number > 0, got {rho!r}")
+        if t_min is not None:
+            if spacing not in ("karras", "log-snr", "power"):
+                raise ValueError(f"t_min applies to the 'karras', 'log-snr' and 'power' grids, not {spacing!r}")
+            if not isinstance(t_min, (int, float)) or isinstance(t_min, bool) or not t_end < t_min < t0:
+                raise ValueError(f"t_min must lie strictly between t_end={t_end:g} and t_start={t0:g}, got {t_min!r}")
+            if num_steps < 2:
+                raise ValueError("a grid with t_min needs num_steps >= 2 (t_start, t_min, t_end)")
         u = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
         if spacing == "uniform":
             g = t_end + (t0 - t_end) * u
         elif spacing == "quadratic":
             g = t_end + (t0 - t_end) * u**2
+        elif spacing == "power" and t_min is None:
+            g = t_end + (t0 - t_end) * u**rho
+        elif spacing == "power":
+            v = torch.linspace(1.0, 0.0, num_steps, dtype=torch.float64)
+            g = torch.cat([t_min + (t0 - t_min) * v**rho, torch.tensor([float(t_end)], dtype=torch.float64)])
         elif spacing in ("karras", "log-snr"):
             t1 = t_end + 1.0 if self.discrete else t_end + 1e-3 * (t0 - t_end)
+            t1 = t1 if t_min is None else float(t_min)
             s_hi, s_lo = (self.sigma(torch.tensor(v, dtype=torch.float64)) for v in (t0, t1))
             if not torch.isfinite(s_hi):
                 raise ValueError(f"b/a is infinite at t_start={t0:g} (a = 0): pass a smaller t_start")
@@ -265,7 +287,7 @@ class Schedule:
             g = torch.cat([self.t_of_sigma(sig, t1, t0), torch.tensor([float(t_end)], dtype=torch.float64)])
             g[0] = t0
         else:
-            raise ValueError(f"spacing must be 'uniform', 'quadratic', 'karras' or 'log-snr', got {spacing!r}")
+            raise ValueError(f"spacing must be 'uniform', 'quadratic', 'karras', 'log-snr' or 'power', got {spacing!r}")
         if self.discrete:
             g = torch.round(g)
             for i in range(num_steps - 1, 0, -1):  # keep integer times distinct where rounding merged them
