@@ -46,6 +46,25 @@ def test_mle_variance_is_biased_by_the_mean_error(t):
     assert est["biased"].value > est["exact"].value
 
 
+@pytest.mark.parametrize("t", [20.0, 100.0, 200.0, 400.0])
+def test_sn_and_npr_err_in_opposite_directions_with_an_imperfect_mean(t):
+    """Eqs. 8.7-8.8: averaged over x_t, SN-DPM's read-off (b^2/a^2)(E[eps^2|x_t] - eps_theta^2) is the noise-norm
+    estimator (7.6) with the model's eps, and NPR's is the residual (8.1). With the known error delta = 0.2 x_t + 0.1,
+    against the exact width from the mixture's posterior covariance (N = 20000): NPR's lies above it and SN's below,
+    each by more than 4 combined SE; at t = 400 SN's average is negative (measured -0.35 for a true 1.32), so only a
+    clip keeps it a variance."""
+    x0 = RING.sample(20000, torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = exact_sbar2(RING, t, SCHED, 20000, torch.Generator().manual_seed(2))
+    sn, npr = (
+        sbar2_estimate(Biased(), x0, t, SCHED, m, torch.Generator().manual_seed(1), clip=False)
+        for m in ("eps-norm", "residual")
+    )
+    assert npr.value - exact.value > 4 * (npr.se**2 + exact.se**2).sqrt()
+    assert exact.value - sn.value > 4 * (sn.se**2 + exact.se**2).sqrt()
+    if t == 400.0:
+        assert sn.value + 4 * sn.se < 0
+
+
 def test_an_upper_clip_at_the_bound_would_bind_between_modes():
     """The bound (7.8) holds on average over x_t, not at each point (sec. 8.4): on the ring at t = 100-300, where
     m_t = b^2/a^2 (below Var[x0]: the noise bound is the one that binds), the exact diag Cov[x0|x_t] exceeds m_t at
