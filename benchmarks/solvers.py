@@ -20,8 +20,8 @@ Heun, DPM-Solver++ multistep 2M/3M, singlestep 2S/3S, UniPC 1-3 and DEIS 1-3 sch
 (timestep_spacing linspace/leading/trailing; default, Karras, exponential, beta and (DPM) Lu-lambda sigmas;
 solver_type; lower_order_final; final_sigmas_type zero/sigma_min; 659 configurations). The best configuration of
 each family per NFE is then evaluated on the 5 seeds. The stored choices (``diffmath.solvers.TUNED_GRIDS`` and
-``DIFFUSERS_BEST`` below) are what ``--tune`` prints; ``--tune`` re-screens everything (about 2.5 minutes on one core),
-the default run evaluates the stored choices (about 40 s).
+``DIFFUSERS_BEST`` below) are what ``--tune`` prints; ``--tune`` re-screens everything (271 s of screening on one core,
+then the evaluation); the default run evaluates the stored choices (about 3 minutes on a free core, 7 on a busy one).
 
 diffusers' model is a perfect network: it gets only (x, timestep) and returns the exact noise prediction at the
 noise level of that timestep (log-sigma interpolation between integer timesteps, as diffusers' own ``_sigma_to_t``
