@@ -43,18 +43,18 @@ def test_printed_kl_weight_is_wrong():
 
 @pytest.mark.parametrize("t", [1, 3, 50, 500, 1000])
 def test_optimal_reverse_std_in_the_two_cases(t):
-    """Single data point: Var[x_{t-1}|x_t] = (bbar_{t-1} beta_t / bbar_t)^2 (the text prints beta_{t-1});
-    data ~ N(0, I): Var[x_{t-1}|x_t] = beta_t^2 (eqs. 2.11-2.12), by Gaussian conditioning to 1e-12."""
+    """Single data point x0: Var[x_{t-1} | x_t] by Gaussian conditioning of the joint of (x_{t-1}, x_t) given x0,
+    built from the marginals alone (Var x_{t-1} = bbar_{t-1}^2, Cov = alpha_t bbar_{t-1}^2, Var x_t = bbar_t^2), equals
+    the posterior's (bbar_{t-1} beta_t / bbar_t)^2 to 1e-9 (the text prints beta_{t-1}); data ~ N(0, I):
+    Var[x_{t-1}|x_t] = beta_t^2 from the mixture's exact posterior covariance (eqs. 2.11-2.12), to 1e-12. The
+    Monte Carlo check of both is test_reverse_variance_by_regression."""
     x_t = torch.randn(10, 2, generator=torch.Generator().manual_seed(t), dtype=f64)
-    point = dm.EmpiricalData(torch.zeros(1, 2, dtype=f64))
     normal = dm.GaussianMixture(torch.ones(1, dtype=f64), torch.zeros(1, 2, dtype=f64), torch.ones(1, dtype=f64))
     post_std = reverse_std(SCHED, t, "posterior")
-    torch.testing.assert_close(
-        torch.diagonal(reverse_variance(point, x_t, float(t), SCHED), dim1=1, dim2=2),
-        (post_std**2).expand(10, 2),
-        rtol=1e-12,
-        atol=1e-15,
-    )
+    tt = torch.tensor(float(t), dtype=f64)
+    alpha, b_prev, b_t = SCHED.a(tt) / SCHED.a(tt - 1), SCHED.b(tt - 1), SCHED.b(tt)
+    conditioned = b_prev**2 - (alpha * b_prev**2) ** 2 / b_t**2
+    torch.testing.assert_close(post_std**2, conditioned, rtol=1e-9, atol=1e-15)
     torch.testing.assert_close(
         torch.diagonal(reverse_variance(normal, x_t, float(t), SCHED), dim1=1, dim2=2),
         (reverse_std(SCHED, t, "beta") ** 2).expand(10, 2),
