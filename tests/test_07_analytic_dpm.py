@@ -151,7 +151,8 @@ def test_variance_choices_set_the_mode_width(ring_samples):
 def test_ten_steps_widen_the_modes_for_every_variance(ring_samples):
     """What K = 10 can distinguish: nothing by width. With the exact mean, each of the three variances, and DDIM
     without noise, gives modes wider than 0.15 by more than 4 SE of the pooled SD (measured 0.187, 0.199, 0.196 and
-    DDIM 0.189, SE 0.002): at steps of 100 the error is the mean's discretisation, which no variance repairs."""
+    DDIM 0.189, SE 0.002): at steps of 100 one Gaussian (or Euler) step is too coarse for the multimodal reverse
+    step (eq. 7.1), and no variance repairs that."""
     for v in (*VARIANCES, "ddim"):
         spread = mode_spread(RING, ring_samples[10, v])
         assert spread.pooled_sd > 0.15 + 4 * spread.pooled_se, (v, spread)
