@@ -234,3 +234,70 @@ class Combine:
 
     def __repr__(self) -> str:
         return f"Combine({self.models!r}, weights={self.weights}, space={self.prediction!r})"
+
+
+class Clipped:
+    r"""``model`` with its denoised guess held inside the data's region (lesson 20, eq. 20.10):
+    $\hat x_0 \mapsto \operatorname{clip}(\hat x_0)$, $\hat\varepsilon \mapsto (x_t - a_t\hat x_0)/b_t$.
+
+    The pair is kept consistent with $x_t = a_t\hat x_0 + b_t\hat\varepsilon$ (eq. 0.1), so every sampler, rule and
+    combination sees the clipped model as an ordinary model of the same ``prediction``. Near $t_{\max}$ an
+    eps-model's $\hat x_0 = (x_t - b_t\hat\varepsilon)/a_t$ multiplies its error by $b_t/a_t$ (154 at the end of
+    ``su_linear``); the clip stops a deterministic sampler from carrying that error to the end (lesson 20, sec. 20.8).
+    Where $\hat x_0$ lies inside the region the model is unchanged.
+
+    Parameters
+    ----------
+    model : Model
+        Any model with the one interface.
+    schedule : Schedule
+        The schedule it was trained on (for $a_t, b_t$).
+    bound : float
+        $c > 0$, the size of the region.
+    region : {"box", "ball"}
+        ``"box"``: every coordinate of $\hat x_0$ is clipped to $[-c, c]$ (images in $[-1, 1]$: $c = 1$);
+        ``"ball"``: $\hat x_0$ is scaled onto the ball $|\hat x_0| \le c$ of each sample where it lies outside
+        (a toy: a little more than the data's largest radius).
+
+    Raises
+    ------
+    TypeError
+        If ``model`` does not follow the one interface or ``schedule`` is not a Schedule.
+    ValueError
+        If ``bound`` is not a finite number > 0 or ``region`` is unknown; at a call, if $b_t = 0$ (at the data end there is nothing to clip
+        against: $x_0 = x_t$).
+    """
+
+    def __init__(self, model: Model, schedule: Schedule, bound: float, region: str = "box") -> None:
+        self.model = check_model(model)
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a diffmath Schedule, got {type(schedule).__name__}")
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0 < bound < math.inf:
+            raise ValueError(f"bound must be a finite number > 0 (the box [-bound, bound] of x0), got {bound!r}")
+        if region not in ("box", "ball"):
+            raise ValueError(f"region must be 'box' or 'ball', got {region!r}")
+        self.schedule, self.bound, self.region, self.prediction = schedule, float(bound), region, model.prediction
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        x = check_batch(x, "x")
+        t = as_tensor(t, "t", x)
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        check_input_dtype(self.model, x)
+        out = _check_output(self.model(x, t, cond), x.shape, 0)
+        co = self.schedule.coefficients(t)
+        b = co.b.reshape(-1, *[1] * (x.dim() - 1))
+        if bool((b == 0).any()):
+            raise ValueError("Clipped cannot clip at a time where b_t = 0 (the data end): there x0 is x_t itself")
+        pair = to_pair(out, self.prediction, x, co.a, co.b, co.da, co.db)
+        if self.region == "box":
+            x0 = pair.x0.clamp(-self.bound, self.bound)
+        else:
+            norm = pair.x0.flatten(1).norm(dim=1).reshape(b.shape)
+            x0 = pair.x0 * (self.bound / norm.clamp(min=self.bound))
+        a = co.a.reshape(-1, *[1] * (x.dim() - 1))
+        clipped = type(pair)(x0, (x - a * x0) / b)
+        return from_pair(clipped, self.prediction, co.a, co.b, co.da, co.db)
+
+    def __repr__(self) -> str:
+        return f"Clipped({self.model!r}, bound={self.bound:g}, region={self.region!r})"

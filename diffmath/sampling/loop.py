@@ -276,7 +276,11 @@ def _pair(pred: Tensor, kind: str, x: Tensor, a: float, b: float, da: float, db:
         return Pair(pred, (x - ca * pred) / cb)
     if kind in ("eps", "score"):
         if a == 0:
-            raise ValueError(f"cannot recover x0 from a {kind!r} prediction where a is 0 (e.g. at an endpoint of time)")
+            raise ValueError(
+                f"cannot recover x0 from a {kind!r} prediction where a is 0 (x_t is pure noise there, e.g. t = 1 on "
+                "VP-cosine): start the grid below that time, e.g. schedule.grid(K, t_start=0.98), or use a model "
+                "that predicts 'v' or 'x0'"
+            )
         eps = pred if kind == "eps" else -b * pred
         return Pair((x - cb * eps) / ca, eps)
     if kind == "v":
