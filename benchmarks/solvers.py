@@ -30,8 +30,11 @@ so there the network is evaluated at a slightly different noise level than the s
 behaviour with any network. A last section runs diffusers' own DPM-Solver++ and UniPC on diffmath's tuned grid
 (custom ``timesteps``/``sigmas``, documented options), which separates the grid's share of the gain from the solver's.
 
-Run: ``python benchmarks/solvers.py`` (stored choices), ``python benchmarks/solvers.py --tune`` (screen again).
-Not a test: it prints tables.
+``--trained`` runs the stored choices of both libraries with a trained network instead (the MLP of the recipe
+``eight-gaussians-ddpm`` on Su's schedule), scored against that network's own 1000-step ODE solution.
+
+Run: ``python benchmarks/solvers.py`` (stored choices), ``python benchmarks/solvers.py --tune`` (screen again),
+``python benchmarks/solvers.py --trained``. Not a test: it prints tables.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import toydata as td
 from diffmath.exact.reference import exact_pf_ode
 from diffmath.metrics import sliced_w1
 from diffmath.ode import dpm_rule, sigma_heun_rule
+from diffmath.sampling.loop import final as last_state
 from diffmath.sampling.loop import run
 from diffmath.sampling.samplers import ddim_rule
 from diffmath.solvers import TUNED_GRIDS, deis_rule, dpm_multistep_rule, tune_grid, unipc_rule
@@ -88,15 +92,17 @@ def steps_for(evals: int, nfe: int) -> int:
     return (nfe + 1) // 2 if evals == 2 else nfe  # Heun: K steps cost 2K - 1 calls
 
 
-def our_grid(spec: tuple, steps: int) -> torch.Tensor:
+def our_grid(spec: tuple, steps: int, schedule=HO) -> torch.Tensor:
     if spec[0] == "power":
-        return HO.grid(steps, "power", rho=spec[2], t_min=spec[1])
-    return HO.grid(steps, spec[0])
+        return schedule.grid(steps, "power", rho=spec[2], t_min=spec[1])
+    return schedule.grid(steps, spec[0])
 
 
-def our_run(rule, spec: tuple, steps: int, x_T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, int]:
-    """Endpoint, state at the last nonzero time, that time, model calls."""
-    model = RING.model(HO, "eps")
+def our_run(
+    rule, spec: tuple, steps: int, x_T: torch.Tensor, model=None, schedule=HO
+) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+    """Endpoint, state at the last nonzero time, that time, model calls (the exact model unless ``model``)."""
+    model = RING.model(HO, "eps") if model is None else model
     calls = 0
 
     def counted(x, t, cond=None):
@@ -105,9 +111,9 @@ def our_run(rule, spec: tuple, steps: int, x_T: torch.Tensor) -> tuple[torch.Ten
         return model(x, t, cond)
 
     counted.prediction = "eps"
-    grid = our_grid(spec, steps)
+    grid = our_grid(spec, steps, schedule)
     with torch.no_grad():
-        xs = [s.x for s in run(counted, x_T, grid, HO, rule)]
+        xs = [s.x for s in run(counted, x_T, grid, schedule, rule)]
     before = xs[-2] if len(xs) > 1 else x_T
     return xs[-1], before, float(grid[-2]), calls
 
@@ -508,13 +514,19 @@ def perfect_eps(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
 
 
 def diffusers_run(
-    cls_name: str, kw: dict, nfe: int, x_T: torch.Tensor, grid: torch.Tensor | None = None
+    cls_name: str,
+    kw: dict,
+    nfe: int,
+    x_T: torch.Tensor,
+    grid: torch.Tensor | None = None,
+    eps_fn=perfect_eps,
+    common: dict = COMMON,
 ) -> tuple[torch.Tensor, torch.Tensor, float, int]:
     """Endpoint, state (VP units) before the last step, the sigma there, model calls; on diffmath's ``grid`` (ending
-    at t = 0) if given."""
+    at t = 0) if given; ``eps_fn(x, timestep)`` is the network (the exact one unless given)."""
     import diffusers
 
-    sched = getattr(diffusers, cls_name)(**COMMON, **kw)
+    sched = getattr(diffusers, cls_name)(**common, **kw)
     steps = (nfe + 1) // 2 if cls_name == "HeunDiscreteScheduler" else nfe
     if grid is not None and cls_name == "DPMSolverMultistepScheduler":
         sched.set_timesteps(timesteps=[int(t) - 1 for t in grid[:-1]])
@@ -527,7 +539,7 @@ def diffusers_run(
     scale = float(sched.init_noise_sigma)
     x, before, t_last, calls = x_T * scale, x_T, 999.0, 0
     for t in sched.timesteps:
-        eps = perfect_eps(sched.scale_model_input(x, t), t)
+        eps = eps_fn(sched.scale_model_input(x, t), t)
         before, t_last, calls = x, float(t), calls + 1
         x = sched.step(eps, t, x).prev_sample
     sigma = math.exp(float(np.interp(t_last, np.arange(1000), LOG_SIGMA)))
@@ -611,8 +623,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="points per seed")
     parser.add_argument("--tune", action="store_true", help="screen every configuration again on the tuning seed")
+    parser.add_argument("--trained", action="store_true", help="only the trained-MLP table")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.trained:
+        trained_section(args.n)
+        return
     t0 = time.perf_counter()
     rules = ours()
     if args.tune:
@@ -677,6 +693,58 @@ def main() -> None:
     _report(results)
     _same_grid(refs, rules, our_best)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+
+
+def trained_section(n: int) -> None:
+    """The stored best configurations of both libraries driven by a trained network: the EMA MLP of the recipe
+    ``eight-gaussians-ddpm`` (Su's linear schedule, T = 1000; trained on first use, then cached), in float64. The
+    reference is the same network's ODE solved on all 1000 integer times by DEIS-3 in sigma (eq. 6.28); diffusers
+    gets Su's schedule as ``trained_betas`` and the network at t = timestep + 1. diffmath's grids are the power grids
+    tuned on the exact model on Ho's schedule, used unchanged: a test of how the tuned shape transfers."""
+    from diffmath.recipes import train_toy
+
+    su = dm.su_linear(1000)
+    net = train_toy("eight-gaussians-ddpm", progress=False).model.double()
+    abar = su.coefficients(torch.arange(0, 1001, dtype=F64)).a ** 2
+    common = {"num_train_timesteps": 1000, "trained_betas": (1 - abar[1:] / abar[:-1]).numpy()}
+
+    def net_eps(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return net(x, torch.tensor(float(timestep) + 1.0, dtype=F64))
+
+    rows: dict[int, dict[str, list]] = {nfe: {"diffmath": [], "diffusers": []} for nfe in NFES}
+    starts, refs = [], []
+    for seed in SEEDS:
+        x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=F64)
+        with torch.no_grad():
+            refs.append(last_state(run(net, x_T, su.grid(1000), su, deis_rule(3))))
+        starts.append(x_T)
+    rules = ours()
+    for nfe in NFES:
+        for name, (rule, evals) in rules.items():
+            spec, k = best_spec_from_table(name, evals, nfe), steps_for(evals, nfe)
+            errs = [mean_dist(our_run(rule, spec, k, x, net, su)[0], r) for x, r in zip(starts, refs, strict=True)]
+            rows[nfe]["diffmath"].append((f"{name} {_spec(spec)}", errs))
+        for family, table in DIFFUSERS_BEST.items():
+            kw = {k: v for k, v in table[nfe].items() if k != "_cls"}
+            cls_name = table[nfe]["_cls"]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                errs = [
+                    mean_dist(diffusers_run(cls_name, kw, nfe, x, eps_fn=net_eps, common=common)[0], r)
+                    for x, r in zip(starts, refs, strict=True)
+                ]
+            rows[nfe]["diffusers"].append((f"{family} {_kw(kw)}", errs))
+    print("\nTrained MLP (eight-gaussians-ddpm, Su's schedule): error to the 1000-step reference, 5 seeds")
+    for nfe, by_lib in rows.items():
+        best = {}
+        for lib, cands in by_lib.items():
+            cands = [c for c in cands if math.isfinite(np.mean(c[1]))]
+            name, errs = min(cands, key=lambda c: np.mean(c[1]))
+            m, se = _se(errs)
+            best[lib] = m
+            print(f"{nfe:>4}  {lib:<9} {m:>10.2e} +- {se:.1e}  {name}")
+        print(f"{'':>4}  ratio diffusers / diffmath: {best['diffusers'] / best['diffmath']:.1f}")
 
 
 def _sigma_of(out):
