@@ -5,8 +5,8 @@ one model call per step (the loop's), pure tensor arithmetic, the history of a m
 under the rule's ``key``. They integrate the ODE in one of its two exact forms:
 
 - in the half log-SNR $\ell = \log(a/b)$ with the denoiser $\hat x_0$, the exponential integrator (lesson 6,
-  eq. 6.16): DPM-Solver++ multistep of order 1-3 (Lu et al. 2022; eqs. 6.22-6.24) and UniPC, the UniP predictor
-  with the UniC corrector (Zhao et al. 2023; eqs. 6.25-6.27);
+  eq. 6.16): DPM-Solver++ multistep of order 1-3 (Lu et al. 2022; eqs. 6.22-6.24), its singlestep 2S (sec. 6.9)
+  and UniPC, the UniP predictor with the UniC corrector (Zhao et al. 2023; eqs. 6.25-6.27);
 - in $\sigma = b/a$ with $\hat\varepsilon$ for $y = x/a$ (eq. 6.15): the variable-step Adams-Bashforth method of
   DEIS, $\rho$AB (Zhang & Chen 2023; eq. 6.28), which also gives the methods above a last step into $\sigma = 0$ of
   their own order (sec. 6.11).
@@ -265,6 +265,90 @@ def dpm_multistep_rule(
         mean = (step.b_s / step.b_t) * x
         for wm, entry in zip(w, hist, strict=False):
             mean = mean + (step.a_s * wm) * entry[2]
+        return mean, 0.0, state
+
+    rule.key = key
+    return rule
+
+
+def singlestep_orders(num_steps: int, lower_order_final: bool = True) -> list[int]:
+    r"""The order of each step of DPM-Solver++(2S) on a grid of ``num_steps`` steps ending at $b = 0$ (lesson 6,
+    sec. 6.9): pairs ``[1, 2]`` from the start, each pair one singlestep step over two grid intervals; the step into
+    the data is first order, and with ``lower_order_final`` an even grid ends ``[1, 1]`` (diffusers' order list).
+
+    Parameters
+    ----------
+    num_steps : int
+        Steps of the grid, >= 1.
+    lower_order_final : bool
+        End with first-order steps as above.
+
+    Returns
+    -------
+    list of int
+
+    Raises
+    ------
+    ValueError
+        If ``num_steps`` is not a positive integer.
+    """
+    check_int(num_steps, "num_steps")
+    if lower_order_final:
+        orders = [1, 2] * (num_steps // 2 - 1) + [1, 1] if num_steps % 2 == 0 else [1, 2] * (num_steps // 2) + [1]
+    else:
+        orders = [1, 2] * (num_steps // 2) + [1] * (num_steps % 2)
+    orders[-1] = 1
+    return orders
+
+
+def dpm_singlestep_rule(form: str = "lu", lower_order_final: bool = True) -> Rule:
+    r"""DPM-Solver++(2S) (Lu et al. 2022; lesson 6, sec. 6.9) as a rule of the one loop: singlestep, second order.
+
+    The grid's intervals are taken in pairs (:func:`singlestep_orders`): from $x_g$ at the pair's start, a DDIM step
+    to the middle point $s_1$ gives $\hat x_0$ there; the second step restarts from $x_g$ and integrates the line
+    through $\hat x_0(x_g)$ and $\hat x_0(x_{s_1})$ over the whole pair with (6.22): weights $w$ with
+    $w_0 + w_1 = h\varphi_1(-h)$, $w_1 r = h\varphi_2(-h)$ (``"taylor"``), or Lu's midpoint form $w_1 =
+    (1 - e^{-h})/(2r)$ (``"lu"``, diffusers' ``DPMSolverSinglestepScheduler``), $h = \ell_{\rm end} - \ell_g$,
+    $r = (\ell_{s_1} - \ell_g)/h$. Unlike the multistep methods the node $s_1$ lies inside the step, and the state
+    at $s_1$ is only an intermediate.
+
+    Parameters
+    ----------
+    form : {"lu", "taylor"}
+        The weights.
+    lower_order_final : bool
+        As in :func:`singlestep_orders`.
+
+    Returns
+    -------
+    Rule
+        ``rule(pair, x, step, state) -> (mean, 0.0, state)``, with ``rule.key``.
+
+    Raises
+    ------
+    ValueError
+        If ``form`` is unknown.
+    """
+    check_choice(form, "form", ("taylor", "lu"))
+    key = "dpm++2s" + ("-taylor" if form == "taylor" else "") + ("" if lower_order_final else "-nolof")
+
+    def rule(pair: Pair, x: Tensor, step: Step, state: dict) -> tuple[Tensor, float, dict]:
+        st = _history(state, key, step, {})
+        if step.index == 0 or st.get("num_steps") != step.num_steps:
+            st.clear()
+            st.update(num_steps=step.num_steps, orders=singlestep_orders(step.num_steps, lower_order_final))
+        ell_t = _half_log_snr(step.a_t, step.b_t)
+        if st["orders"][step.index] == 1 or not math.isfinite(st["start"][1]):
+            st["start"] = (x, ell_t, step.b_t, pair.x0)
+            if step.b_s == 0:
+                return step.a_s * pair.x0, 0.0, state
+            return (step.b_s / step.b_t) * x + (step.a_s - step.a_t * step.b_s / step.b_t) * pair.x0, 0.0, state
+        x_g, ell_g, b_g, m_g = st["start"]
+        h = _half_log_snr(step.a_s, step.b_s) - ell_g
+        r = (ell_t - ell_g) / h
+        e1 = -math.expm1(-h)
+        w1 = e1 / (2 * r) if form == "lu" else h * phi(2, h) / r
+        mean = (step.b_s / b_g) * x_g + (step.a_s * (e1 - w1)) * m_g + (step.a_s * w1) * pair.x0
         return mean, 0.0, state
 
     rule.key = key

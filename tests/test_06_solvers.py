@@ -18,9 +18,11 @@ from diffmath.solvers import (
     TUNED_GRIDS,
     deis_rule,
     dpm_multistep_rule,
+    dpm_singlestep_rule,
     exponential_weights,
     phi,
     sigma_weights,
+    singlestep_orders,
     tune_grid,
     tuned_grid,
     unipc_coefficients,
@@ -101,6 +103,8 @@ ORDERS = [
     ("dpm++2m lu (6.17)", dpm_multistep_rule(2, False, "lu"), [32, 64, 128], (-2.3, -1.7)),
     ("dpm++2m taylor (6.23)", dpm_multistep_rule(2, False), [32, 64, 128], (-2.3, -1.7)),
     ("dpm++3m taylor (6.23)", dpm_multistep_rule(3, False), [32, 64, 128], (-3.4, -2.7)),
+    ("dpm++2s lu", dpm_singlestep_rule("lu", False), [64, 128, 256], (-2.3, -1.7)),
+    ("dpm++2s taylor", dpm_singlestep_rule("taylor", False), [64, 128, 256], (-2.3, -1.7)),
     ("dpm++3m lu (6.24)", dpm_multistep_rule(3, False, "lu"), [64, 128, 256], (-2.5, -1.7)),
     ("unip-3 (6.26)", unipc_rule(3, lower_order_final=False, corrector=False), [32, 64, 128], (-3.4, -2.7)),
     ("unipc-1 (6.27)", unipc_rule(1, lower_order_final=False), [32, 64, 128], (-2.3, -1.7)),
@@ -186,6 +190,16 @@ def test_grid_bad_input():
         VP.grid(1, "power", t_min=0.1)
     with pytest.raises(ValueError, match="'power'"):
         VP.grid(5, "cubic")
+
+
+def test_singlestep_orders():
+    """DPM-Solver++(2S) pairs the grid's steps, [1, 2, 1, 2, ...], first order into the data (sec. 6.9)."""
+    assert singlestep_orders(7) == [1, 2, 1, 2, 1, 2, 1]
+    assert singlestep_orders(6) == [1, 2, 1, 2, 1, 1]
+    assert singlestep_orders(6, lower_order_final=False) == [1, 2, 1, 2, 1, 1]
+    assert singlestep_orders(5, lower_order_final=False) == [1, 2, 1, 2, 1]
+    with pytest.raises(ValueError, match="num_steps must be a positive integer"):
+        singlestep_orders(0)
 
 
 def test_solvers_bad_input():
@@ -292,13 +306,15 @@ def test_parity_ddim(parity_start):
 
 # (diffusers scheduler, its options, diffmath's rule, tolerance). DPMSolverMultistepScheduler casts the state to
 # float32 inside step() ("upcast to avoid precision issues"), so its trajectory is only float32-accurate: there the
-# tolerance is float32's (1e-5 on states of size ~2, after 10 steps); UniPC stays in float64. UniPC's bh1 with
+# tolerance is float32's (1e-5 on states of size ~2, after 10 steps); DPMSolverSinglestepScheduler (2S) and UniPC stay
+# in float64. UniPC's bh1 with
 # final_sigmas_type="zero" returns NaN at the last step in diffusers 0.42 (B(h) = h is infinite there and multiplies a
 # zero), so that case stops at sigma_min (diffmath's t = 1). diffusers' DEISMultistepScheduler is not in the list: it
 # interpolates eps in log sigma, not in sigma as eq. 6.28 does, a different method (lesson 6, sec. 6.13).
 PARITY = [
     ("DPMSolverMultistepScheduler", {"solver_order": 2}, dpm_multistep_rule(2, form="lu"), 1e-5),
     ("DPMSolverMultistepScheduler", {"solver_order": 3}, dpm_multistep_rule(3, form="lu"), 1e-5),
+    ("DPMSolverSinglestepScheduler", {"solver_order": 2}, dpm_singlestep_rule("lu"), 1e-12),
     ("UniPCMultistepScheduler", {"solver_order": 2, "solver_type": "bh2"}, unipc_rule(2, "bh2"), 1e-12),
     (
         "UniPCMultistepScheduler",
