@@ -336,3 +336,19 @@ def test_parity_multistep(parity_start, name, kw, rule, tol):
     diff = (ours - theirs).abs().amax(dim=(1, 2))
     assert diff.max().item() < tol, diff.tolist()
     assert (ours[-1] - parity_start).abs().max().item() > 0.5  # it moved
+
+
+def test_tuned_shape_transfers_to_su_schedule():
+    """The tour samples Su's schedule with the 10-step grid of UniPC-2 (sigma last step) tuned on Ho's (sec. 6.12):
+    tune_grid on Su's schedule, over the benchmark's candidates and 500 other starting points, finds the same
+    (t_min, rho), far ahead of DDIM on the uniform grid."""
+    su = dm.su_linear(1000)
+    model = RING.model(su, "eps")
+    x_T = torch.randn(500, 2, generator=torch.Generator().manual_seed(100), dtype=f64)
+    ref = exact_pf_ode(RING, x_T, 1000.0, 0.0, su, rtol=1e-10, atol=1e-10)
+    rule = unipc_rule(2, "bh2", final="sigma")
+    found = tune_grid(model, x_T, ref, su, rule, 10, [1, 2, 4, 8, 15, 25, 40, 60, 90], [1.5, 2, 2.5, 3, 3.5, 4])
+    assert (found.t_min, found.rho) == TUNED_GRIDS[rule.key][10]
+    with torch.no_grad():
+        ddim_err = (final(run(model, x_T, su.grid(10), su, ddim_rule(0.0))) - ref).norm(dim=1).mean().item()
+    assert found.error < 0.1 * ddim_err, (found, ddim_err)
