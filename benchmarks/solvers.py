@@ -14,13 +14,14 @@ over 5 seeds of x_T (2000 points each; mean +- standard error over the seeds):
 
 Best against best, chosen the same way for both libraries. Every configuration is first screened on a tuning seed
 (seed 100, 500 points, never evaluated): diffmath's rules (DDIM, Heun in sigma, DPM-Solver++ 2M/3M in both forms,
-UniPC 1-3 with bh1/bh2, DEIS 2-3; each with the last step first order or in sigma) on the uniform, quadratic, Karras
-and log-SNR grids and on the power grids of ``diffmath.solvers.tune_grid`` (t_min x rho); diffusers' DDIM, Euler,
+each with the last step first order or in sigma, UniPC 1-3 with bh1/bh2 likewise, DEIS 2-3, DPM-Solver++(2S)) on the
+uniform, quadratic, Karras and log-SNR grids and on the power grids of ``diffmath.solvers.tune_grid`` (t_min x rho);
+diffusers' DDIM, Euler,
 Heun, DPM-Solver++ multistep 2M/3M, singlestep 2S/3S, UniPC 1-3 and DEIS 1-3 schedulers over their documented options
 (timestep_spacing linspace/leading/trailing; default, Karras, exponential, beta and (DPM) Lu-lambda sigmas;
 solver_type; lower_order_final; final_sigmas_type zero/sigma_min; 659 configurations). The best configuration of
 each family per NFE is then evaluated on the 5 seeds. The stored choices (``diffmath.solvers.TUNED_GRIDS`` and
-``DIFFUSERS_BEST`` below) are what ``--tune`` prints; ``--tune`` re-screens everything (271 s of screening on one core,
+``DIFFUSERS_BEST`` below) are what ``--tune`` prints; ``--tune`` re-screens everything (366 s of screening on one core,
 then the evaluation); the default run evaluates the stored choices (about 3 minutes on a free core, 7 on a busy one).
 
 diffusers' model is a perfect network: it gets only (x, timestep) and returns the exact noise prediction at the
@@ -57,7 +58,7 @@ from diffmath.ode import dpm_rule, sigma_heun_rule
 from diffmath.sampling.loop import final as last_state
 from diffmath.sampling.loop import run
 from diffmath.sampling.samplers import ddim_rule
-from diffmath.solvers import TUNED_GRIDS, deis_rule, dpm_multistep_rule, tune_grid, unipc_rule
+from diffmath.solvers import TUNED_GRIDS, deis_rule, dpm_multistep_rule, dpm_singlestep_rule, tune_grid, unipc_rule
 
 NFES = (5, 8, 10, 15, 20, 50)
 SEEDS = (0, 1, 2, 3, 4)
@@ -84,6 +85,9 @@ def ours() -> dict[str, tuple[object, int]]:
         rules[r.key] = (r, 1)
     for order in (2, 3):
         r = deis_rule(order)
+        rules[r.key] = (r, 1)
+    for form in ("lu", "taylor"):
+        r = dpm_singlestep_rule(form)
         rules[r.key] = (r, 1)
     return rules
 
