@@ -354,7 +354,7 @@ def test_cli_trains_toy_recipes_on_one_thread(tmp_path, monkeypatch):
 
     seen = []
 
-    def fake_train_toy(name, progress=True, folder=None):
+    def fake_train_toy(name, progress=True, folder=None, **kwargs):
         seen.append(torch.get_num_threads())
         return recipes.ToyModel(None, None, None, {}, tmp_path / "fake.pt", [1.0, 0.5])
 

@@ -144,7 +144,8 @@ class MLP(nn.Module):
         t : Tensor, shape () or (B,)
             Time(s), on the schedule's scale $[0, t_{\max}]$.
         cond : Tensor of int, shape (B,), optional
-            Class labels (``-1`` or ``None``: the null condition); ignored when ``num_classes == 0``.
+            Class labels (``-1`` or ``None``: the null condition); an unconditional network (``num_classes == 0``)
+            accepts only these.
 
         Returns
         -------
@@ -156,7 +157,8 @@ class MLP(nn.Module):
             If ``x`` is not a floating tensor in the network's dtype, or ``t`` is not a real number or tensor.
         ValueError
             If ``x`` is not of shape (B, d) or holds NaN or infinity, ``t`` is not finite or not a scalar or of
-            shape (B,), or ``cond`` is not an integer tensor of shape (B,) with labels in [-1, num_classes).
+            shape (B,), ``cond`` is not an integer tensor of shape (B,) with labels in [-1, num_classes), or the
+            network is unconditional and ``cond`` holds a label other than -1.
         """
         x = _check_input(x, self.inp.weight.dtype)
         if x.dim() != 2 or x.shape[1] != self.dim:
@@ -165,6 +167,8 @@ class MLP(nn.Module):
         if self.label is not None:
             y = _check_labels(cond, x.shape[0], (self.num_classes,), x.device, flat=True)[:, 0]
             h = h + self.label(torch.where(y < 0, self.num_classes, y))
+        else:
+            _refuse_labels(cond, "MLP")
         for block in self.blocks:
             h = h + block(h)
         return self.out(h)
@@ -191,6 +195,19 @@ def _check_times(t: object, x: Tensor) -> Tensor:
     if t_.shape != (B,):
         raise ValueError(f"t must be a scalar or have shape (B,) = ({B},), got {tuple(t_.shape)}")
     return t_
+
+
+def _refuse_labels(cond: object, name: str) -> None:
+    """An unconditional network given real labels says so instead of ignoring them (``None`` or all ``-1``, the null
+    label, are accepted: classifier-free guidance asks every part for the unconditional prediction)."""
+    if cond is None:
+        return
+    if isinstance(cond, Tensor) and not cond.is_floating_point() and bool((cond == -1).all()):
+        return
+    raise ValueError(
+        f"this {name} is unconditional (built without num_classes) but was given cond; pass cond=None, bind it away "
+        "with Conditioned(model, None) inside a combination, or build a conditional network (num_classes=...)"
+    )
 
 
 def _check_labels(

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from diffmath.core._validate import check_int
 from diffmath.core.notation import check_prediction
-from diffmath.nets.mlp import TimeEmbedding, _check_input, _check_labels, _check_times
+from diffmath.nets.mlp import TimeEmbedding, _check_input, _check_labels, _check_times, _refuse_labels
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -281,6 +281,7 @@ class UNet(nn.Module):
         """
         e = self.time_mlp(self.time(t))
         if not self.label_sizes:
+            _refuse_labels(cond, "UNet")
             return e
         y = _check_labels(cond, batch, self.label_sizes, t.device)
         sizes = torch.tensor(self.label_sizes, device=y.device)
@@ -299,7 +300,7 @@ class UNet(nn.Module):
         t : Tensor, shape () or (B,)
             Time(s), on the schedule's scale $[0, t_{\max}]$.
         cond : Tensor of int, shape (B,) or (B, L), optional
-            Labels (``-1`` or ``None``: the null condition); ignored by an unconditional network.
+            Labels (``-1`` or ``None``: the null condition); an unconditional network accepts only these.
 
         Returns
         -------

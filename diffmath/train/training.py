@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -427,12 +428,15 @@ def train(
         parameters that require grad: an exact model is not), ``data`` is not a floating tensor, ``seed`` is not
         an integer, ``checkpoint`` not a path, or ``loss`` returns something else than a scalar tensor that
         depends on the model's parameters.
+    FileNotFoundError, PermissionError
+        If the checkpoint's folder does not exist or cannot be written (checked before the first step).
     ValueError
         If ``data`` is empty, has fewer than 2 dimensions or holds NaN or infinity, ``steps``, ``batch_size`` or
         ``checkpoint_every`` is not a positive integer, ``lr`` is not a positive finite number, ``ema_decay`` lies
         outside (0, 1), ``label_dropout`` outside [0, 1), ``labels`` is not an integer tensor of shape (N,) or
         (N, L), both ``schedule`` and ``loss`` are ``None``, the checkpoint is unreadable or comes from another
-        model or settings, the loss becomes NaN or infinite, ``device`` is not a device (or CUDA is asked for and
+        model or settings, the network's ``time.t_max`` differs from the schedule's ``t_max``, the loss becomes NaN
+        or infinite, ``device`` is not a device (or CUDA is asked for and
         absent), or ``precision`` is unknown.
     """
     dev, precision = resolve_device(device), check_precision(precision)
@@ -458,6 +462,23 @@ def train(
         raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
     if checkpoint is not None and not isinstance(checkpoint, (str, Path)):
         raise TypeError(f"checkpoint must be a path (str or Path) or None, got {type(checkpoint).__name__}")
+    if checkpoint is not None:  # fail now, not at the first checkpoint after checkpoint_every steps
+        folder = Path(checkpoint).parent
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"the checkpoint's folder {folder} does not exist: create it first "
+                "(Path(folder).mkdir(parents=True)) or choose another path"
+            )
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot write checkpoints into {folder}: choose a folder you can write to")
+    sched_of_loss = schedule if schedule is not None else getattr(loss, "schedule", None)
+    t_emb = getattr(unwrap(model), "time", None)
+    if isinstance(sched_of_loss, Schedule) and isinstance(getattr(t_emb, "t_max", None), float):
+        if not math.isclose(t_emb.t_max, sched_of_loss.t_max):
+            raise ValueError(
+                f"the network's time embedding expects t in [0, {t_emb.t_max:g}] (t_max) but the schedule "
+                f"{sched_of_loss.name!r} runs to {sched_of_loss.t_max:g}: build it with t_max=schedule.t_max"
+            )
     if labels is not None and (
         not isinstance(labels, Tensor)
         or labels.dim() not in (1, 2)
