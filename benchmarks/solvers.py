@@ -31,11 +31,13 @@ so there the network is evaluated at a slightly different noise level than the s
 behaviour with any network. A last section runs diffusers' own DPM-Solver++ and UniPC on diffmath's tuned grid
 (custom ``timesteps``/``sigmas``, documented options), which separates the grid's share of the gain from the solver's.
 
-``--trained`` runs the stored choices of both libraries with a trained network instead (the MLP of the recipe
-``eight-gaussians-ddpm`` on Su's schedule), scored against that network's own 1000-step ODE solution.
+``--trained`` and ``--image`` run the stored choices of both libraries with a network instead (the MLP of the recipe
+``eight-gaussians-ddpm`` on Su's schedule; the committed ``digits-ddpm`` image model), scored against that network's
+own 1000-step ODE solution (about 5 minutes each on one core).
 
 Run: ``python benchmarks/solvers.py`` (stored choices), ``python benchmarks/solvers.py --tune`` (screen again),
-``python benchmarks/solvers.py --trained``. Not a test: it prints tables.
+``python benchmarks/solvers.py --trained``, ``python benchmarks/solvers.py --image --n 16``. Not a test: it prints
+tables.
 """
 
 from __future__ import annotations
@@ -628,10 +630,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="points per seed")
     parser.add_argument("--tune", action="store_true", help="screen every configuration again on the tuning seed")
     parser.add_argument("--trained", action="store_true", help="only the trained-MLP table")
+    parser.add_argument("--image", action="store_true", help="only the image-model table (--n images per seed)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.trained:
         trained_section(args.n)
+        return
+    if args.image:
+        image_section(args.n)
         return
     t0 = time.perf_counter()
     rules = ours()
@@ -709,37 +715,76 @@ def trained_section(n: int) -> None:
 
     su = dm.su_linear(1000)
     net = train_toy("eight-gaussians-ddpm", progress=False).model.double()
-    abar = su.coefficients(torch.arange(0, 1001, dtype=F64)).a ** 2
-    common = {"num_train_timesteps": 1000, "trained_betas": (1 - abar[1:] / abar[:-1]).numpy()}
+    starts = [torch.randn(n, 2, generator=torch.Generator().manual_seed(s), dtype=F64) for s in SEEDS]
+    title = "Trained MLP (eight-gaussians-ddpm, Su's schedule): mean distance to the 1000-step reference, 5 seeds"
+    _network_table(title, net, su, starts, mean_dist)
+
+
+def image_section(n: int) -> None:
+    """The same for the committed image model ``digits-ddpm`` (8x8 digits, eps, VP-cosine, float32): its continuous
+    schedule is read at the 1000 times t_k = 0.98 k / 1000 (k = 1..1000; a = 0 at t = 1), which gives diffmath a
+    discrete schedule and diffusers the same table as ``trained_betas``; the score is the per-pixel RMS distance to
+    the network's 1000-step solution, over 5 seeds of ``n`` images."""
+    from diffmath.core.schedules import DiscreteSchedule
+    from diffmath.recipes import train_image
+
+    digits = train_image("digits-ddpm", progress=False)
+    t_start = 0.98
+    a = digits.schedule.coefficients(t_start * torch.arange(0, 1001, dtype=F64) / 1000).a
+    table = DiscreteSchedule(a[1:] / a[:-1], name="digits-vp-cosine(T=1000)")
+
+    def net(x, t, cond=None):
+        return digits.model(x, t * (t_start / 1000), cond)
+
+    net.prediction = digits.model.prediction
+    starts = [torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(s)) for s in SEEDS]
+
+    def rms(x, y):
+        return (x - y).flatten(1).pow(2).mean(1).sqrt().mean().item()
+
+    title = "Committed image model (digits-ddpm, 8x8, VP-cosine): per-pixel RMS to the 1000-step reference, 5 seeds"
+    _network_table(title, net, table, starts, rms)
+
+
+FIXED_FOR_NETWORKS = ("unipc2-bh2-sigma", "unipc3-bh1-sigma", "dpm++3m-lu", "deis3")
+
+
+def _network_table(title, net, schedule, starts, dist) -> None:
+    """Both libraries' stored choices (diffmath's also on the Karras and log-SNR grids for a few rules) with a network
+    ``net`` on a discrete ``schedule``, scored by ``dist`` against its solution on all integer times (DEIS-3); the
+    best candidate of each library is picked on these seeds."""
+    abar = schedule.coefficients(torch.arange(0, schedule.T + 1, dtype=F64)).a ** 2
+    common = {"num_train_timesteps": schedule.T, "trained_betas": (1 - abar[1:] / abar[:-1]).numpy()}
 
     def net_eps(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return net(x, torch.tensor(float(timestep) + 1.0, dtype=F64))
+            return net(x, torch.tensor(float(timestep) + 1.0, dtype=x.dtype))
 
+    with torch.no_grad():
+        refs = [last_state(run(net, x, schedule.grid(schedule.T), schedule, deis_rule(3))) for x in starts]
     rows: dict[int, dict[str, list]] = {nfe: {"diffmath": [], "diffusers": []} for nfe in NFES}
-    starts, refs = [], []
-    for seed in SEEDS:
-        x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=F64)
-        with torch.no_grad():
-            refs.append(last_state(run(net, x_T, su.grid(1000), su, deis_rule(3))))
-        starts.append(x_T)
     rules = ours()
     for nfe in NFES:
         for name, (rule, evals) in rules.items():
             spec, k = best_spec_from_table(name, evals, nfe), steps_for(evals, nfe)
-            errs = [mean_dist(our_run(rule, spec, k, x, net, su)[0], r) for x, r in zip(starts, refs, strict=True)]
+            errs = [dist(our_run(rule, spec, k, x, net, schedule)[0], r) for x, r in zip(starts, refs, strict=True)]
             rows[nfe]["diffmath"].append((f"{name} {_spec(spec)}", errs))
+        for name in FIXED_FOR_NETWORKS:  # grids set by the schedule's sigmas, which do not depend on the tuning task
+            for spacing in ("karras", "log-snr"):
+                out = [our_run(rules[name][0], (spacing,), nfe, x, net, schedule)[0] for x in starts]
+                errs = [dist(o, r) for o, r in zip(out, refs, strict=True)]
+                rows[nfe]["diffmath"].append((f"{name} {spacing}", errs))
         for family, table in DIFFUSERS_BEST.items():
             kw = {k: v for k, v in table[nfe].items() if k != "_cls"}
             cls_name = table[nfe]["_cls"]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 errs = [
-                    mean_dist(diffusers_run(cls_name, kw, nfe, x, eps_fn=net_eps, common=common)[0], r)
+                    dist(diffusers_run(cls_name, kw, nfe, x, eps_fn=net_eps, common=common)[0], r)
                     for x, r in zip(starts, refs, strict=True)
                 ]
             rows[nfe]["diffusers"].append((f"{family} {_kw(kw)}", errs))
-    print("\nTrained MLP (eight-gaussians-ddpm, Su's schedule): error to the 1000-step reference, 5 seeds")
+    print(f"\n{title}")
     for nfe, by_lib in rows.items():
         best = {}
         for lib, cands in by_lib.items():
