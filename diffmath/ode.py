@@ -635,12 +635,18 @@ def ode_log_likelihood(
     ValueError
         If ``x0`` has fewer than 2 dimensions or holds NaN or infinity, ``t_start`` or ``t_end`` is not a single time
         in the schedule's range, ``rtol`` or ``atol`` is not a finite number > 0, ``divergence_method`` is unknown,
-        ``num_probes`` is not an integer >= 1, the model's output has the wrong shape or is not finite, or the drift
-        is not finite.
+        ``num_probes`` is not an integer >= 1, the schedule is discrete, the model's output has the wrong shape or is
+        not finite, or the drift is not finite.
     RuntimeError
         If ``solve_ivp`` fails.
     """
     x0, schedule = check_batch(x0, "x0"), check_schedule(schedule)
+    if schedule.discrete:
+        raise ValueError(
+            f"ode_log_likelihood integrates the ODE (6.21) in continuous time, and schedule {schedule.name!r} is "
+            "discrete (it has no time derivatives): use a continuous schedule such as VPLinear(), VPCosine() or "
+            "LinearPath(), with a model trained on it"
+        )
     t0, t1 = check_ivp(t_start, schedule.t_max if t_end is None else t_end, schedule, rtol, atol, "RK45")
     check_choice(divergence_method, "divergence_method", ("exact", "hutchinson"))
     check_int(num_probes, "num_probes")

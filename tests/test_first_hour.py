@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import toydata as td
 from diffmath.core.schedules import VPCosine, su_linear
 from diffmath.guide.compose import Combine, Conditioned
 from diffmath.nets.mlp import MLP
@@ -48,3 +49,12 @@ def test_an_unconditional_network_refuses_labels():
     assert sample(both, torch.randn(4, 2), s.grid(3), s, cond=y).shape == (4, 2)
     with pytest.raises(ValueError, match="unconditional"):
         sample(Combine([net, cond_net], [0.5, 0.5]), torch.randn(4, 2), s.grid(3), s, cond=y)
+
+
+def test_likelihood_on_a_discrete_schedule_says_which_to_use():
+    from diffmath.ode import ode_log_likelihood
+
+    s = su_linear()
+    exact = td.eight_gaussians_mixture().model(s, "eps")
+    with pytest.raises(ValueError, match=r"'su-linear\(T=1000\)' is discrete .* use a continuous schedule such as"):
+        ode_log_likelihood(exact, torch.zeros(3, 2, dtype=torch.float64), s)
