@@ -11,7 +11,9 @@ import torch
 import diffmath as dm
 import toydata as td
 from diffmath.ode import ode_sample
+from diffmath.sampling.loop import run as run_rule
 from diffmath.sde import predictor_corrector, reverse_sde
+from diffmath.solvers import deis_rule, dpm_multistep_rule, dpm_singlestep_rule, unipc_rule
 from diffmath.variance import analytic_ddpm
 
 SU = dm.su_linear(1000)
@@ -37,6 +39,12 @@ SAMPLERS = [
     # Euler in sigma is the DDIM rule; Heun in sigma is the rule pfgm_sample runs from its prior (lesson 13)
     ("ode-heun-sigma", VP, lambda m, x, g, gen: ode_sample(m, x, g, VP, "heun", variable="sigma")),
     ("ancestral-upper", SU, lambda m, x, g, gen: _last(analytic_ddpm(m, x, g, SU, "upper", generator=gen))),
+    # the few-step solvers of lesson 6, secs. 6.9-6.11, as rules of the one loop
+    ("dpm++3m", SU, lambda m, x, g, gen: _last(run_rule(m, x, g, SU, dpm_multistep_rule(3)))),
+    ("dpm++3m-sigma-vp", VP, lambda m, x, g, gen: _last(run_rule(m, x, g, VP, dpm_multistep_rule(3, final="sigma")))),
+    ("dpm++2s", SU, lambda m, x, g, gen: _last(run_rule(m, x, g, SU, dpm_singlestep_rule()))),
+    ("unipc-2", SU, lambda m, x, g, gen: _last(run_rule(m, x, g, SU, unipc_rule(2, "bh2", final="sigma")))),
+    ("deis-3", VP, lambda m, x, g, gen: _last(run_rule(m, x, g, VP, deis_rule(3)))),
     (
         "ancestral-analytic",  # lesson 7's rule; sbar2 = 0 is the perfect-denoiser limit (the posterior variance)
         SU,
