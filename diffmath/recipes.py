@@ -1013,7 +1013,7 @@ def image_fidelity(
     draws: int = 5,
     method: str = "dpm++2m",
     num_steps: int = 20,
-    progress: bool = False,
+    progress: bool = True,
     sampler: Callable | None = None,
 ) -> dict[str, list[float]]:
     r"""A trained image model's Frechet and kernel distances to real data, next to the real-vs-real floor, over
