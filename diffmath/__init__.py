@@ -7,6 +7,7 @@ Layers (used by every lesson)
     exact       exact models: Gaussian mixtures, empirical data, stationary Gaussians, reference solves    lessons 0, 23
     sampling    the one sampler loop (``run``) and the DDIM family (``sample``, ``ddim``)                 lesson 4
     nets        MLP for toys, UNet for images                                                              lessons 3, 20
+    adapters    diffusers UNets with their scheduler configs as diffmath models (optional extra)           lessons 0, 20
     train       the training loop (``train``, ``fit``), checkpoints that resume                            lesson 3
     guide       guidance and composition; AMDM, Z-Magic, Dig2DIG, constrained composition                  lessons 9, 21-24
 
@@ -19,7 +20,7 @@ Start with ``help(diffmath.sampling.loop)`` (how every sampler runs) and the REA
 
 # the layers (subpackages) first, then the chapter modules that read like the lessons
 from diffmath import core, exact, guide, nets, sampling, train  # isort: skip
-from diffmath import compare, ddpm, flows, gradflow, greens, heat, masking, metrics, ode, pfgm  # isort: skip
+from diffmath import adapters, compare, ddpm, flows, gradflow, greens, heat, masking, metrics, ode, pfgm  # isort: skip
 from diffmath import plots, recipes, scorematching, sde, solvers, udm, variance, w2bound  # isort: skip
 from diffmath.core.models import Model, check_model, predict, predict_pair
 from diffmath.core.notation import PREDICTIONS, Pair, convert, from_pair, to_pair
@@ -58,6 +59,7 @@ __all__ = [
     "Schedule",
     "VPCosine",
     "VPLinear",
+    "adapters",
     "check_grid",
     "check_model",
     "compare",
