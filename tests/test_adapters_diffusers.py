@@ -315,3 +315,23 @@ def test_bad_input_says_what_was_expected(unet, x_T, text):
         labelled(x_T, 5.0, torch.zeros(2))
     with pytest.raises(TypeError, match="AutoencoderKL"):
         decode_latents(unet, x_T)
+
+
+def test_weights_from_a_local_folder(unet, x_T, tmp_path):
+    """The guide's path (docs/guide-pretrained.md) on a tiny model saved to disk: from_pretrained(local_dir) of the
+    UNet and the scheduler, DPM-Solver++ on a log-SNR grid, and DDIM on the timesteps diffusers' DDIMScheduler picks;
+    the reloaded model is the saved one."""
+    unet.save_pretrained(tmp_path / "unet")
+    diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2").save_pretrained(tmp_path / "scheduler")
+    net = diffusers.UNet2DModel.from_pretrained(tmp_path, subfolder="unet").eval()
+    scheduler = diffusers.DDPMScheduler.from_pretrained(tmp_path, subfolder="scheduler")
+    model = DiffusersModel(net, scheduler)
+    schedule = model.schedule
+    x_dpm = ode_sample(model, x_T, schedule.grid(6, "log-snr"), schedule, "dpm++2m")
+    ddim = diffusers.DDIMScheduler.from_config(scheduler.config)
+    ddim.set_timesteps(6)
+    x_ddim = dm.sample(model, x_T, grid_from_timesteps(ddim.timesteps), schedule)
+    assert torch.isfinite(x_dpm).all() and torch.isfinite(x_ddim).all()
+    assert torch.equal(
+        x_ddim, dm.sample(DiffusersModel(unet, scheduler), x_T, grid_from_timesteps(ddim.timesteps), schedule)
+    )
