@@ -180,7 +180,7 @@ class DiffusersModel(nn.Module):
     - a ``UNet2DConditionModel``: ``cond`` is ``encoder_hidden_states``, shape ``(B, L, cross_attention_dim)``
       (a text encoder's output; the unconditional one for classifier-free guidance is that of the empty prompt);
     - a ``UNet2DModel`` built with ``num_class_embeds``: ``cond`` is integer ``class_labels``, shape ``(B,)``;
-      diffmath's null label -1 becomes ``null_class`` when one is given;
+      diffmath's null label -1 (and ``cond=None``) becomes ``null_class`` when one is given;
     - any other conditioning (SDXL's ``added_cond_kwargs``, a ``class_embed_type`` of ``"timestep"``, ...): pass
       ``cond_kwargs``, a function from ``cond`` to the UNet's keyword arguments; arguments the same for every call
       go in ``unet_kwargs``.
@@ -271,7 +271,8 @@ class DiffusersModel(nn.Module):
                 raise ValueError(f"null_class must be a class index in [0, {n}) of a UNet with num_class_embeds")
         self.null_class, self.cond_kwargs, self.unet_kwargs = null_class, cond_kwargs, dict(unet_kwargs or {})
 
-    def _kwargs(self, cond: Tensor | None, batch: int, check: bool) -> dict:
+    def _kwargs(self, cond: Tensor | None, x: Tensor, check: bool) -> dict:
+        batch = x.shape[0]
         if self.cond_kwargs is not None:
             return dict(self.cond_kwargs(cond))
         if self.conditional:
@@ -283,6 +284,8 @@ class DiffusersModel(nn.Module):
                 )
             return {"encoder_hidden_states": cond}
         if self.num_classes is not None:
+            if cond is None and self.null_class is not None:
+                cond = torch.full((batch,), -1, dtype=torch.long, device=x.device)
             if not isinstance(cond, Tensor) or cond.is_floating_point() or cond.shape != (batch,):
                 got = f"{cond.dtype} of shape {tuple(cond.shape)}" if isinstance(cond, Tensor) else type(cond).__name__
                 raise ValueError(f"this UNet takes cond = integer class_labels of shape ({batch},), got {got}")
@@ -332,7 +335,7 @@ class DiffusersModel(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         B = x.shape[0]
-        t_ = as_tensor(t, "t", x)
+        t_ = as_tensor(t, "t").to(x.device)  # t's own precision: diffusers embeds timesteps in float32
         if t_.dim() == 0:
             t_ = t_.expand(B)
         elif t_.shape != (B,):
@@ -343,7 +346,7 @@ class DiffusersModel(nn.Module):
                 f"t must lie in [1, {self.schedule.T}] (diffusers' timesteps k = t - 1 are 0..{self.schedule.T - 1}; "
                 f"t = 0 is the data, where no network is called), got [{t_.min().item():g}, {t_.max().item():g}]"
             )
-        out = self.unet(x, t_ - 1, **self._kwargs(cond, B, check), **self.unet_kwargs)
+        out = self.unet(x, t_ - 1, **self._kwargs(cond, x, check), **self.unet_kwargs)
         out = getattr(out, "sample", out)
         return out[:, : self.in_channels] if self.learned_variance else out
 

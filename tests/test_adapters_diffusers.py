@@ -227,8 +227,19 @@ def test_class_labels_and_the_null_class(x_T):
         assert torch.equal(
             model(x_T, 50.0, torch.tensor([-1, -1])), net(x_T, 49, class_labels=torch.tensor([3, 3])).sample
         )
+        assert torch.equal(model(x_T, 50.0), net(x_T, 49, class_labels=torch.tensor([3, 3])).sample)
         out = dm.sample(ClassifierFree(model, 1.0), x_T, model.schedule.grid(4), model.schedule, cond=y)
     assert out.shape == x_T.shape
+
+
+def test_other_conditioning_goes_through_cond_kwargs(x_T):
+    """A condition the default routing does not know (here class_embed_type "timestep", float class_labels) reaches
+    the UNet through cond_kwargs; fixed keyword arguments through unet_kwargs."""
+    net = _unet(class_embed_type="timestep")
+    model = DiffusersModel(net, {}, cond_kwargs=lambda c: {"class_labels": c}, unet_kwargs={"return_dict": True})
+    c = torch.tensor([3.0, 250.0])
+    with torch.no_grad():
+        assert torch.equal(model(x_T, 8.0, c), net(x_T, 7, class_labels=c).sample)
 
 
 @pytest.mark.parametrize(
