@@ -1,4 +1,9 @@
-"""Command line: ``diffmath tour`` (the main job), ``diffmath train`` (recipes) and ``diffmath --version``."""
+"""Command line: ``diffmath tour`` (the main job), ``diffmath train`` (recipes) and ``diffmath --version``.
+
+``torchrun --nproc_per_node=N -m diffmath train RECIPE`` trains a recipe on N processes (lesson 3, sec. 3.6;
+:mod:`diffmath.train.distributed`): rank 0 alone prints and writes; SIGTERM stops every rank after its current step
+with a final checkpoint and the exit status 143, and the same command on any number of processes resumes it.
+"""
 
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         train_image,
         train_toy,
     )
+    from diffmath.train import distributed
 
     if args.recipe is None:
         print(f"{'recipe':<24} {'kind':<6} {'steps':>6}  {'hash':<10}  weights")
@@ -71,7 +77,23 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # toy work on one thread: the cached weights do not depend on the core count
     torch.set_num_threads(args.threads if args.threads is not None else 1 if toy else torch.get_num_threads())
     trainer = train_toy if toy else train_image
-    tm = trainer(config, progress=not args.no_progress, force=args.force, device=args.device)
+    try:
+        device = distributed.setup(args.device)
+        main = distributed.is_main()
+        with distributed.stop_on_sigterm():
+            tm = trainer(config, progress=not args.no_progress, force=args.force, device=device)
+    except distributed.Stopped as stop:
+        if main:
+            print(
+                f"{args.recipe}: stopped by SIGTERM after step {stop.step}; checkpoint: {stop.checkpoint}\n"
+                "run the same command again (on any number of processes) to resume",
+                file=sys.stderr,
+            )
+        return distributed.STOPPED_EXIT_CODE
+    finally:
+        distributed.teardown()
+    if not main:
+        return 0
     figure = loss_curve_figure(tm.losses, cache_dir() / f"{tm.path.stem}-loss.png", args.recipe)
     tail = tm.losses[-100:]
     print(f"{args.recipe}: {before}; {len(tm.losses)} steps, final loss {sum(tail) / len(tail):.4f}")

@@ -11,6 +11,7 @@ recipes (:func:`train_image`, lesson 20) and the attribute classifier that judge
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -36,6 +37,7 @@ from diffmath.nets.mlp import MLP
 from diffmath.nets.unet import UNet
 from diffmath.ode import ode_sample
 from diffmath.pfgm import PoissonLoss
+from diffmath.train import distributed
 from diffmath.train.training import DiffusionLoss, TrainStep, fit, read_checkpoint, save_atomic, train
 from diffmath.udm import CORRUPTIONS, RestorationLoss, get_corruption
 
@@ -242,6 +244,10 @@ def cached(path: str | Path, config: dict, keys: tuple[str, ...], train: Callabl
     :func:`~diffmath.train.training.save_atomic` and the checkpoint is removed. A second process asking for the same file
     waits for the lock, then loads what the first stored. Every recipe of the library goes through here.
 
+    Under ``torchrun`` (:mod:`diffmath.train.distributed`) rank 0 alone takes the lock, looks the file up (and sends
+    what it read to the other ranks), writes it and removes the checkpoint; the others train with it and wait at a
+    barrier until the file is stored.
+
     Parameters
     ----------
     path : str or Path
@@ -264,14 +270,18 @@ def cached(path: str | Path, config: dict, keys: tuple[str, ...], train: Callabl
         If the stored file was made by another configuration, is unreadable (corrupted, or not tensors and plain
         data) or lacks one of ``keys``; or as ``train``.
     """
-    path = Path(path)
-    with file_lock(path):  # one process trains and stores the file; another asking for it waits, then loads it
-        if path.exists():
-            return _stored(path, config, keys)
+    path, main = Path(path), distributed.is_main()
+    # one process trains and stores the file; another asking for it waits, then loads it
+    with file_lock(path) if main else contextlib.nullcontext():
+        stored = distributed.broadcast(_stored(path, config, keys) if main and path.exists() else None)
+        if stored is not None:
+            return stored
         checkpoint = path.with_suffix(".ckpt")
         payload = {"config": config, **train(checkpoint)}
-        save_atomic(payload, path)
-        checkpoint.unlink(missing_ok=True)
+        if main:
+            save_atomic(payload, path)
+            checkpoint.unlink(missing_ok=True)
+        distributed.barrier()
     return payload
 
 
@@ -326,7 +336,7 @@ def train_toy(
         raise ValueError("a recipe must come from toy_recipe(...) (it needs 'name' and 'toy')")
     folder = Path(folder) if folder is not None else cache_dir()
     path = folder / f"{config['name']}-{recipe_hash(config)}.pt"
-    if force:  # the weights and any half-done run's checkpoint
+    if force and distributed.is_main():  # the weights and any half-done run's checkpoint
         path.unlink(missing_ok=True)
         path.with_suffix(".ckpt").unlink(missing_ok=True)
     schedule = get_schedule(config["schedule"], **config["schedule_kwargs"])
@@ -760,7 +770,7 @@ def train_image(
         return {"model": weights, "losses": state.losses}
 
     path = COMMITTED / filename
-    if force:  # the cached weights and any half-done run's checkpoint
+    if force and distributed.is_main():  # the cached weights and any half-done run's checkpoint
         (folder / filename).unlink(missing_ok=True)
         (folder / filename).with_suffix(".ckpt").unlink(missing_ok=True)
     if path.exists() and not force:  # shipped with the package: read only, no lock

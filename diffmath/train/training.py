@@ -24,6 +24,8 @@ from diffmath.core.device import autocast, check_precision, resolve_device, unwr
 from diffmath.core.models import check_model
 from diffmath.core.notation import Pair, from_pair
 from diffmath.core.schedules import Schedule
+from diffmath.train import distributed
+from diffmath.train.distributed import Stopped
 
 LossFn = Callable[[nn.Module, Tensor, "torch.Generator", "Tensor | None"], Tensor]
 """A training objective ``loss(model, batch, generator, cond) -> scalar``: what :func:`train` minimises."""
@@ -416,6 +418,19 @@ def train(
         ``"bf16"`` runs the loss under bfloat16 autocast (:func:`~diffmath.core.device.autocast`); weights, optimiser and
         EMA stay in the model's dtype.
 
+    Notes
+    -----
+    In an initialised ``torch.distributed`` group of ``world_size`` > 1 processes (``torchrun``;
+    :mod:`diffmath.train.distributed`) the model is wrapped in ``DistributedDataParallel`` and ``batch_size`` stays
+    the *global* batch: every rank draws the whole batch's rows, label dropout, times and noise from the one seeded
+    generator and keeps its slice (the objective receives a :class:`Draws` instead of the generator), so the run is
+    the one-process run up to the order of float sums. ``TrainStep.loss`` is the global batch's loss; rank 0 alone
+    reads and writes the checkpoint (the others receive it and wait at a barrier) and shows the bar; the checkpoint
+    holds the global state, so a run resumes on any number of processes. After each step the ranks agree on
+    :func:`~diffmath.train.distributed.stop_requested` (SIGTERM under
+    :func:`~diffmath.train.distributed.stop_on_sigterm`): then the checkpoint is written and
+    :class:`~diffmath.train.distributed.Stopped` is raised.
+
     Yields
     ------
     TrainStep
@@ -437,7 +452,9 @@ def train(
         (N, L), both ``schedule`` and ``loss`` are ``None``, the checkpoint is unreadable or comes from another
         model or settings, the network's ``time.t_max`` differs from the schedule's ``t_max``, the loss becomes NaN
         or infinite, ``device`` is not a device (or CUDA is asked for and
-        absent), or ``precision`` is unknown.
+        absent), ``precision`` is unknown, or ``batch_size`` is not a multiple of the world size.
+    Stopped
+        After the step at which a stop was requested, once its checkpoint is written.
     """
     dev, precision = resolve_device(device), check_precision(precision)
     if loss is None:
@@ -462,7 +479,10 @@ def train(
         raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
     if checkpoint is not None and not isinstance(checkpoint, (str, Path)):
         raise TypeError(f"checkpoint must be a path (str or Path) or None, got {type(checkpoint).__name__}")
-    if checkpoint is not None:  # fail now, not at the first checkpoint after checkpoint_every steps
+    world, rank = distributed.world_size(), distributed.rank()
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} (the global batch) must be a multiple of the world size {world}")
+    if checkpoint is not None and rank == 0:  # fail now, not at the first checkpoint after checkpoint_every steps
         folder = Path(checkpoint).parent
         if not folder.is_dir():
             raise FileNotFoundError(
@@ -499,31 +519,39 @@ def train(
     data = data.to(dev)
     labels = None if labels is None else labels.to(dev)
     gen = torch.Generator().manual_seed(seed)
-    draws = Draws(gen)
+    draws, local = Draws(gen, rank, world), batch_size // world
+    net = model
+    if world > 1 and not isinstance(model, nn.parallel.DistributedDataParallel):
+        ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
     ema = copy.deepcopy(bare).requires_grad_(False) if ema_decay is not None else None
     params = list(bare.parameters())
     ema_params = list(ema.parameters()) if ema is not None else []
     start, losses = 0, []
-    if checkpoint is not None and Path(checkpoint).exists():
-        start, losses = _load(checkpoint, fingerprint, bare, ema, opt, sched, gen)
+    stored = checkpoint is not None and rank == 0 and Path(checkpoint).exists()
+    ck = distributed.broadcast(read_checkpoint(checkpoint, _CHECKPOINT_KEYS) if stored else None)
+    if ck is not None:
+        start, losses = _load(checkpoint, ck, fingerprint, bare, ema, opt, sched, gen)
     if start >= steps:  # a finished run: report its final state once
         model.eval()
         yield TrainStep(start, losses[-1] if losses else math.nan, model, ema.eval() if ema else None, losses)
         return
     model.train()
-    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="train", leave=False)
+    bar = tqdm(
+        range(start, steps), initial=start, total=steps, disable=not progress or rank != 0, desc="train", leave=False
+    )
     for k in bar:
-        idx = draws.randint(0, data.shape[0], (batch_size,), dev)
+        idx = draws.randint(0, data.shape[0], (local,), dev)
         cond = None
         if labels is not None:
             cond = labels[idx].clone()
             if label_dropout > 0:
                 per = cond.shape[1:] if dropout_per_label else ()
-                cond[draws.rand((batch_size, *per), device=dev) < label_dropout] = -1
+                cond[draws.rand((local, *per), device=dev) < label_dropout] = -1
         with autocast(dev, precision):
-            value = loss(model, data[idx], gen, cond)
+            value = loss(net, data[idx], gen if world == 1 else draws, cond)
         if not isinstance(value, Tensor) or value.dim() != 0 or not value.requires_grad:
             got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
             raise TypeError(f"loss must return a scalar tensor that depends on the model's parameters, got {got}")
@@ -536,11 +564,23 @@ def train(
         if ema is not None:
             with torch.no_grad():
                 torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay)
-        losses.append(value.item())
+        if world == 1:
+            losses.append(value.item())
+            stop = distributed.stop_requested()
+        else:  # the global batch's loss, and a stop asked on any rank, in one all-reduce
+            stat = torch.tensor([value.item(), float(distributed.stop_requested())], dtype=torch.float64, device=dev)
+            torch.distributed.all_reduce(stat)
+            losses.append(stat[0].item() / world)
+            stop = stat[1].item() > 0
         if k % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-        if checkpoint is not None and ((k + 1) % checkpoint_every == 0 or k + 1 == steps):
-            _save(checkpoint, fingerprint, k + 1, bare, ema, opt, sched, gen, losses)
+        if checkpoint is not None and ((k + 1) % checkpoint_every == 0 or k + 1 == steps or stop):
+            if rank == 0:
+                _save(checkpoint, fingerprint, k + 1, bare, ema, opt, sched, gen, losses)
+            distributed.barrier()
+        if stop:
+            bar.close()
+            raise Stopped(k + 1, checkpoint)
         yield TrainStep(k + 1, losses[-1], model, ema, losses)
     model.eval()
     if ema is not None:
@@ -695,8 +735,7 @@ def read_checkpoint(path: str | Path, keys: tuple[str, ...] = ()) -> dict:
 _CHECKPOINT_KEYS = ("fingerprint", "step", "model", "ema", "opt", "lr_sched", "generator", "losses")
 
 
-def _load(path, fingerprint, model, ema, opt, sched, gen) -> tuple[int, list[float]]:
-    ck = read_checkpoint(path, _CHECKPOINT_KEYS)
+def _load(path, ck, fingerprint, model, ema, opt, sched, gen) -> tuple[int, list[float]]:
     if ck["fingerprint"] != fingerprint:
         got = ck["fingerprint"] if isinstance(ck["fingerprint"], dict) else {}
         diff = sorted(k for k in fingerprint if got.get(k) != fingerprint[k])
