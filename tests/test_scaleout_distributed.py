@@ -158,3 +158,32 @@ def test_a_two_process_run_stopped_by_sigterm_resumes_on_one_process(tmp_path):
     for part in ("model", "ema"):
         assert _max_diff(resumed[part], straight[part]) < 1e-12
     assert resumed["generator"].equal(straight["generator"])
+
+
+def test_diffmath_train_stopped_by_sigterm_checkpoints_exits_143_and_resumes(tmp_path, monkeypatch, capsys):
+    """One process: SIGTERM during ``diffmath train`` ends the step, writes the checkpoint (no cache file), exits
+    143 with how to resume; the same command resumes and stores the weights of an uninterrupted run, bit for bit."""
+    import diffmath.recipes as recipes
+    from diffmath.cli import main
+    from diffmath.train.distributed import STOPPED_EXIT_CODE
+
+    fit = recipes.fit
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # before the first step: the handler of `diffmath train` catches it
+        return fit(*args, **kwargs)
+
+    args = ["train", "moons-ddpm", "--steps", "6", "--no-progress"]
+    monkeypatch.setenv("DIFFMATH_CACHE", str(tmp_path / "stopped"))
+    monkeypatch.setattr(recipes, "fit", signalled)
+    assert main(args) == STOPPED_EXIT_CODE
+    assert "stopped by SIGTERM after step 1" in capsys.readouterr().err
+    (ckpt,) = (tmp_path / "stopped").glob("*.ckpt")
+    assert read_checkpoint(ckpt)["step"] == 1 and not list((tmp_path / "stopped").glob("*.pt"))
+    monkeypatch.setattr(recipes, "fit", fit)
+    assert main(args) == 0 and "resumed from its last checkpoint" in capsys.readouterr().out
+    monkeypatch.setenv("DIFFMATH_CACHE", str(tmp_path / "straight"))
+    assert main(args) == 0
+    resumed, straight = (read_checkpoint(next((tmp_path / d).glob("*.pt"))) for d in ("stopped", "straight"))
+    assert resumed["losses"] == straight["losses"]
+    assert all(torch.equal(resumed["model"][k], straight["model"][k]) for k in straight["model"])
