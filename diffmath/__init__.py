@@ -15,6 +15,14 @@ Chapters
     ddpm 1-3 · sde 5 · ode, solvers 6 · variance 7-8 · udm, masking 10-11 · heat 12 · pfgm 13 · greens 14 · flows 15, 17
     w2bound 16 · scorematching 18 · gradflow 19 · recipes, metrics, fusion, compare 20-23 · plots (figures)
 
+Conventions
+    time        t = 0 is the data, t_max the noise; a discrete schedule counts 0..T (diffusers' timestep k is t = k + 1)
+    arguments   model, x, then the grid (samplers) or the time (``predict``), then the schedule, then options
+                (not yet in ``ode_log_likelihood`` and ``pfgm_sample``, whose times come after the schedule)
+    models      any ``model(x, t, cond=None)`` with a ``prediction``; an unconditional network refuses real labels
+    sampling    trained eps-models sample deterministically through ``ToyModel.clipped`` / ``ImageModel.clipped``
+    progress    on by default where a call takes minutes (training, recipes, image statistics), off for samplers
+
 Start with ``help(diffmath.sampling.loop)`` (how every sampler runs) and the README's "In five lines".
 """
 
