@@ -13,22 +13,13 @@ import sys
 
 def _recipe_table() -> list[tuple[str, str, int, str, str]]:
     """(name, kind, steps, hash, status) of every recipe; status is where its weights are, if anywhere."""
-    from diffmath.recipes import COMMITTED, IMAGE_RECIPES, TOY_RECIPES, cache_dir, image_recipe, recipe_hash, toy_recipe
+    from diffmath.recipes import IMAGE_RECIPES, TOY_RECIPES, image_recipe, recipe_hash, toy_recipe, weights_status
 
     rows = []
     for kind, table, make in (("toy", TOY_RECIPES, toy_recipe), ("image", IMAGE_RECIPES, image_recipe)):
         for name in table:
-            h = recipe_hash(make(name))
-            filename = f"{name}-{h}.pt"
-            if kind == "image" and (COMMITTED / filename).exists():
-                status = "committed"
-            elif (cache_dir() / filename).exists():
-                status = "cached"
-            elif (cache_dir() / filename).with_suffix(".ckpt").exists():
-                status = "partly trained"
-            else:
-                status = "not trained"
-            rows.append((name, kind, table[name]["steps"], h, status))
+            config = make(name)
+            rows.append((name, kind, table[name]["steps"], recipe_hash(config), weights_status(config)))
     return rows
 
 
@@ -42,10 +33,10 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         cache_dir,
         image_recipe,
         loss_curve_figure,
-        recipe_hash,
         toy_recipe,
         train_image,
         train_toy,
+        weights_status,
     )
     from diffmath.train import distributed
 
@@ -64,16 +55,12 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--threads must be a positive integer, got {args.threads}")
     overrides = {} if args.steps is None else {"steps": args.steps}
     config = (toy_recipe if toy else image_recipe)(args.recipe, **overrides)
-    filename = f"{args.recipe}-{recipe_hash(config)}.pt"
-    cached_file = cache_dir() / filename
-    if not toy and (COMMITTED / filename).exists() and not args.force:
-        before = "loaded the committed weights"
-    elif cached_file.exists() and not args.force:
-        before = "loaded from the cache"
-    elif cached_file.with_suffix(".ckpt").exists() and not args.force:
-        before = "resumed from its last checkpoint and trained"
-    else:
-        before = "trained"
+    before = {
+        "committed": "loaded the committed weights",
+        "cached": "loaded from the cache",
+        "partly trained": "resumed from its last checkpoint and trained",
+        "not trained": "trained",
+    }["not trained" if args.force else weights_status(config)]
     # toy work on one thread: the cached weights do not depend on the core count
     torch.set_num_threads(args.threads if args.threads is not None else 1 if toy else torch.get_num_threads())
     trainer = train_toy if toy else train_image

@@ -234,6 +234,49 @@ def recipe_hash(config: dict) -> str:
     return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def weights_file(config: dict) -> str:
+    """The file name ``<name>-<hash>.pt`` under which a recipe's weights are committed or cached (lesson 3, sec. 3.6).
+
+    Parameters
+    ----------
+    config : dict
+        A recipe's configuration (from :func:`toy_recipe` or :func:`image_recipe`).
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    KeyError
+        If ``config`` has no ``"name"``.
+    """
+    return f"{config['name']}-{recipe_hash(config)}.pt"
+
+
+def weights_status(config: dict, folder: str | Path | None = None) -> str:
+    """Where a recipe's weights are (lesson 3, sec. 3.6): ``"committed"`` (shipped in :data:`COMMITTED`),
+    ``"cached"``, ``"partly trained"`` (only a resumable checkpoint) or ``"not trained"``.
+
+    Parameters
+    ----------
+    config : dict
+        A recipe's configuration.
+    folder : path, optional
+        Cache folder (default :func:`cache_dir`).
+
+    Returns
+    -------
+    str
+    """
+    cache = (Path(folder) if folder is not None else cache_dir()) / weights_file(config)
+    if (COMMITTED / weights_file(config)).exists():
+        return "committed"
+    if cache.exists():
+        return "cached"
+    return "partly trained" if cache.with_suffix(".ckpt").exists() else "not trained"
+
+
 def cached(path: str | Path, config: dict, keys: tuple[str, ...], train: Callable[[Path], dict]) -> dict:
     r"""The one cached-training flow (lesson 3, sec. 3.6): load ``path`` if it is stored, else train and store it.
 
@@ -335,7 +378,7 @@ def train_toy(
     if "name" not in config or "toy" not in config:
         raise ValueError("a recipe must come from toy_recipe(...) (it needs 'name' and 'toy')")
     folder = Path(folder) if folder is not None else cache_dir()
-    path = folder / f"{config['name']}-{recipe_hash(config)}.pt"
+    path = folder / weights_file(config)
     if force and distributed.is_main():  # the weights and any half-done run's checkpoint
         path.unlink(missing_ok=True)
         path.with_suffix(".ckpt").unlink(missing_ok=True)
@@ -760,7 +803,7 @@ def train_image(
     if "name" not in config or "dataset" not in config:
         raise ValueError("an image recipe must come from image_recipe(...) (it needs 'name' and 'dataset')")
     folder = Path(folder) if folder is not None else cache_dir()
-    filename = f"{config['name']}-{recipe_hash(config)}.pt"
+    filename = weights_file(config)
     model, schedule, data, labels = image_setup(config)
 
     def run(checkpoint: Path) -> dict:

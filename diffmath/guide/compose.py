@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from diffmath.core._validate import as_tensor, check_batch
-from diffmath.core.models import Model, check_input_dtype, check_model
-from diffmath.core.notation import PREDICTIONS, from_pair, to_pair
+from diffmath.core.models import Model, check_input_dtype, check_model, predict_pair
+from diffmath.core.notation import PREDICTIONS, Pair, from_pair, to_pair
 from diffmath.core.schedules import Schedule
 
 
@@ -281,23 +281,18 @@ class Clipped:
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         x = check_batch(x, "x")
         t = as_tensor(t, "t", x)
-        if t.dim() == 0:
-            t = t.expand(x.shape[0])
-        check_input_dtype(self.model, x)
-        out = _check_output(self.model(x, t, cond), x.shape, 0)
+        t = t.expand(x.shape[0]) if t.dim() == 0 else t
         co = self.schedule.coefficients(t)
-        b = co.b.reshape(-1, *[1] * (x.dim() - 1))
-        if bool((b == 0).any()):
+        if bool((co.b == 0).any()):
             raise ValueError("Clipped cannot clip at a time where b_t = 0 (the data end): there x0 is x_t itself")
-        pair = to_pair(out, self.prediction, x, co.a, co.b, co.da, co.db)
+        pair = predict_pair(self.model, x, t, self.schedule, cond)
         if self.region == "box":
             x0 = pair.x0.clamp(-self.bound, self.bound)
         else:
-            norm = pair.x0.flatten(1).norm(dim=1).reshape(b.shape)
+            norm = pair.x0.flatten(1).norm(dim=1).reshape(-1, *[1] * (x.dim() - 1))
             x0 = pair.x0 * (self.bound / norm.clamp(min=self.bound))
-        a = co.a.reshape(-1, *[1] * (x.dim() - 1))
-        clipped = type(pair)(x0, (x - a * x0) / b)
-        return from_pair(clipped, self.prediction, co.a, co.b, co.da, co.db)
+        a, b = (c.reshape(-1, *[1] * (x.dim() - 1)) for c in (co.a, co.b))
+        return from_pair(Pair(x0, (x - a * x0) / b), self.prediction, co.a, co.b, co.da, co.db)
 
     def __repr__(self) -> str:
         return f"Clipped({self.model!r}, bound={self.bound:g}, region={self.region!r})"
