@@ -151,7 +151,7 @@ def run_diffmath(data, steps, seed, noise, reflow_steps, num_pairs):
             progress=False,
             loss=FlowMatchingLoss(path, coupling),
         )
-        rows[name] = (time.process_time() - t0, {n: sample_flow(state.ema, noise, path, n) for n in NFES})
+        rows[name] = (time.process_time() - t0, {n: sample_flow(state.ema, noise, path.grid(n), path) for n in NFES})
         models[name] = state.ema
     base = "diffmath OT-CFM"
     t0 = time.process_time()
@@ -171,7 +171,10 @@ def run_diffmath(data, steps, seed, noise, reflow_steps, num_pairs):
         loss=FlowMatchingLoss(path, paired=True),
     )
     extra = time.process_time() - t0
-    rows["diffmath 2-RF"] = (rows[base][0] + extra, {n: sample_flow(state.ema, noise, path, n) for n in NFES})
+    rows["diffmath 2-RF"] = (
+        rows[base][0] + extra,
+        {n: sample_flow(state.ema, noise, path.grid(n), path) for n in NFES},
+    )
     return rows
 
 

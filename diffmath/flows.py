@@ -41,7 +41,8 @@ from diffmath.core.device import unwrap
 from diffmath.core.models import Model, check_model, predict
 from diffmath.core.schedules import Coefficients, LinearPath, Schedule, get_schedule
 from diffmath.exact.mixtures import GaussianMixture
-from diffmath.ode import ode_sample, solve_ode
+from diffmath.ode import _require_grid, ode_sample, solve_ode
+from diffmath.sampling.loop import check_grid
 from diffmath.train.training import _check_trainable, as_draws, fit
 
 COUPLINGS: tuple[str, ...] = ("independent", "ot")
@@ -1048,45 +1049,52 @@ class DistillationLoss:
 def sample_flow(
     model: Model,
     x1: Tensor,
+    grid: Tensor,
     schedule: Schedule,
-    num_steps: int = 1,
     method: str = "euler",
-    spacing: str = "uniform",
     cond: Tensor | None = None,
 ) -> Tensor:
-    r"""Few-step (or one-step) sampling of a flow: integrate $\mathrm dx/\mathrm dt = v(x, t)$ from $t_{\max}$ to 0
-    with the lesson 6 solvers (lesson 17, eq. 17.10); one Euler step is $x_0 = x_1 - t_{\max}\,v(x_1, t_{\max})$.
+    r"""Few-step (or one-step) sampling of a flow: integrate $\mathrm dx/\mathrm dt = v(x, t)$ along ``grid`` from the
+    prior towards the data with the lesson 6 solvers (lesson 17, eq. 17.10); on ``schedule.grid(1)`` one Euler step is
+    $x_0 = x_1 - t_{\max}\,v(x_1, t_{\max})$ (eq. 17.5).
+
+    It is :func:`~diffmath.ode.ode_sample` without gradients and with Euler as the default solver: a straight
+    (reflowed) flow is integrated exactly by Euler, and lesson 17 counts cost in Euler steps (one network
+    evaluation each), where :func:`~diffmath.ode.ode_sample` defaults to Heun for curved probability-flow paths.
 
     Parameters
     ----------
     model : Model
         A velocity model (any model: others are converted through the schedule).
     x1 : Tensor, shape (B, ...)
-        Prior samples.
+        Prior samples at ``grid[0]``.
+    grid : Tensor, shape (K + 1,)
+        Strictly decreasing times, e.g. ``schedule.grid(4)`` or ``schedule.grid(4, spacing="karras")``; network
+        evaluations are ``nfe(method, K)``.
     schedule : Schedule
-        The path (its grid and coefficients).
-    num_steps : int
-        Solver steps; network evaluations are ``nfe(method, num_steps)``.
+        The path (its coefficients).
     method : {"euler", "heun", "dpm++2m"}
         The solver of :func:`~diffmath.ode.solve_ode`.
-    spacing : str
-        Grid spacing of :meth:`~diffmath.core.schedules.Schedule.grid`.
     cond : Tensor, optional
         Condition for the model.
 
     Returns
     -------
     Tensor, shape (B, ...)
-        The samples at $t = 0$.
+        The samples at ``grid[-1]``.
 
     Raises
     ------
-    TypeError, ValueError
-        As :func:`~diffmath.ode.solve_ode` and :meth:`~diffmath.core.schedules.Schedule.grid`.
+    TypeError
+        If ``grid`` is a number of steps or a schedule (the grid comes before the schedule: pass
+        ``schedule.grid(num_steps)``), or as :func:`~diffmath.ode.solve_ode`.
+    ValueError
+        If ``grid`` is not strictly decreasing inside the schedule's range, or as :func:`~diffmath.ode.solve_ode`.
     """
-    check_schedule(schedule)
+    _require_grid(grid, "sample_flow")
+    check_grid(grid, schedule)
     with torch.no_grad():
-        return ode_sample(model, x1, schedule.grid(num_steps, spacing), schedule, method, cond)
+        return ode_sample(model, x1, grid, schedule, method, cond)
 
 
 def reflow_pairs(
@@ -1125,7 +1133,8 @@ def reflow_pairs(
     TypeError, ValueError
         As :func:`sample_flow`.
     """
-    z0 = sample_flow(model, x1, schedule, num_steps, method, cond=cond)
+    check_schedule(schedule)
+    z0 = sample_flow(model, x1, schedule.grid(num_steps), schedule, method, cond)
     return torch.stack([z0, x1.to(z0)], 1)
 
 
@@ -1388,7 +1397,8 @@ def distill(
     **train_kwargs: object,
 ) -> nn.Module:
     r"""Distil a flow into a one-step sampler (lesson 17, eq. 17.15): pair ``x1`` with the teacher's ODE endpoints and
-    train a copy of the teacher with :class:`DistillationLoss`; sample it with ``sample_flow(student, z, schedule, 1)``.
+    train a copy of the teacher with :class:`DistillationLoss`; sample it with
+    ``sample_flow(student, z, schedule.grid(1), schedule)``.
 
     Parameters
     ----------

@@ -82,7 +82,23 @@ def pf_ode_drift(model: Model, x: Tensor, t: float | Tensor, schedule: Schedule,
     return v
 
 
+def _require_grid(grid: object, caller: str, example: str = "schedule.grid({n})") -> None:
+    """Refuse a number of steps, or a schedule, where ``caller`` takes its explicit time grid (lesson 0, sec. 0.4);
+    ``example`` shows how to make one, with ``{n}`` for the number of steps."""
+    if isinstance(grid, int) and not isinstance(grid, bool):
+        raise TypeError(
+            f"{caller} takes a time grid since every sampler does (lesson 0, sec. 0.4), not a number of steps: "
+            f"pass {example.format(n=grid)}"
+        )
+    if isinstance(grid, Schedule):
+        raise TypeError(
+            f"{caller} takes its time grid before the schedule (the grid comes before the schedule in every "
+            f"sampler, lesson 0, sec. 0.4): pass {example.format(n=4)}, then the schedule"
+        )
+
+
 def _monotone_grid(grid: object, schedule: Schedule, method: str) -> Tensor:
+    _require_grid(grid, "solve_ode")
     check_schedule(schedule)
     if not isinstance(grid, Tensor):
         raise TypeError(f"grid must be a 1-D torch.Tensor of monotone times, got {type(grid).__name__}")

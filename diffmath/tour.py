@@ -242,7 +242,7 @@ def _flow_section(axes, gmm: GaussianMixture, fresh: torch.Tensor, x_T: torch.Te
     panels = [(name, m, k) for name, m in (("1-RF", rf1), ("2-RF", rf2)) for k in (1, 4)]
     for ax, (name, m, k) in zip(axes, panels, strict=False):
         t0 = time.perf_counter()
-        x0 = sample_flow(m.model, x_T, m.schedule, k)
+        x0 = sample_flow(m.model, x_T, m.schedule.grid(k), m.schedule)
         rows.append(_row(name, "Euler", k, time.perf_counter() - t0, x0.double(), fresh, gmm))
         ax.scatter(*x0.T, s=1, alpha=0.4, color="tab:purple" if name == "1-RF" else "tab:red")
         ax.set_title(

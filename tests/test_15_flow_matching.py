@@ -141,7 +141,7 @@ def test_uniform_prior_point_masses_land_with_their_weights():
     r = flow.responsibilities(path.sample_prior((500, 2), g) * 0.5, 0.3)
     box_w = (r > 0).double() * w  # renormalised indicator weights
     assert torch.allclose(r, box_w / box_w.sum(1, keepdim=True), atol=1e-12)
-    x = sample_flow(flow, path.sample_prior((3000, 2), g), path, 400)
+    x = sample_flow(flow, path.sample_prior((3000, 2), g), path.grid(400), path)
     d = torch.cdist(x, pts)
     assert d.min(1).values.max() < 1e-6
     counts = torch.bincount(d.argmin(1), minlength=3).numpy()
@@ -190,7 +190,7 @@ def test_flow_matching_is_shape_agnostic():
     pairs = torch.stack([x0, path.sample_prior(x0.shape, g)], 1)
     assert FlowMatchingLoss(path, paired=True)(model, pairs, g).shape == ()
     assert minibatch_ot(x0, pairs[:, 1]).shape == x0.shape
-    assert sample_flow(model, pairs[:, 1], path, 3).shape == x0.shape
+    assert sample_flow(model, pairs[:, 1], path.grid(3), path).shape == x0.shape
     flow = EmpiricalFlow(x0[:4], ConditionalPath(LIN))
     assert flow(pairs[:5, 1], 0.5).shape == (5, 1, 3, 3)
 
@@ -217,3 +217,19 @@ def test_flow_matching_bad_input():
         FlowMatchingLoss(LIN, paired=True)(dm.nets.MLP(2, 8, 1, "velocity"), torch.randn(4, 3, 2), torch.Generator())
     with pytest.raises(ValueError, match="sigma_t > 0"):
         ConditionalPath(LIN).conditional_velocity(torch.zeros(2, 2), torch.zeros(2, 2), 0.0)
+
+
+def test_sample_flow_takes_a_grid_like_every_sampler():
+    """sample_flow(model, x1, grid, schedule) integrates along the grid it is given, as ode_sample does (lesson 0,
+    sec. 0.4; the same result on a quadratic grid); a number of steps where the grid goes, or the old order with the schedule
+    first, is a TypeError that says how to make a grid."""
+    flow = EmpiricalFlow(torch.randn(5, 2, generator=torch.Generator().manual_seed(9), dtype=f64), ConditionalPath(LIN))
+    x1 = torch.randn(8, 2, generator=torch.Generator().manual_seed(10), dtype=f64)
+    grid = LIN.grid(6, "quadratic")
+    assert torch.equal(sample_flow(flow, x1, grid, LIN), dm.ode.ode_sample(flow, x1, grid, LIN, "euler"))
+    with pytest.raises(TypeError, match=r"sample_flow takes a time grid .*pass schedule\.grid\(4\)"):
+        sample_flow(flow, x1, 4, LIN)
+    with pytest.raises(TypeError, match=r"the grid comes before the schedule"):
+        sample_flow(flow, x1, LIN, 4)
+    with pytest.raises(ValueError, match="decreasing"):
+        sample_flow(flow, x1, grid.flip(0), LIN)

@@ -71,7 +71,7 @@ def test_one_euler_step_of_1rf_returns_the_data_mean():
     g = torch.Generator().manual_seed(1)
     for gmm in (RING, td.random_mixture(3, 2, g)):
         z = 3 * torch.randn(200, 2, generator=g, dtype=f64)
-        x = sample_flow(GMMFlow(gmm), z, LIN, 1)
+        x = sample_flow(GMMFlow(gmm), z, LIN.grid(1), LIN)
         assert (x - gmm.mean()).abs().max() < 1e-12
 
 
@@ -83,7 +83,7 @@ def test_euler_on_the_exact_flow_has_order_one():
     flow = GMMFlow(RING)
     ref = ode_sample(flow, z, LIN.grid(400), LIN, "heun")
     ns = [1, 8, 16, 32, 64, 128]
-    errs = [(sample_flow(flow, z, LIN, n) - ref).norm(dim=1).mean().item() for n in ns]
+    errs = [(sample_flow(flow, z, LIN.grid(n), LIN) - ref).norm(dim=1).mean().item() for n in ns]
     slope = np.polyfit(np.log(ns[1:]), np.log(errs[1:]), 1)[0]
     assert -1.15 < slope < -0.85
     assert 1.9 < errs[0] < 2.1 and 0.004 < errs[-1] < 0.0056
@@ -116,7 +116,7 @@ def test_gaussian_target_2rf_is_exact_in_one_step():
     assert torch.allclose(rf2.A, U @ torch.diag(lam.sqrt()) @ U.T, atol=1e-5)
     assert straightness(rf2, z1, LIN, 20, "euler").straightness < 1e-12
     assert straightness(GMMFlow(gauss), z1, LIN, 50).straightness > 0.05
-    assert (sample_flow(rf2, z1, LIN, 1) - pairs[:, 0]).abs().max() < 1e-5
+    assert (sample_flow(rf2, z1, LIN.grid(1), LIN) - pairs[:, 0]).abs().max() < 1e-5
 
 
 def test_liu_time_convention_gives_the_same_sampler():
@@ -124,7 +124,7 @@ def test_liu_time_convention_gives_the_same_sampler():
     from t = 1 to 0 (1e-12)."""
     g = torch.Generator().manual_seed(3)
     z = torch.randn(50, 2, generator=g, dtype=f64)
-    ours = sample_flow(GMMFlow(RING), z, LIN, 10)
+    ours = sample_flow(GMMFlow(RING), z, LIN.grid(10), LIN)
     x = z.clone()
     for s in torch.linspace(0, 1, 11, dtype=f64)[:-1]:
         x = x + 0.1 * (-gmm_velocity(RING, x, 1 - s))
@@ -149,12 +149,15 @@ def test_trained_reflow_straightens_and_samples_in_one_step(recipe):
     st = [straightness(m.model, z[:1000], LIN, 50, "euler") for m in (rf1, rf2)]
     assert st[0].straightness > s_fac * st[1].straightness
     assert st[1].cost < st[0].cost + 4 * st[0].per_sample[:, 1].std().item() / math.sqrt(1000)
-    one = [sample_flow(m.model, z, LIN, 1) for m in (rf1, rf2)]
+    one = [sample_flow(m.model, z, LIN.grid(1), LIN) for m in (rf1, rf2)]
     sw = [sliced_w1(x, ref, 256, torch.Generator().manual_seed(1)) for x in one]
     mmd = [mmd_rbf(x[:2000], ref[:2000]) for x in one]
     assert sw[0] > sw_fac * sw[1]
     assert mmd[0] > mmd_fac * max(mmd[1], 1e-4)
-    many = [sliced_w1(sample_flow(m.model, z, LIN, 20), ref, 256, torch.Generator().manual_seed(1)) for m in (rf1, rf2)]
+    many = [
+        sliced_w1(sample_flow(m.model, z, LIN.grid(20), LIN), ref, 256, torch.Generator().manual_seed(1))
+        for m in (rf1, rf2)
+    ]
     assert many[1] < 1.5 * many[0]
 
 
@@ -171,8 +174,10 @@ def test_reflow_and_distillation_run_on_any_model():
     )
     ref = RING.sample(2000, g)
     z2 = torch.randn(2000, 2, generator=g)
-    sw = sliced_w1(sample_flow(student, z2, LIN, 1), ref, 128, torch.Generator().manual_seed(1))
-    sw1 = sliced_w1(sample_flow(GMMFlow(RING), z2.double(), LIN, 1), ref, 128, torch.Generator().manual_seed(1))
+    sw = sliced_w1(sample_flow(student, z2, LIN.grid(1), LIN), ref, 128, torch.Generator().manual_seed(1))
+    sw1 = sliced_w1(
+        sample_flow(GMMFlow(RING), z2.double(), LIN.grid(1), LIN), ref, 128, torch.Generator().manual_seed(1)
+    )
     assert sw < 0.5 * sw1
     models = reflow(dm.nets.MLP(2, 8, 1, "velocity"), z[:256], LIN, rounds=2, steps=5, num_steps=4, progress=False)
     assert len(models) == 2 and all(m.prediction == "velocity" for m in models)

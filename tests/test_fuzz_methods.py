@@ -23,6 +23,7 @@ from fuzzing import (
     Cases,
     FakeModel,
     assert_good,
+    bad_grids,
     bad_labels,
     bad_models,
     bad_names,
@@ -444,14 +445,18 @@ for loss in (flows.FlowMatchingLoss("rectified-flow", paired=True), flows.Distil
     CALL = {"model": VNET, "batch": PAIRS32, "generator": None}
     add("flows", loss, CALL, "model", wrong_outputs("velocity"))
     batch("flows", loss, CALL, "batch", scalar, also=("pairs", "x"))
-SF = {"model": GMM.model(LP, "velocity"), "x1": X, "schedule": LP, "num_steps": 2}
+SF = {"model": GMM.model(LP, "velocity"), "x1": X, "schedule": LP}
 for fn in (flows.sample_flow, flows.reflow_pairs, flows.straightness):
     expect = {flows.sample_flow: same, flows.reflow_pairs: lambda v: shaped(v.shape[0], 2, 2)}.get(fn, any_finite)
-    add("flows", fn, SF, "model", bad_velocity_models())
-    batch("flows", fn, SF, "x1", expect, also=("x",))
-    add("flows", fn, SF, "schedule", bad_schedules())
-    add("flows", fn, SF, "num_steps", bad_ints(1))
-    add("flows", fn, SF, "method", bad_names(METHODS))
+    steps, value, strategy = (
+        ("grid", LP.grid(2), bad_grids(1.0, False)) if fn is flows.sample_flow else ("num_steps", 2, bad_ints(1))
+    )
+    good = {**SF, steps: value}
+    add("flows", fn, good, "model", bad_velocity_models())
+    batch("flows", fn, good, "x1", expect, also=("x",))
+    add("flows", fn, good, "schedule", bad_schedules())
+    add("flows", fn, good, steps, strategy)
+    add("flows", fn, good, "method", bad_names(METHODS))
 CI = {"model": GMM.model(LP, "velocity"), "x0": X, "x1": X.flip(0), "num_steps": 2}
 add("flows", flows.cost_identity, CI, "model", bad_velocity_models())
 batch("flows", flows.cost_identity, CI, "x0", any_finite, also=("x1", "x"))
