@@ -53,14 +53,18 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--steps must be a positive integer, got {args.steps}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be a positive integer, got {args.threads}")
+    if toy and args.precision != "float32":
+        parser.error(f"--precision {args.precision} is for image recipes; toy recipes train in float32")
     overrides = {} if args.steps is None else {"steps": args.steps}
     config = (toy_recipe if toy else image_recipe)(args.recipe, **overrides)
+    extra = {} if toy else {"precision": args.precision}
+    stored_as = config if args.precision == "float32" else {**config, "precision": args.precision}
     before = {
         "committed": "loaded the committed weights",
         "cached": "loaded from the cache",
         "partly trained": "resumed from its last checkpoint and trained",
         "not trained": "trained",
-    }["not trained" if args.force else weights_status(config)]
+    }["not trained" if args.force else weights_status(stored_as)]
     # toy work on one thread: the cached weights do not depend on the core count
     torch.set_num_threads(args.threads if args.threads is not None else 1 if toy else torch.get_num_threads())
     trainer = train_toy if toy else train_image
@@ -68,7 +72,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         device = distributed.setup(args.device)
         main = distributed.is_main()
         with distributed.stop_on_sigterm():
-            tm = trainer(config, progress=not args.no_progress, force=args.force, device=device)
+            tm = trainer(config, progress=not args.no_progress, force=args.force, device=device, **extra)
     except distributed.Stopped as stop:
         if main:
             print(
@@ -123,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--steps", type=int, default=None, help="train for this many steps instead of the recipe's")
     train.add_argument("--force", action="store_true", help="ignore stored weights and train again")
     train.add_argument("--device", default="cpu", help="where to train: cpu, cuda or auto (cuda when present)")
+    train.add_argument("--precision", default="float32", choices=["float32", "bf16"],
+                       help="image recipes: bf16 runs the forward passes under bfloat16 autocast (for CUDA)")  # fmt: skip
     train.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 for toys, torch's own "
                        "for images)")  # fmt: skip
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")

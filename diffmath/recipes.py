@@ -23,6 +23,7 @@ import torch
 
 from diffmath.core._io import atomic_write, file_lock
 from diffmath.core._validate import check_int
+from diffmath.core.device import check_precision
 from diffmath.core.schedules import Schedule, get_schedule
 from diffmath.flows import FlowMatchingLoss, reflow_pairs
 from diffmath.guide.compose import Clipped
@@ -764,6 +765,7 @@ def train_image(
     folder: str | Path | None = None,
     force: bool = False,
     device: str = "cpu",
+    precision: str = "float32",
 ) -> ImageModel:
     r"""Train (or load) a UNet by image recipe (lesson 20, sec. 20.3; the loop of lesson 3, eq. 3.14).
 
@@ -786,6 +788,9 @@ def train_image(
         ``folder``.
     device : str
         Where to train (``"cpu"``, ``"cuda"``, ``"auto"``); the stored weights are on the CPU.
+    precision : {"float32", "bf16"}
+        The precision of the forward passes; bf16 weights are stored under another name (the recipe's hash with
+        ``"precision": "bf16"`` added), so they never replace the float32 ones.
 
     Returns
     -------
@@ -802,12 +807,14 @@ def train_image(
     config = image_recipe(recipe) if isinstance(recipe, str) else dict(recipe)
     if "name" not in config or "dataset" not in config:
         raise ValueError("an image recipe must come from image_recipe(...) (it needs 'name' and 'dataset')")
+    if check_precision(precision) != "float32":  # other weights: another cache file (float32 keeps the old names)
+        config = {**config, "precision": precision}
     folder = Path(folder) if folder is not None else cache_dir()
     filename = weights_file(config)
     model, schedule, data, labels = image_setup(config)
 
     def run(checkpoint: Path) -> dict:
-        *_, state = image_training(config, model, schedule, data, labels, checkpoint, progress, device)
+        *_, state = image_training(config, model, schedule, data, labels, checkpoint, progress, device, precision)
         final = state.ema if state.ema is not None else state.model
         weights = {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in final.state_dict().items()}
         return {"model": weights, "losses": state.losses}
@@ -834,6 +841,7 @@ def image_training(
     checkpoint: str | Path | None = None,
     progress: bool = True,
     device: str = "cpu",
+    precision: str = "float32",
 ) -> Iterator[TrainStep]:
     r"""The training run of an image recipe, step by step: :func:`~diffmath.train.training.train` with the recipe's
     objective and settings (lesson 20, sec. 20.3; lesson 3, eq. 3.14).
@@ -850,6 +858,8 @@ def image_training(
         Show a tqdm bar.
     device : str
         Where to train.
+    precision : {"float32", "bf16"}
+        The precision of the forward passes (:func:`~diffmath.core.device.autocast`).
 
     Yields
     ------
@@ -875,6 +885,7 @@ def image_training(
         label_dropout=config["label_dropout"],
         dropout_per_label=config.get("dropout_per_label", False),
         device=device,
+        precision=precision,
     )
 
 

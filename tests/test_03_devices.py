@@ -14,6 +14,8 @@ from diffmath.exact.mixtures import GaussianMixture
 from diffmath.flows import DistillationLoss, FlowMatchingLoss
 from diffmath.nets.mlp import MLP
 from diffmath.pfgm import PoissonLoss
+from diffmath.sampling.loop import final, run
+from diffmath.sampling.samplers import ddim_rule
 from diffmath.train.training import Draws, as_draws, diffusion_loss, fit, noise_batch, read_checkpoint, train
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour of a machine without CUDA")
@@ -203,3 +205,68 @@ def test_discrete_schedule_tables_follow_the_times_device():
     assert sched._on(torch.device("meta")) is sched._on(torch.device("meta"))  # cached, not copied per call
     cpu = sched._coefficients(torch.tensor([3.0, 500.0], dtype=torch.float64))
     assert torch.equal(cpu.a, sched.abar[[3, 500]]) and torch.equal(cpu.b, sched.bbar[[3, 500]])
+
+
+class _TimeRecorder(nn.Module):
+    """A model that records the times it is asked at, and returns NaN from step ``nan_from`` on."""
+
+    def __init__(self, net, nan_from=None):
+        super().__init__()
+        self.net, self.prediction, self.times, self.nan_from = net, net.prediction, [], nan_from
+
+    def forward(self, x, t, cond=None):
+        self.times.append(t.detach().clone())
+        if self.nan_from is not None and len(self.times) > self.nan_from:
+            return torch.full_like(x, float("nan"))  # without asking the net, which would refuse a NaN input
+        return self.net(x, t, cond)
+
+
+def test_a_half_precision_state_is_sampled_at_exact_times():
+    """A bfloat16 state on a discrete schedule: the model is asked at the grid's integer times in float32 (bfloat16
+    would round t = 999 to 1000, outside the schedule), and the bfloat16 MLP embeds them."""
+    sched = dm.su_linear()
+    model = _TimeRecorder(_net(dtype=torch.bfloat16))
+    grid = sched.grid(10)
+    x = dm.sample(model, torch.randn(8, 2, generator=torch.Generator().manual_seed(0)).bfloat16(), grid, sched)
+    assert x.dtype == torch.bfloat16 and torch.isfinite(x.float()).all()
+    assert all(t.dtype == torch.float32 for t in model.times)
+    assert [t[0].item() for t in model.times] == grid[:-1].tolist()
+    assert torch.tensor(999.0).bfloat16().item() == 1000.0  # what the old float conversion gave
+
+
+@pytest.mark.parametrize("check_every", [0, 1, 4, None])
+def test_a_non_finite_state_is_reported_at_its_first_step(check_every):
+    """However seldom the loop looks (``check_every``; ``None``: every step on the CPU, only the last on a GPU, so
+    a CUDA loop never waits), the error names the first step whose state was not finite."""
+    sched = dm.su_linear()
+    model = _TimeRecorder(_net(), nan_from=3)
+    with pytest.raises(ValueError, match=r"at step 3 \(t=.*model returned NaN or inf"):
+        final(run(model, torch.randn(8, 2), sched.grid(10), sched, ddim_rule(), check_every=check_every))
+    with pytest.raises(ValueError, match="check_every must be an integer >= 0 or None"):
+        final(run(_net(), torch.randn(8, 2), sched.grid(4), sched, ddim_rule(), check_every=-1))
+
+
+def test_autocast_wraps_a_model_for_any_sampler():
+    """``Autocast(model)`` keeps the one interface: ``prediction``, ``unwrap`` back to the net, output in the state's
+    float32, and a bf16 (CPU autocast) DDIM run within bfloat16's rounding of the float32 run; bad input is refused."""
+    from diffmath.core.device import Autocast
+    from diffmath.nets.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(3, (8, 16), 1, (False, True), "v", 1.0).eval()
+    with torch.no_grad():  # the last convolution starts at zero: give every weight a value
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    wrapped = Autocast(net)
+    assert wrapped.prediction == "v" and unwrap(wrapped) is net
+    sched = dm.VPCosine()
+    x_T = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    full = dm.sample(net, x_T, sched.grid(10), sched)
+    half = dm.sample(wrapped, x_T, sched.grid(10), sched)
+    assert half.dtype == torch.float32
+    assert 0 < (half - full).abs().max() < 0.1
+    assert torch.equal(dm.sample(Autocast(net, "float32"), x_T, sched.grid(10), sched), full)
+    with pytest.raises(TypeError, match="one interface"):
+        Autocast(lambda x, t, c=None: x)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Autocast(net, "fp8")

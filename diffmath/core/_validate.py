@@ -25,8 +25,8 @@ def as_tensor(value: object, name: str, like: Tensor | None = None) -> Tensor:
     return out
 
 
-def check_batch(x: object, name: str = "x", min_dim: int = 2) -> Tensor:
-    """Check that ``x`` is a finite floating tensor of shape ``(B, ...)``."""
+def check_batch(x: object, name: str = "x", min_dim: int = 2, finite: bool = True) -> Tensor:
+    """Check that ``x`` is a floating tensor of shape ``(B, ...)``, and finite (a host sync on a GPU) if ``finite``."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, ...), got {type(x).__name__}")
     if not x.is_floating_point():
@@ -35,7 +35,8 @@ def check_batch(x: object, name: str = "x", min_dim: int = 2) -> Tensor:
         raise ValueError(
             f"{name} must have shape (B, ...) with at least {min_dim} dimensions, got shape {tuple(x.shape)}"
         )
-    check_finite(x, name)
+    if finite:
+        check_finite(x, name)
     return x
 
 

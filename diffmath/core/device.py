@@ -37,6 +37,8 @@ def unwrap(model: object) -> object:
     while True:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
+        elif isinstance(model, Autocast):
+            model = model.model
         elif isinstance(model, nn.Module) and isinstance(getattr(model, "_orig_mod", None), nn.Module):
             model = model._orig_mod  # torch.compile's OptimizedModule
         else:
@@ -132,3 +134,59 @@ def autocast(device: object, precision: str = "float32") -> Iterator[None]:
         raise ValueError(f"precision 'bf16' needs a CUDA or CPU device, got {dev}")
     with torch.autocast(dev.type, dtype=torch.bfloat16):
         yield
+
+
+class Autocast(nn.Module):
+    r"""A model evaluated in another precision, with the one interface (lesson 3, sec. 3.6): the precision seam of
+    every sampler.
+
+    Samplers run where their state ``x`` lives (its device and dtype); precision is a property of the model's
+    evaluation, so it enters as a wrapper: ``sample(Autocast(model), x.cuda(), grid, schedule)`` evaluates the
+    network under bfloat16 :func:`autocast` and hands its output back in ``x``'s dtype, while the sampler's
+    arithmetic, the state and the times stay in float32. The weights are not converted.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A network with the one interface (``model(x, t, cond)`` and ``prediction``).
+    precision : {"bf16", "float32"}
+        The precision of the evaluation (``"float32"``: the model unchanged, for a switch in a script).
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a ``torch.nn.Module`` with a ``prediction``.
+    ValueError
+        If ``precision`` is unknown.
+    """
+
+    def __init__(self, model: nn.Module, precision: str = "bf16") -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module) or not isinstance(getattr(model, "prediction", None), str):
+            raise TypeError(
+                f"Autocast wraps a torch.nn.Module with the one interface (a prediction), got {type(model).__name__}"
+            )
+        self.model, self.precision, self.prediction = model, check_precision(precision), model.prediction
+        if hasattr(model, "t_max"):
+            self.t_max = model.t_max
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """``model(x, t, cond)`` under :func:`autocast` in ``precision`` (lesson 3, sec. 3.6).
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, ...)
+            The state.
+        t : Tensor, shape (B,)
+            Times.
+        cond : Tensor, optional
+            The condition, passed on.
+
+        Returns
+        -------
+        Tensor, shape (B, ...)
+            The model's output in ``x``'s dtype.
+        """
+        with autocast(x.device, self.precision):
+            out = self.model(x, t, cond)
+        return out.to(x.dtype)

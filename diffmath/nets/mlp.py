@@ -65,7 +65,8 @@ class TimeEmbedding(nn.Module):
             raise TypeError(f"t must be a floating tensor of shape (B,), got {_kind(t)}")
         if t.dim() != 1:
             raise ValueError(f"t must have shape (B,), got {tuple(t.shape)}")
-        check_finite(t, "t")
+        if t.device.type == "cpu":  # elsewhere a look at the values is a host sync per call: the samplers check
+            check_finite(t, "t")  # their grids once instead
         s = (t / self.t_max)[:, None] * self.freqs[None]
         return torch.cat([torch.sin(s), torch.cos(s)], 1)
 
@@ -163,7 +164,7 @@ class MLP(nn.Module):
         x = _check_input(x, self.inp.weight.dtype)
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLP expects x of shape (B, {self.dim}), got {tuple(x.shape)}")
-        h = self.inp(torch.cat([x, self.time(_check_times(t, x))], 1))
+        h = self.inp(torch.cat([x, self.time(_check_times(t, x)).to(x.dtype)], 1))
         if self.label is not None:
             y = _check_labels(cond, x.shape[0], (self.num_classes,), x.device, flat=True)[:, 0]
             h = h + self.label(torch.where(y < 0, self.num_classes, y))
@@ -179,16 +180,21 @@ def _kind(v: object) -> str:
 
 
 def _check_input(x: object, dtype: torch.dtype, name: str = "x") -> Tensor:
-    """A network's input: a finite floating batch (B, ...) in the dtype of the network's parameters."""
-    x = check_batch(x, name)
+    """A network's input: a floating batch (B, ...) in the dtype of the network's parameters, finite where that
+    costs no host sync (on the CPU; a sampler checks its state itself)."""
+    x = check_batch(x, name, finite=not isinstance(x, Tensor) or x.device.type == "cpu")
     if x.dtype != dtype:
         raise TypeError(dtype_mismatch(x.dtype, dtype, name, "network"))
     return x
 
 
 def _check_times(t: object, x: Tensor) -> Tensor:
-    """A network's times: a finite scalar or a tensor of shape (1,) or (B,), returned as (B,) in ``x``'s dtype."""
-    t_ = check_finite(as_tensor(t, "t", x), "t")
+    """A network's times: a finite scalar or a tensor of shape (1,) or (B,), returned as (B,) on ``x``'s device in
+    ``x``'s dtype, or float32 for a half-precision ``x`` (bfloat16 would round t = 999 to 1000). Finiteness is checked
+    for CPU tensors only: on a GPU it would cost a host sync per call."""
+    t_ = as_tensor(t, "t").to(device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+    if t_.device.type == "cpu":
+        check_finite(t_, "t")
     B = x.shape[0]
     if t_.dim() == 0 or t_.shape == (1,):
         return t_.reshape(()).expand(B)
@@ -225,8 +231,9 @@ def _check_labels(
     if y.shape != (batch, L) or (flat and cond.dim() != 1):
         want = f"({batch},)" if L == 1 else f"({batch}, {L})"
         raise ValueError(f"cond must have shape {want} (one label per attribute), got {tuple(cond.shape)}")
-    n = torch.tensor(sizes, device=y.device)
-    if y.numel() and ((y < -1).any() or (y >= n).any()):
+    # the range is looked at on the CPU only: on a GPU it would cost a host sync per call (an out-of-range label
+    # there fails in the embedding's lookup instead)
+    if y.device.type == "cpu" and y.numel() and ((y < -1).any() or (y >= torch.tensor(sizes)).any()):
         span = f"[-1, {sizes[0]})" if L == 1 else f"[-1, n) with n = {sizes} per attribute"
         raise ValueError(
             f"cond labels must lie in {span} (-1: the null label), got values in [{y.min().item()}, {y.max().item()}]"

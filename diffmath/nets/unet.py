@@ -25,8 +25,12 @@ def _norm(channels: int) -> nn.GroupNorm:
 
 def _check_map(h: object, conv: nn.Conv2d) -> Tensor:
     """A feature map (B, C, H, W) with the channels and dtype of the convolution that reads it; no scan of its
-    values (the blocks run inside every UNet call: the UNet checks its own input)."""
-    if not isinstance(h, Tensor) or h.dtype != conv.weight.dtype:
+    values (the blocks run inside every UNet call: the UNet checks its own input). Under autocast (bf16 training or
+    :class:`~diffmath.core.device.Autocast`) the maps are in the autocast dtype, which is accepted too."""
+    if not isinstance(h, Tensor) or (
+        h.dtype != conv.weight.dtype
+        and not (torch.is_autocast_enabled(h.device.type) and h.dtype == torch.get_autocast_dtype(h.device.type))
+    ):
         got = f"dtype {h.dtype}" if isinstance(h, Tensor) else type(h).__name__
         raise TypeError(f"h must be a tensor of the block's dtype {conv.weight.dtype}, got {got}")
     if h.dim() != 4 or h.shape[1] != conv.in_channels:
@@ -229,6 +233,8 @@ class UNet(nn.Module):
         self.time = TimeEmbedding(time_dim, t_max, "time_dim")
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.labels = nn.ModuleList(nn.Embedding(n + 1, emb) for n in self.label_sizes)  # index n: the null token
+        # the null tokens' indices, moved with the net (not in its state_dict): no copy to the device per call
+        self.register_buffer("null_index", torch.tensor(self.label_sizes, dtype=torch.long), persistent=False)
         self.inp = nn.Conv2d(in_channels, channels[0], 3, padding=1)
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         skips, c = [channels[0]], channels[0]
@@ -279,13 +285,12 @@ class UNet(nn.Module):
             If ``t`` is not of shape (B,) or not finite, ``cond`` is not an integer tensor, has the wrong shape or
             holds a label outside [-1, n) for its attribute's n classes.
         """
-        e = self.time_mlp(self.time(t))
+        e = self.time_mlp(self.time(t).to(next(self.time_mlp.parameters()).dtype))  # t may be wider than the net
         if not self.label_sizes:
             _refuse_labels(cond, "UNet")
             return e
         y = _check_labels(cond, batch, self.label_sizes, t.device)
-        sizes = torch.tensor(self.label_sizes, device=y.device)
-        y = torch.where(y < 0, sizes, y)
+        y = torch.where(y < 0, self.null_index, y)
         for k, table in enumerate(self.labels):
             e = e + table(y[:, k])
         return e

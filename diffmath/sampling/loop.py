@@ -74,7 +74,8 @@ def noise_source(noise: object, num_steps: int) -> Callable[[int, Tensor], Tenso
     Parameters
     ----------
     noise : Noise
-        A ``torch.Generator`` or ``None`` (fresh normal draws), a callable ``noise(i, x) -> Tensor``, or a sequence
+        A ``torch.Generator`` or ``None`` (fresh normal draws; a generator on another device than the state draws
+        there and the draw is copied over, so a CPU generator gives a CUDA run the CPU run's noise), a callable ``noise(i, x) -> Tensor``, or a sequence
         (list, tuple, or a tensor of shape ``(K, B, ...)``) with one draw per step.
     num_steps : int
         $K$, the number of steps of the grid (a sequence must have exactly this many entries).
@@ -92,7 +93,16 @@ def noise_source(noise: object, num_steps: int) -> Callable[[int, Tensor], Tenso
         of ``x`` or holds NaN or infinity.
     """
     if noise is None or isinstance(noise, torch.Generator):
-        return lambda i, x: torch.randn(x.shape, generator=noise, dtype=x.dtype, device=x.device)
+        where = None if noise is None else noise.device
+
+        def fresh(i: int, x: Tensor) -> Tensor:
+            if where is None or where == x.device or (where.type == x.device.type and x.device.index is None):
+                return torch.randn(x.shape, generator=noise, dtype=x.dtype, device=x.device)
+            # a CPU generator for a GPU state: the CPU run's noise, copied over (a host sync per step: give a
+            # generator on x's device for a loop that never waits)
+            return torch.randn(x.shape, generator=noise, dtype=x.dtype, device=where).to(x.device)
+
+        return fresh
     if isinstance(noise, (Tensor, list, tuple)):
         if len(noise) != num_steps:
             raise ValueError(f"noise must hold one draw per step ({num_steps}), got {len(noise)}")
@@ -337,7 +347,7 @@ def run(
     on_mean: Callable | None = None,
     state: dict | None = None,
     grad: bool = False,
-    check_every: int = 1,
+    check_every: int | None = None,
     checked_grid: Tensor | None = None,
 ) -> Iterator[SamplerStep]:
     r"""Run an update rule along ``grid`` (lesson 4, sec. 4.8), yielding each step's state.
@@ -371,9 +381,11 @@ def run(
         The initial state (a fresh dict if ``None``); the caller's dict is updated in place.
     grad : bool
         Run with autograd on (to differentiate through the steps); off by default.
-    check_every : int
-        Check that the state is finite every this many steps and after the last (0: only after the last). Each
-        check is a host synchronisation on a GPU; on a CPU it is nearly free.
+    check_every : int, optional
+        Look every this many steps and after the last (0: only after the last) at whether the state has stayed
+        finite; the first step whose state was not is named in the error, whenever it is seen. Each look is one host
+        synchronisation on a GPU (nearly free on a CPU), so the default, ``None``, looks after every step on the CPU
+        and only after the last step elsewhere: a CUDA run's loop then never waits for the device.
     checked_grid : Tensor, optional
         A grid the caller has validated itself (an increasing one, for encoding); replaces ``grid``'s checks.
 
@@ -394,8 +406,10 @@ def run(
     check_model(model)
     x = check_batch(x, "x")
     check_input_dtype(model, x)
+    if check_every is None:
+        check_every = 1 if x.device.type == "cpu" else 0
     if not isinstance(check_every, int) or isinstance(check_every, bool) or check_every < 0:
-        raise ValueError(f"check_every must be an integer >= 0, got {check_every!r}")
+        raise ValueError(f"check_every must be an integer >= 0 or None, got {check_every!r}")
     if checked_grid is None:
         g = check_grid(grid, schedule)
         c = _coefficients_on_checked(schedule, g)
@@ -403,7 +417,10 @@ def run(
         g = checked_grid
         c = schedule.coefficients(g)
     table = [[math.nan] * len(g) if v is None else v.tolist() for v in (c.a, c.b, c.da, c.db)]  # discrete: no da, db
-    times, gx = g.tolist(), g.to(device=x.device, dtype=x.dtype)
+    # times stay in at least float32: bfloat16 would round t = 999 to 1000 and 0.995 to 0.9961 (a network embeds
+    # them in float32 anyway)
+    times = g.tolist()
+    gx = g.to(device=x.device, dtype=x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32)
     num_steps = len(times) - 1
     draw = noise_source(noise, num_steps)
     state = {} if state is None else state
@@ -437,6 +454,7 @@ def run(
         for step, entry in zip(steps, prepare(steps, x), strict=True):
             step.prepared[rule] = entry
 
+    sums: list[Tensor] = []  # the states' sums (NaN and inf reach a sum) not yet looked at, on x's device
     with torch.set_grad_enabled(grad):
         for step in tqdm(steps, desc=desc, leave=False) if progress else steps:
             i = step.index
@@ -446,10 +464,12 @@ def run(
                 if on_mean is not None:
                     mean, state = on_mean(mean, x, step, state)
                 x = mean if isinstance(std, (int, float)) and std == 0 else mean + std * draw(i, x)
-                if (check_every and (i + 1) % check_every == 0) or i == num_steps - 1:
-                    _check_state(x)
             except ValueError as err:
                 raise ValueError(f"at step {i} (t={times[i]:g} -> {times[i + 1]:g}): {err}") from err
+            sums.append(x.detach().sum())
+            if (check_every and (i + 1) % check_every == 0) or i == num_steps - 1:
+                _check_states(sums, i + 1 - len(sums), times)
+                sums = []
             yield SamplerStep(i, times[i + 1], x, pair.x0)
 
 
@@ -462,12 +482,15 @@ def _coefficients_on_checked(schedule: Schedule, g: Tensor) -> Coefficients:
     return schedule.coefficients(g)
 
 
-def _check_state(x: Tensor) -> None:
-    if not math.isfinite(x.sum().item()):  # NaN and inf reach the sum: one reduction, one sync
-        raise ValueError(
-            "model returned NaN or inf, or the step diverged: the sampler state is not finite; check the model, "
-            "its inputs and the time grid"
-        )
+def _check_states(sums: list[Tensor], first: int, times: list[float]) -> None:
+    """Raise at the first of the steps ``first, first + 1, ...`` whose state's sum is not finite (one host sync)."""
+    values = sums[0].reshape(1).tolist() if len(sums) == 1 else torch.stack(sums).tolist()
+    for j, v in enumerate(values, start=first):
+        if not math.isfinite(v):
+            raise ValueError(
+                f"at step {j} (t={times[j]:g} -> {times[j + 1]:g}): model returned NaN or inf, or the step "
+                "diverged: the sampler state is not finite; check the model, its inputs and the time grid"
+            )
 
 
 def final(steps: Iterator[SamplerStep]) -> Tensor:
