@@ -20,7 +20,7 @@ import time
 import torch
 
 from diffmath import recipes, sample
-from diffmath.pfgm import pfgm_sample
+from diffmath.pfgm import pfgm_grid, pfgm_sample
 
 
 def samplers():
@@ -31,8 +31,10 @@ def samplers():
     def pfgm20(model, noise, cond, k, schedule):
         radius = recipes.image_recipe("digits-pfgm")["objective_kwargs"]["max_radius"]  # the training clip
         gen = torch.Generator().manual_seed(1000 + k)
-        return pfgm_sample(model, noise.shape[0], tuple(noise.shape[1:]), schedule, 20, "dpm++2m", 40.0,
-                           generator=gen, max_radius=radius)  # fmt: skip
+        grid = pfgm_grid(schedule, 20, z_max=40.0)
+        return pfgm_sample(
+            model, noise.shape[0], tuple(noise.shape[1:]), grid, schedule, generator=gen, max_radius=radius
+        )
 
     return {
         "digits-ddpm": ("DDPM, 50 steps from t = 0.995", ddpm50),

@@ -17,8 +17,10 @@ Chapters
 
 Conventions
     time        t = 0 is the data, t_max the noise; a discrete schedule counts 0..T (diffusers' timestep k is t = k + 1)
-    arguments   model, x, then the grid (samplers) or the time (``predict``), then the schedule, then options
-                (not yet in ``ode_log_likelihood`` and ``pfgm_sample``, whose times come after the schedule)
+    arguments   model, x, then the grid (samplers) or the time (``predict``), then the schedule, then options;
+                two exceptions, each for a reason: ``pfgm_sample(model, n, event_shape, grid, schedule)`` draws its
+                own start on the prior plane at ``grid[0]``, and ``ode_log_likelihood(model, x0, schedule, t_start,
+                t_end)`` solves adaptively (scipy), so it takes end times, not a grid
     models      any ``model(x, t, cond=None)`` with a ``prediction``; an unconditional network refuses real labels
     sampling    trained eps-models sample deterministically through ``ToyModel.clipped`` / ``ImageModel.clipped``
     progress    on by default where a call takes minutes (training, recipes, image statistics), off for samplers

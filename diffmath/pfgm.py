@@ -994,26 +994,74 @@ class PoissonLoss:
         )
 
 
+def pfgm_grid(schedule: Schedule, num_steps: int, z_max: float | None = None, spacing: str = "log-snr") -> Tensor:
+    r"""The time grid of Poisson-flow sampling from the prior plane $z = z_{\max}$ (lesson 13, eq. 13.17):
+    ``schedule.grid(num_steps, spacing, t_start)`` with $t_{\rm start}$ the time where $b/a = z_{\max}$.
+
+    On the default ``"log-snr"`` spacing the grid is log-uniform in $z = b/a$ (lesson 0, sec. 0.4), the spacing
+    lesson 13's numbers use.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The schedule to sample on.
+    num_steps : int
+        Steps of the grid.
+    z_max : float, optional
+        Height of the prior plane; default $b/a$ at $t_{\max}$ (the grid then starts at $t_{\max}$).
+    spacing : str
+        Grid spacing of :meth:`~diffmath.core.schedules.Schedule.grid`.
+
+    Returns
+    -------
+    Tensor, shape (num_steps + 1,), float64
+        Decreasing times from the plane $z = z_{\max}$ to the data.
+
+    Raises
+    ------
+    TypeError
+        If ``schedule`` is not a :class:`~diffmath.core.schedules.Schedule`.
+    ValueError
+        If ``z_max`` is not a positive number or exceeds $b/a$ at $t_{\max}$, or as
+        :meth:`~diffmath.core.schedules.Schedule.grid`.
+    """
+    check_schedule(schedule)
+    if z_max is None:
+        return schedule.grid(num_steps, spacing)
+    z_max = check_positive(z_max, "z_max")
+    t_max = float(schedule.t_max)
+    top = schedule.sigma(torch.tensor(t_max, dtype=torch.float64)).item()
+    if z_max > top:
+        raise ValueError(f"z_max={z_max:g} exceeds b/a = {top:g} at t_max on {schedule.name!r}: no time reaches it")
+    t_start = schedule.t_of_sigma(torch.tensor([z_max], dtype=torch.float64), 0.0, t_max).item()
+    return schedule.grid(num_steps, spacing, t_start=t_start)
+
+
 def pfgm_sample(
     model: object,
     n: int,
     event_shape: int | tuple[int, ...],
+    grid: Tensor,
     schedule: Schedule,
-    num_steps: int = 20,
     method: str = "dpm++2m",
-    z_max: float | None = None,
-    spacing: str = "log-snr",
     generator: torch.Generator | None = None,
     dtype: torch.dtype | None = None,
     max_radius: float | None = 100.0,
 ) -> Tensor:
     r"""Generate with Poisson flow: prior draws on the plane $z = z_{\max}$ (eq. 13.11), then the backward ODE
-    $\mathrm dy/\mathrm dz = E_y/E_z$ (lesson 13, eq. 13.8) with :func:`~diffmath.ode.ode_sample`.
+    $\mathrm dy/\mathrm dz = E_y/E_z$ (lesson 13, eq. 13.8) with :func:`~diffmath.ode.ode_sample` along ``grid``.
 
     On any schedule the path $x_t = a_t x_0 + b_t c$ is PFGM in the coordinates $y = x/a_t$, $z = b_t/a_t$
-    (eq. 13.17; as DDIM is VE in $x/a$, lesson 4): we start at the time where $b/a = z_{\max}$ with
-    $x = a\,y$, $y$ drawn from the prior, and integrate on ``schedule.grid(num_steps, spacing, t_start)``. A
-    ``"log-snr"`` grid is log-uniform in $z$; Euler and Heun run in ``variable="sigma"``, i.e. in $(y, z)$ exactly.
+    (eq. 13.17; as DDIM is VE in $x/a$, lesson 4): the prior plane is $z_{\max} = b/a$ at ``grid[0]``, and we start
+    there with $x = a\,y$, $y$ drawn from the prior. :func:`pfgm_grid` makes the grid from a plane's height
+    (``pfgm_grid(schedule, 20, z_max=40.0)``, log-uniform in $z$); Euler and Heun run in ``variable="sigma"``,
+    i.e. in $(y, z)$ exactly.
+
+    The arguments follow every sampler's order, (model, x, grid, schedule, ...) (lesson 0, sec. 0.4), with one
+    difference: ``n`` and ``event_shape`` stand where the start ``x`` goes, because the prior's height is fixed by
+    the grid's first time, so the draw is made here, where it cannot disagree with the grid. The default solver is
+    DPM-Solver++(2M), not :func:`~diffmath.ode.ode_sample`'s Heun: it integrates the linear part exactly in
+    $\ln z$, one network evaluation a step, which lesson 13's numbers (sec. 13.7) are measured with.
 
     Parameters
     ----------
@@ -1023,16 +1071,13 @@ def pfgm_sample(
         Number of samples.
     event_shape : int or tuple of int
         Shape of one sample.
+    grid : Tensor, shape (K + 1,)
+        Strictly decreasing times, from the prior plane (where $b/a$ must be finite) to the data, e.g.
+        :func:`pfgm_grid`.
     schedule : Schedule
         A continuous schedule.
-    num_steps : int
-        Steps of the grid.
     method : {"euler", "heun", "dpm++2m"}
         The solver (DPM-Solver++ integrates the linear part exactly in $\ln z$).
-    z_max : float, optional
-        Height of the prior plane; default $b/a$ at $t_{\max}$ (which must be finite).
-    spacing : str
-        Grid spacing of :meth:`~diffmath.core.schedules.Schedule.grid`.
     generator : torch.Generator, optional
         Source of the prior draws.
     dtype : torch.dtype, optional
@@ -1046,26 +1091,28 @@ def pfgm_sample(
 
     Raises
     ------
-    TypeError, ValueError
-        As :func:`sample_prior` and :func:`~diffmath.ode.solve_ode`; ``ValueError`` also if $b/a$ is infinite at
-        $t_{\max}$ and no ``z_max`` is given.
+    TypeError
+        If ``grid`` is a number of steps or a schedule (make one with :func:`pfgm_grid`), or as
+        :func:`sample_prior` and :func:`~diffmath.ode.solve_ode`.
+    ValueError
+        If $b/a$ is infinite at ``grid[0]`` (no prior plane there: start lower, e.g. ``pfgm_grid(schedule, 20,
+        z_max=40.0)``), or as :func:`sample_prior`, :func:`~diffmath.sampling.loop.check_grid` and
+        :func:`~diffmath.ode.solve_ode`.
     """
-    from diffmath.ode import ode_sample
+    from diffmath.ode import _require_grid, ode_sample
+    from diffmath.sampling.loop import check_grid
 
+    _require_grid(grid, "pfgm_sample", "pfgm_grid(schedule, {n}, z_max=40.0)")
     check_schedule(schedule, discrete=False)
     shape, dtype = _shape(event_shape), check_dtype(dtype)
-    t_start = float(schedule.t_max)
-    if z_max is None:
-        z_max = schedule.sigma(torch.tensor(t_start, dtype=torch.float64)).item()
-        if not math.isfinite(z_max):
-            raise ValueError(f"b/a is infinite at t_max on {schedule.name!r}: pass z_max")
-    else:
-        z_max = check_positive(z_max, "z_max")
-        t_start = schedule.t_of_sigma(torch.tensor([z_max], dtype=torch.float64), 0.0, t_start).item()
-    a = schedule.coefficients(t_start).a.item()
-    x = a * sample_prior(n, shape, z_max, generator, torch.float64, max_radius)
+    g = check_grid(grid, schedule)
+    z_max = schedule.sigma(g[0]).item()
+    if not math.isfinite(z_max):
+        raise ValueError(
+            f"b/a is infinite at grid[0] = {g[0].item():g} on {schedule.name!r} (no prior plane z_max there): start "
+            "the grid lower, e.g. pfgm_grid(schedule, 20, z_max=40.0)"
+        )
+    x = schedule.coefficients(g[0]).a.item() * sample_prior(n, shape, z_max, generator, torch.float64, max_radius)
     x = x.to(dtype or torch.get_default_dtype())
     with torch.no_grad():
-        return ode_sample(
-            model, x, schedule.grid(num_steps, spacing, t_start=t_start), schedule, method, variable="sigma"
-        )
+        return ode_sample(model, x, grid, schedule, method, variable="sigma")

@@ -207,7 +207,7 @@ def _guided_section(axes, gmm: GaussianMixture, sched, x_T: torch.Tensor, gen, p
 def _pfgm_section(axes, gmm: GaussianMixture, fresh: torch.Tensor, n: int, seed: int, progress: bool) -> list[dict]:
     """Poisson flow (lesson 13): the network of recipe ``eight-gaussians-pfgm`` from the prior on the plane
     $z = 40$ down the backward ODE (eq. 13.8) with DPM-Solver++ at 10 and 20 evaluations."""
-    from diffmath.pfgm import pfgm_sample
+    from diffmath.pfgm import pfgm_grid, pfgm_sample
     from diffmath.recipes import train_toy
 
     t0 = time.perf_counter()
@@ -218,7 +218,8 @@ def _pfgm_section(axes, gmm: GaussianMixture, fresh: torch.Tensor, n: int, seed:
     for ax, k in zip(axes, (10, 20), strict=False):
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(seed + k)
-        x0 = pfgm_sample(toy.model, n, 2, toy.schedule, k, "dpm++2m", 40.0, generator=g, max_radius=clip)
+        grid = pfgm_grid(toy.schedule, k, z_max=40.0)
+        x0 = pfgm_sample(toy.model, n, 2, grid, toy.schedule, "dpm++2m", generator=g, max_radius=clip)
         rows.append(_row("PFGM", "DPM-Solver++ (z)", k, time.perf_counter() - t0, x0.double(), fresh, gmm))
         ax.scatter(*x0.T, s=1, alpha=0.4, color="tab:brown")
         ax.set_title(f"Poisson flow (PFGM), {k} steps from z = 40", fontsize=9)
@@ -259,7 +260,7 @@ def _image_section(axes, seed: int) -> None:
     guidance on the shape label (columns: circle, square, triangle), shapes by rectified flow, digits by DDPM, rectified
     flow and Poisson flow; 16 samples each, 20 steps."""
     from diffmath.ode import ode_sample
-    from diffmath.pfgm import pfgm_sample
+    from diffmath.pfgm import pfgm_grid, pfgm_sample
     from diffmath.recipes import train_image
 
     g = torch.Generator().manual_seed(seed)
@@ -292,7 +293,9 @@ def _image_section(axes, seed: int) -> None:
     panels.append(
         (
             "digits, Poisson flow",
-            pfgm_sample(pf.model, 16, (1, 8, 8), pf.schedule, 20, "dpm++2m", 40.0, generator=g, max_radius=clip),
+            pfgm_sample(
+                pf.model, 16, (1, 8, 8), pfgm_grid(pf.schedule, 20, 40.0), pf.schedule, generator=g, max_radius=clip
+            ),
         )
     )
     print(f"image models (committed checkpoints): loaded and sampled in {time.perf_counter() - t0:.1f} s")

@@ -17,6 +17,7 @@ from diffmath.pfgm import (
     PoissonField,
     PoissonLoss,
     hemisphere_tv,
+    pfgm_grid,
     pfgm_sample,
     poisson_log_kernel,
     prior_tv,
@@ -195,9 +196,8 @@ def test_trained_pfgm_reaches_its_quality_bounds_and_matches_ddpm(recipe, sw_bou
     (DDPM 0.070, measured ratio 0.66)."""
     tm = train_toy(recipe, progress=False)
     toy, clip = tm.config["toy"], tm.config["objective_kwargs"]["max_radius"]
-    x = pfgm_sample(
-        tm.model, 4000, 2, tm.schedule, 20, "dpm++2m", 40.0, generator=torch.Generator().manual_seed(3), max_radius=clip
-    )
+    grid = pfgm_grid(tm.schedule, 20, z_max=40.0)
+    x = pfgm_sample(tm.model, 4000, 2, grid, tm.schedule, generator=torch.Generator().manual_seed(3), max_radius=clip)
     fresh = td.sample(toy, 4000, torch.Generator().manual_seed(9))
     sw = sliced_w1(x, fresh, generator=torch.Generator().manual_seed(0))
     print(f"{recipe}: sliced W1 {sw:.4f} at NFE {nfe('dpm++2m', 20)}")
@@ -229,7 +229,29 @@ def test_pfgm_bad_input():
     with pytest.raises(ValueError, match="shape"):
         FIELD.field(torch.zeros(3, 3, dtype=f64), 1.0)
     with pytest.raises(ValueError, match="z_max"):
-        pfgm_sample(FIELD.model(dm.VPCosine()), 4, 2, dm.VPCosine())
+        pfgm_sample(FIELD.model(dm.VPCosine()), 4, 2, dm.VPCosine().grid(4), dm.VPCosine())
+
+
+def test_pfgm_sample_takes_a_grid_from_the_prior_plane():
+    """pfgm_sample(model, n, event_shape, grid, schedule) draws its prior on the plane z = b/a at grid[0]: on
+    pfgm_grid(schedule, K, z_max) that plane is z_max (to 1e-12), and the result equals the prior draw scaled by a at
+    grid[0] and integrated by ode_sample in sigma (bit for bit); an int or the schedule where the grid goes is a
+    TypeError that says how to make a grid, and z_max above b/a at t_max is refused."""
+    ve = dm.VE()
+    model = FIELD.model(ve)
+    grid = pfgm_grid(ve, 6, z_max=5.0)
+    assert abs(ve.sigma(grid[0]).item() - 5.0) < 1e-12 and grid[-1] == 0
+    x = pfgm_sample(model, 16, 2, grid, ve, generator=torch.Generator().manual_seed(0), dtype=f64)
+    y = sample_prior(16, 2, ve.sigma(grid[0]).item(), torch.Generator().manual_seed(0), f64, 100.0)
+    a0 = ve.coefficients(grid[0]).a.item()
+    assert torch.equal(x, dm.ode.ode_sample(model, a0 * y, grid, ve, "dpm++2m", variable="sigma"))
+    assert torch.equal(pfgm_grid(ve, 6), ve.grid(6, "log-snr"))
+    with pytest.raises(TypeError, match=r"pfgm_sample takes a time grid .*pfgm_grid\(schedule, 20, z_max=40\.0\)"):
+        pfgm_sample(model, 16, 2, 20, ve)
+    with pytest.raises(TypeError, match="the grid comes before the schedule"):
+        pfgm_sample(model, 16, 2, ve, 20)
+    with pytest.raises(ValueError, match="z_max"):
+        pfgm_grid(ve, 6, z_max=1e6)
 
 
 @pytest.mark.parametrize("d", [2, 64, 192])

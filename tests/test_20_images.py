@@ -15,7 +15,7 @@ import diffmath as dm
 from diffmath.metrics import frechet_distance
 from diffmath.nets.unet import UNet, num_parameters
 from diffmath.ode import ode_sample
-from diffmath.pfgm import pfgm_sample
+from diffmath.pfgm import pfgm_grid, pfgm_sample
 from diffmath.recipes import (
     COMMITTED,
     IMAGE_RECIPES,
@@ -291,9 +291,8 @@ def test_committed_models_sample_close_to_their_data(name):
     start = {"t_start": 0.995} if im.model.prediction == "eps" else {}  # eps cannot give x0 where a_t = 0
     with torch.no_grad():
         if im.config["objective"] == "pfgm":
-            x = pfgm_sample(
-                im.model, n, tuple(im.data.shape[1:]), im.schedule, 20, "dpm++2m", 40.0, generator=g, max_radius=20.0
-            )
+            grid = pfgm_grid(im.schedule, 20, z_max=40.0)
+            x = pfgm_sample(im.model, n, tuple(im.data.shape[1:]), grid, im.schedule, generator=g, max_radius=20.0)
         else:
             x = ode_sample(
                 im.model,

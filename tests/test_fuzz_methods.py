@@ -544,15 +544,18 @@ for loss in (pfgm.PoissonLoss(VE), pfgm.PoissonLoss(VE, "batch", sigma_data=0.5)
     add("pfgm", loss, CALL, "model", float32_bad_models())
     add("pfgm", loss, CALL, "model", wrong_outputs("x0"))
     batch("pfgm", loss, CALL, "x0", scalar, also=("x",))
-PS = {"model": FIELD.model(VE), "n": 3, "event_shape": 2, "schedule": VE, "num_steps": 2}
+PS = {"model": FIELD.model(VE), "n": 3, "event_shape": 2, "grid": pfgm.pfgm_grid(VE, 2), "schedule": VE}
 add("pfgm", pfgm.pfgm_sample, PS, "model", float32_bad_models())
 add("pfgm", pfgm.pfgm_sample, PS, "n", bad_ints(1))
 add("pfgm", pfgm.pfgm_sample, PS, "event_shape", bad_event_shapes())
 add("pfgm", pfgm.pfgm_sample, PS, "schedule", bad_schedules(discrete_ok=False))
-add("pfgm", pfgm.pfgm_sample, PS, "num_steps", bad_ints(1))
+add("pfgm", pfgm.pfgm_sample, PS, "grid", bad_grids(1.0, False))
 add("pfgm", pfgm.pfgm_sample, PS, "method", bad_names(METHODS))
-add("pfgm", pfgm.pfgm_sample, {**PS, "z_max": 2.0}, "z_max", bad_optional_reals())
 add("pfgm", pfgm.pfgm_sample, PS, "dtype", bad_dtypes())
+PG = {"schedule": VE, "num_steps": 2, "z_max": 2.0}
+add("pfgm", pfgm.pfgm_grid, PG, "schedule", bad_schedules())
+add("pfgm", pfgm.pfgm_grid, PG, "num_steps", bad_ints(1))
+add("pfgm", pfgm.pfgm_grid, PG, "z_max", bad_optional_reals())
 
 # ---- heat --------------------------------------------------------------------------------------------------------
 add("heat", heat.LinearVE, {"t_max": 1.0}, "t_max", bad_reals(0.0, allow_low=False))
