@@ -1332,8 +1332,9 @@ def reflow(
     steps: int = 2000,
     num_steps: int = 50,
     method: str = "heun",
+    return_all: bool = False,
     **train_kwargs: object,
-) -> list[nn.Module]:
+) -> nn.Module | list[nn.Module]:
     r"""Reflow (lesson 17, eq. 17.9): ``rounds`` times, couple ``x1`` with its image under the current flow
     (:func:`reflow_pairs`) and retrain a copy of the flow on those pairs (:class:`FlowMatchingLoss`, ``paired=True``)
     with lesson 3's :func:`~diffmath.train.training.fit`.
@@ -1356,24 +1357,29 @@ def reflow(
         Solver steps for the pairs.
     method : {"euler", "heun", "dpm++2m"}
         Solver for the pairs.
+    return_all : bool
+        Return every round's model, not only the last.
     **train_kwargs
         Further arguments of :func:`~diffmath.train.training.fit` (``batch_size``, ``lr``, ``ema_decay``, ``seed``,
         ``progress``, ...).
 
     Returns
     -------
-    list of nn.Module
-        The models of rounds 1..``rounds`` (EMA weights where kept), in eval mode.
+    nn.Module or list of nn.Module
+        The last round's model, the $(k+1)$-rectified flow (EMA weights where kept), in eval mode, for any
+        ``rounds``; with ``return_all=True`` the list of the models of rounds 1..``rounds``, the last one last.
 
     Raises
     ------
     TypeError
         If ``model`` does not follow the one interface or is not a torch module with parameters (an exact model
-        cannot be retrained), or as :func:`~diffmath.train.training.fit`.
+        cannot be retrained), ``return_all`` is not a bool, or as :func:`~diffmath.train.training.fit`.
     ValueError
         If ``rounds`` is not a positive integer, or as :func:`~diffmath.train.training.fit`.
     """
     check_int(rounds, "rounds")
+    if not isinstance(return_all, bool):
+        raise TypeError(f"return_all must be True or False, got {return_all!r}")
     check_model(model)
     _check_trainable(model, frozen_ok=True)  # each round trains an unfrozen copy
     out, current = [], model
@@ -1383,7 +1389,7 @@ def reflow(
         state = fit(student, pairs, None, steps, loss=FlowMatchingLoss(schedule, paired=True), **train_kwargs)
         current = (state.ema if state.ema is not None else state.model).eval()
         out.append(current)
-    return out
+    return out if return_all else current
 
 
 def distill(

@@ -453,7 +453,8 @@ def reflow_toy(
     method: str = "heun",
     progress: bool = True,
     folder: str | Path | None = None,
-) -> list:
+    return_all: bool = False,
+) -> ToyModel | list[ToyModel]:
     r"""A toy recipe's rectified flow and its reflows, trained once and cached (lesson 17, eq. 17.9).
 
     Round 0 is :func:`train_toy` of ``recipe``; round $k$ couples ``num_pairs`` prior samples
@@ -478,20 +479,28 @@ def reflow_toy(
         Show tqdm progress while training.
     folder : path, optional
         Cache folder (default :func:`cache_dir`).
+    return_all : bool
+        Return every round, from round 0, not only the last.
 
     Returns
     -------
-    list of ToyModel
-        Rounds 0..``rounds``: ``[1-RF, 2-RF, ...]``; ``data`` of round $k \ge 1$ holds its pairs.
+    ToyModel or list of ToyModel
+        The last round, the $(k+1)$-rectified flow (the recipe's own model for ``rounds=0``), as :func:`reflow`
+        returns; with ``return_all=True`` rounds 0..``rounds``: ``[1-RF, 2-RF, ...]``. ``data`` of round
+        $k \ge 1$ holds its pairs.
 
     Raises
     ------
     ValueError
         If the recipe is unknown or does not train a velocity model, ``rounds`` is negative, or as
         :func:`train_toy`.
+    TypeError
+        If ``return_all`` is not a bool.
     """
-    if not isinstance(rounds, int) or rounds < 0:
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 0:
         raise ValueError(f"rounds must be a non-negative integer, got {rounds!r}")
+    if not isinstance(return_all, bool):
+        raise TypeError(f"return_all must be True or False, got {return_all!r}")
     base = train_toy(recipe, progress=progress, folder=folder)
     if base.config["prediction"] != "velocity":
         raise ValueError(f"recipe {recipe!r} does not train a velocity model")
@@ -500,7 +509,7 @@ def reflow_toy(
     out = [base]
     for k in range(1, rounds + 1):
         out.append(_reflow_round(base, out[-1], k, settings, folder, progress))
-    return out
+    return out if return_all else out[-1]
 
 
 def _reflow_round(base: ToyModel, previous: ToyModel, k: int, settings: dict, folder: Path, progress: bool) -> ToyModel:

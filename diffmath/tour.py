@@ -235,7 +235,7 @@ def _flow_section(axes, gmm: GaussianMixture, fresh: torch.Tensor, x_T: torch.Te
     from diffmath.recipes import reflow_toy
 
     t0 = time.perf_counter()
-    rf1, rf2 = reflow_toy("eight-gaussians-rf", rounds=1, progress=progress)
+    rf1, rf2 = reflow_toy("eight-gaussians-rf", rounds=1, progress=progress, return_all=True)
     print(
         f"rectified flow and its reflow (recipe 'eight-gaussians-rf'): trained or loaded in {time.perf_counter() - t0:.1f} s"
     )

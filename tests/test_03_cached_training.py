@@ -30,9 +30,7 @@ def _four_flows(folder: Path) -> dict:
     return {
         "toy": recipes.train_toy(toy, **quiet).model,
         "image": recipes.train_image(image, **quiet).model,
-        "reflow": recipes.reflow_toy("moons-rf", 1, num_pairs=16, steps=2, num_steps=2, method="euler", **quiet)[
-            1
-        ].model,
+        "reflow": recipes.reflow_toy("moons-rf", 1, num_pairs=16, steps=2, num_steps=2, method="euler", **quiet).model,
         "classifier": recipes.train_attribute_classifier("shapes", size=16, n=32, steps=1, **quiet),
     }
 

@@ -141,9 +141,11 @@ REFLOW = {"eight-gaussians-rf": (50.0, 8.0, 50.0), "moons-rf": (50.0, 8.0, 50.0)
 def test_trained_reflow_straightens_and_samples_in_one_step(recipe):
     """A trained reflow (2-RF from the 1-RF's ODE pairs): straightness drops by > 50x, the one-step sliced W1 by > 8x
     and the one-step MMD^2 by > 50x (measured 600x/26x/290x on the ring, 550x/30x/>1000x on the moons); the transport
-    cost does not rise (within 4 SE) and 20-step quality stays within 1.5x of the 1-RF's."""
+    cost does not rise (within 4 SE) and 20-step quality stays within 1.5x of the 1-RF's. reflow_toy returns the last
+    round (the 2-RF here), every round with return_all=True."""
     s_fac, sw_fac, mmd_fac = REFLOW[recipe]
-    rf1, rf2 = reflow_toy(recipe, rounds=1, progress=False)
+    rf1, rf2 = reflow_toy(recipe, rounds=1, progress=False, return_all=True)
+    assert reflow_toy(recipe, rounds=1, progress=False).path == rf2.path  # one round: its model, not a list
     ref = td.sample(rf1.config["toy"], 4000, torch.Generator().manual_seed(7))
     z = torch.randn(4000, 2, generator=torch.Generator().manual_seed(8))
     st = [straightness(m.model, z[:1000], LIN, 50, "euler") for m in (rf1, rf2)]
@@ -164,7 +166,8 @@ def test_trained_reflow_straightens_and_samples_in_one_step(recipe):
 def test_reflow_and_distillation_run_on_any_model():
     """reflow() retrains a copy on paired rows and distill() fits one Euler step to the teacher's endpoints (eq.
     17.15): on the ring's exact-flow pairs, a small net distilled for 600 steps samples in one step with sliced W1
-    < 0.5 of the 1-RF's one step (measured 0.11 vs 1.28); reflow() returns one model per round."""
+    < 0.5 of the 1-RF's one step (measured 0.11 vs 1.28). reflow() returns the last round's model for any number of
+    rounds (rounds=1 too), and every round's with return_all=True."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(4)
     z = torch.randn(2000, 2, generator=g)
@@ -179,7 +182,16 @@ def test_reflow_and_distillation_run_on_any_model():
         sample_flow(GMMFlow(RING), z2.double(), LIN.grid(1), LIN), ref, 128, torch.Generator().manual_seed(1)
     )
     assert sw < 0.5 * sw1
-    models = reflow(dm.nets.MLP(2, 8, 1, "velocity"), z[:256], LIN, rounds=2, steps=5, num_steps=4, progress=False)
+    small = {"steps": 5, "num_steps": 4, "progress": False, "seed": 1}
+    one = reflow(dm.nets.MLP(2, 8, 1, "velocity"), z[:256], LIN, rounds=1, **small)
+    assert isinstance(one, torch.nn.Module) and one.prediction == "velocity" and not one.training
+    start = dm.nets.MLP(2, 8, 1, "velocity")
+    models = reflow(start, z[:256], LIN, rounds=2, return_all=True, **small)
     assert len(models) == 2 and all(m.prediction == "velocity" for m in models)
+    last = reflow(start, z[:256], LIN, rounds=2, **small)
+    pairs_of_weights = zip(last.state_dict().values(), models[-1].state_dict().values(), strict=True)
+    assert all(torch.equal(p, q) for p, q in pairs_of_weights)
+    with pytest.raises(TypeError, match="return_all"):
+        reflow(net, z, LIN, return_all="yes")
     with pytest.raises(ValueError, match="rounds"):
         reflow(net, z, LIN, rounds=0)

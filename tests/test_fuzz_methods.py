@@ -465,6 +465,7 @@ add("flows", flows.cost_identity, CI, "schedule", NOT_CONTINUOUS.filter(lambda v
 RF = {"x1": X32, "schedule": LP, "steps": 2, "num_steps": 2, "batch_size": 3, "progress": False, "ema_decay": None}
 add("flows", flows.reflow, {"model": VNET, **RF}, "rounds", bad_ints(1))
 add("flows", flows.reflow, {"model": VNET, **RF}, "model", untrainable(frozen=False))
+add("flows", flows.reflow, {"model": VNET, **RF}, "return_all", st.sampled_from([None, 1, "yes", torch.tensor(True)]))
 add("flows", flows.distill, {"teacher": VNET, **RF}, "student", untrainable().filter(lambda m: m is not None))
 add("flows", flows.distill, {"teacher": VNET, **RF}, "steps", bad_ints(1))
 
