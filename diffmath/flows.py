@@ -1387,7 +1387,7 @@ def reflow(
         pairs = reflow_pairs(current, x1, schedule, num_steps, method)
         student = copy.deepcopy(current).requires_grad_(True)  # an EMA copy comes frozen
         state = fit(student, pairs, None, steps, loss=FlowMatchingLoss(schedule, paired=True), **train_kwargs)
-        current = (state.ema if state.ema is not None else state.model).eval()
+        current = state.model.eval()  # the EMA weights where kept
         out.append(current)
     return out if return_all else current
 
@@ -1445,4 +1445,4 @@ def distill(
     pairs = reflow_pairs(teacher, x1, schedule, num_steps, method)
     student = copy.deepcopy(teacher).requires_grad_(True) if student is None else student
     state = fit(student, pairs, None, steps, loss=DistillationLoss(schedule), **train_kwargs)
-    return (state.ema if state.ema is not None else state.model).eval()
+    return state.model.eval()  # the EMA weights where kept

@@ -123,7 +123,8 @@ class ToyModel:
     Parameters
     ----------
     model : MLP
-        The trained (EMA) network, in eval mode.
+        The network to sample from: the EMA weights, in eval mode, as ``fit(...).model`` (the optimiser's raw
+        weights, ``fit(...).raw_model``, are not stored).
     schedule : Schedule
         The schedule it was trained on.
     data : torch.Tensor, shape (N, 2)
@@ -409,7 +410,7 @@ def train_toy(
             label_dropout=config.get("label_dropout", 0.0),
             device=device,
         )
-        final = state.ema if state.ema is not None else state.model
+        final = state.model  # the EMA weights where kept, as ToyModel.model
         return {"model": {k: v.cpu() for k, v in final.state_dict().items()}, "losses": state.losses}
 
     stored = cached(path, config, _CACHED, run)
@@ -533,7 +534,7 @@ def _reflow_round(base: ToyModel, previous: ToyModel, k: int, settings: dict, fo
             progress=progress,
             loss=FlowMatchingLoss(base.schedule, paired=True),
         )
-        final = state.ema if state.ema is not None else state.model
+        final = state.model  # the EMA weights where kept
         return {"model": final.state_dict(), "pairs": pairs, "losses": state.losses}
 
     stored = cached(path, config, ("model", "pairs", "losses"), run)
@@ -656,7 +657,8 @@ class ImageModel:
     Parameters
     ----------
     model : UNet
-        The trained EMA network in eval mode (a model with the one interface).
+        The network to sample from: the EMA weights in eval mode (a model with the one interface), as
+        ``fit(...).model`` (the raw weights are not stored).
     schedule : Schedule
         The schedule (or path) it was trained on.
     data : torch.Tensor, shape (N, C, H, W)

@@ -106,7 +106,7 @@ def test_bf16_is_autocast_and_float32_changes_nothing():
         assert (a @ b).dtype == torch.bfloat16
     f32, bf16 = _run(_net()), _run(_net(), precision="bf16")
     assert all(torch.isfinite(torch.tensor(bf16.losses))) and bf16.losses != f32.losses
-    assert all(p.dtype == torch.float32 for p in [*bf16.model.parameters(), *bf16.ema.parameters()])
+    assert all(p.dtype == torch.float32 for p in [*bf16.raw_model.parameters(), *bf16.ema.parameters()])
     with pytest.raises(ValueError, match="precision"):
         _run(_net(), precision="fp16")
 

@@ -64,7 +64,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
     resumed = fit(
         _tiny(seed=9), DATA, SCHED, 40, batch_size=64, seed=3, checkpoint=ck, checkpoint_every=10, progress=False
     )
-    assert _same_weights(full.model, resumed.model) and _same_weights(full.ema, resumed.ema)
+    assert _same_weights(full.raw_model, resumed.raw_model) and _same_weights(full.ema, resumed.ema)
     assert full.losses == resumed.losses
     again = fit(_tiny(seed=5), DATA, SCHED, 40, batch_size=64, seed=3, checkpoint=ck, progress=False)
     assert again.step == 40 and _same_weights(full.ema, again.ema)
@@ -102,7 +102,7 @@ def test_killed_process_resumes_to_the_same_weights(tmp_path):
     # a kill that lands inside a write leaves that writer's temporary file; the resumed run's first write removes it
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "a temporary file was left behind"
     full = fit(_tiny(), DATA, SCHED, 400, batch_size=64, seed=3, progress=False)
-    assert _same_weights(full.model, resumed.model) and _same_weights(full.ema, resumed.ema)
+    assert _same_weights(full.raw_model, resumed.raw_model) and _same_weights(full.ema, resumed.ema)
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):
@@ -175,6 +175,29 @@ def test_recipes_are_cached_by_configuration(tmp_path):
         toy_recipe("mnist-ddpm")
     with pytest.raises(ValueError, match="unknown recipe settings"):
         toy_recipe("moons-ddpm", width=3)
+
+
+def test_fit_and_train_toy_model_is_the_ema_network(tmp_path, monkeypatch):
+    """fit(...).model and train_toy(...).model mean the same (lesson 3, sec. 3.6): the EMA network, the one to sample
+    from; fit's .raw_model is the network the optimiser updated (the module passed in), and without an EMA .model is
+    that network. train_toy's .model holds exactly the weights of the .model of the fit it ran, not its raw ones."""
+    net = _tiny()
+    run = fit(net, DATA, SCHED, 20, batch_size=64, lr=3e-2, seed=3, progress=False)
+    assert run.raw_model is net and run.model is run.ema and not _same_weights(run.model, run.raw_model)
+    bare = fit(_tiny(), DATA, SCHED, 5, batch_size=64, seed=3, progress=False, ema_decay=None)
+    assert bare.ema is None and bare.model is bare.raw_model
+    runs = []
+
+    def recorded_fit(*args, **kwargs):  # keeps the run and a copy of its raw weights (train_toy then loads the EMA's)
+        state = fit(*args, **kwargs)
+        runs.append((state, [v.clone() for v in state.raw_model.state_dict().values()]))
+        return state
+
+    monkeypatch.setattr("diffmath.recipes.fit", recorded_fit)
+    toy = train_toy(toy_recipe("moons-ddpm", steps=20, hidden=16, depth=1), progress=False, folder=tmp_path)
+    ((inner, raw),) = runs
+    weights = list(toy.model.state_dict().values())
+    assert _same_weights(toy.model, inner.model) and not all(map(torch.equal, weights, raw))
 
 
 def test_training_bad_input(tmp_path):

@@ -149,7 +149,7 @@ def test_interrupted_image_run_resumes_to_identical_weights(tmp_path):
             break
     assert read_checkpoint(ck)["step"] == 20
     *_, resumed = image_training(config, *image_setup(config), checkpoint=ck, progress=False)
-    assert _same_weights(full.model, resumed.model) and _same_weights(full.ema, resumed.ema)
+    assert _same_weights(full.raw_model, resumed.raw_model) and _same_weights(full.ema, resumed.ema)
     assert full.losses == resumed.losses
 
 

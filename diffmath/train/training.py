@@ -190,7 +190,9 @@ def as_draws(source: Draws | torch.Generator | None) -> Draws:
 class TrainStep:
     """State after one optimiser step: step number (1-based), this step's loss, and the running models.
 
-    Yielded by :func:`train` (lesson 3, eq. 3.14).
+    Yielded by :func:`train` and returned by :func:`fit` (lesson 3, eq. 3.14). ``model`` is the network to sample
+    from, as in the recipes' results (``train_toy(...).model``, ``train_image(...).model``): the EMA weights when an
+    EMA is kept, else the trained network. The network the optimiser updates is ``raw_model``.
 
     Parameters
     ----------
@@ -198,8 +200,8 @@ class TrainStep:
         Optimiser steps done, from 1.
     loss : float
         This step's minibatch loss.
-    model : nn.Module
-        The model being trained.
+    raw_model : nn.Module
+        The network being trained (the optimiser's weights, not averaged).
     ema : nn.Module or None
         The exponential moving average of its weights, if kept.
     losses : list of float
@@ -208,15 +210,21 @@ class TrainStep:
 
     step: int
     loss: float
-    model: nn.Module
+    raw_model: nn.Module
     ema: nn.Module | None
     losses: list[float] = field(repr=False, default_factory=list)
 
+    @property
+    def model(self) -> nn.Module:
+        """The network to sample from (lesson 3, sec. 3.6): ``ema`` when kept, else ``raw_model``."""
+        return self.ema if self.ema is not None else self.raw_model
+
     def __repr__(self) -> str:
-        params = sum(p.numel() for p in self.model.parameters())
+        params = sum(p.numel() for p in self.raw_model.parameters())
         return (
-            f"TrainStep(step={self.step}, loss={self.loss:.4g}, model={type(self.model).__name__} ({params:,} "
-            f"parameters), ema={'kept' if self.ema is not None else 'None'})"
+            f"TrainStep(step={self.step}, loss={self.loss:.4g}, raw_model={type(self.raw_model).__name__} ({params:,} "
+            f"parameters), ema={'kept' if self.ema is not None else 'None'}; .model is the "
+            f"{'EMA' if self.ema is not None else 'raw model'})"
         )
 
 
@@ -388,7 +396,7 @@ def train(
     batch_size, lr : int, float
         Adam with a cosine decay of the learning rate to zero over ``steps``.
     ema_decay : float or None
-        Exponential moving average of the weights, kept in ``TrainStep.ema``.
+        Exponential moving average of the weights, kept in ``TrainStep.ema`` (and then ``TrainStep.model``).
     seed : int
         Seeds the generator of minibatches, times and noise (its state is checkpointed).
     labels : Tensor of int, shape (N,) or (N, L), optional
@@ -604,8 +612,8 @@ def _check_trainable(model: object, name: str = "model", frozen_ok: bool = False
 
 
 def fit(model: nn.Module, data: Tensor, schedule: Schedule | None, steps: int, **kwargs: object) -> TrainStep:
-    """Run :func:`train` to the end and return its last state (lesson 3, eq. 3.14); the EMA model, if any, is in
-    ``.ema``.
+    """Run :func:`train` to the end and return its last state (lesson 3, eq. 3.14): ``.model`` is the network to sample
+    from (the EMA weights when kept, as in ``train_toy(...).model``), ``.raw_model`` the trained network itself.
 
     Parameters
     ----------
