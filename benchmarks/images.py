@@ -10,7 +10,9 @@ next to the real-vs-real floor at the same size.
 Widths: channels (16, 32, 64), one residual block per level, self-attention at the lowest level (size / 4); diffusers:
 ``block_out_channels=(16, 32, 64)``, ``layers_per_block=1``, ``DownBlock2D, DownBlock2D, AttnDownBlock2D``.
 
-Run: ``python benchmarks/images.py [--seconds 120] [--threads 1] [--size 32]``. Needs ``diffusers`` (the bench extra; install it
+Run: ``python benchmarks/images.py [--seconds 120] [--threads 1] [--size 32] [--device cuda] [--precision bf16]
+[--batch 128]``; on a GPU the timings drain the device's queue (``torch.cuda.synchronize``), and both networks skip
+their first 20 steps (allocation, cuDNN's choice of kernels). Needs ``diffusers`` (the bench extra; install it
 with ``PIP_CONSTRAINT=.venv/constraints.txt pip install diffusers`` so torch is left alone). Not a test: it prints a
 table.
 """
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 import diffmath as dm
+from diffmath.core.device import Autocast, resolve_device
 from diffmath.metrics import frechet_distance
 from diffmath.nets.unet import UNet, num_parameters
 from diffmath.recipes import objective, train_attribute_classifier
@@ -65,9 +68,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--n", type=int, default=256, help="samples for the Frechet distance")
     parser.add_argument("--size", type=int, default=32, help="image size in pixels (a multiple of 4)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--precision", default="float32", choices=["float32", "bf16"])
+    parser.add_argument("--batch", type=int, default=32, help="training batch size")
     args = parser.parse_args()
     size = args.size
+    dev = resolve_device(args.device)
     torch.set_num_threads(args.threads)
+
+    def now() -> float:  # wall time with the device's queue drained
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     sched = dm.VPCosine()
     data = shapes(6000, size, torch.Generator().manual_seed(0)).images
     real = shapes(args.n, size, torch.Generator().manual_seed(123)).images
@@ -81,20 +94,36 @@ def main() -> None:
         torch.manual_seed(0)
         model = make()
         loss = objective("diffusion", sched)
-        run = train(model, data, sched, 10**6, batch_size=32, lr=2e-3, ema_decay=0.995, progress=False, loss=loss)
-        start = time.perf_counter()
+        run = train(
+            model,
+            data,
+            sched,
+            10**6,
+            batch_size=args.batch,
+            lr=2e-3,
+            ema_decay=0.995,
+            progress=False,
+            loss=loss,
+            device=dev,
+            precision=args.precision,
+        )
+        for _ in range(20):  # warm-up: allocation, cudnn's choice of kernels
+            next(run)
+        start, first = now(), 20
         state = next(s for s in run if time.perf_counter() - start > args.seconds)
-        steps, elapsed = state.step, time.perf_counter() - start
-        ema = state.ema.eval()
-        x_T = torch.randn(args.n, 3, size, size, generator=torch.Generator().manual_seed(1))
-        start = time.perf_counter()
+        steps, elapsed = state.step - first, now() - start
+        ema = Autocast(state.ema.eval(), args.precision)
+        x_T = torch.randn(args.n, 3, size, size, generator=torch.Generator().manual_seed(1)).to(dev)
         with torch.no_grad():
+            dm.ode.ode_sample(ema, x_T[:8], sched.grid(20), sched, "dpm++2m")  # warm-up
+            start = now()
             x = dm.ode.ode_sample(ema, x_T, sched.grid(20), sched, "dpm++2m").clamp(-1, 1)
-        sample_s = time.perf_counter() - start
-        fd = frechet_distance(clf, x, real)
-        rows.append((name, num_parameters(model), steps / elapsed, steps, args.n / sample_s, fd))
+            sample_s = now() - start
+        fd = frechet_distance(clf, x.cpu(), real)
+        rows.append((name, num_parameters(model), steps / elapsed, state.step, args.n / sample_s, fd))
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, threads={args.threads}"
     print(
-        f"{size} px, threads={args.threads}, {args.seconds:g} s of training each, "
+        f"{size} px, {where}, {args.precision}, batch {args.batch}, {args.seconds:g} s of training each, "
         f"FD floor (real vs real, n={args.n}): {floor:.3g}"
     )
     print("| network | parameters | train steps/s | steps in budget | sample images/s (20 NFE) | Frechet distance |")

@@ -1108,7 +1108,8 @@ def image_fidelity(
     Parameters
     ----------
     image_model : ImageModel
-        From :func:`train_image`, on a generated data set.
+        From :func:`train_image`, on a generated data set; sampled on its model's device (noise drawn on the CPU and
+        moved), judged on the CPU.
     classifier : AttributeClassifier
         The judge (from :func:`train_attribute_classifier`, trained on other seeds).
     n : int
@@ -1146,6 +1147,10 @@ def image_fidelity(
     check_int(n, "n", 2)
     check_int(draws, "draws", 2)
     config = image_model.config
+    params = (
+        next(iter(image_model.model.parameters()), None) if isinstance(image_model.model, torch.nn.Module) else None
+    )
+    device = params.device if params is not None else torch.device("cpu")  # sample where the model is; judge on the CPU
     out: dict[str, list[float]] = {"floor": [], "model": [], "kid_floor": [], "kid_model": []}
     schedule, size = image_model.schedule, config["size"]
     if config["dataset"] == "digits":
@@ -1164,14 +1169,15 @@ def image_fidelity(
         else:
             a, b = (held_out(config["dataset"], n, size, 2 * k + j, **config["dataset_kwargs"]) for j in (0, 1))
         g = torch.Generator().manual_seed(k)
-        noise = torch.randn(n, *a.images.shape[1:], generator=g)
+        noise = torch.randn(n, *a.images.shape[1:], generator=g).to(device)  # the CPU draw, on the model's device
         cond = _condition(config, b.labels)
+        cond = None if cond is None else cond.to(device)
         with torch.no_grad():
             if sampler is not None:
                 s = sampler(image_model.model, noise, cond, k)
             else:
                 s = ode_sample(image_model.model, noise, schedule.grid(num_steps), schedule, method, cond, progress)
-        s = s.clamp(-1, 1)
+        s = s.clamp(-1, 1).to(a.images.device)
         out["floor"].append(frechet_distance(classifier, a.images, b.images))
         out["model"].append(frechet_distance(classifier, s, a.images))
         out["kid_floor"].append(kernel_distance(classifier, a.images, b.images))
