@@ -20,7 +20,9 @@ Conventions
     arguments   model, x, then the grid (samplers) or the time (``predict``), then the schedule, then options;
                 two exceptions, each for a reason: ``pfgm_sample(model, n, event_shape, grid, schedule)`` draws its
                 own start on the prior plane at ``grid[0]``, and ``ode_log_likelihood(model, x0, schedule, t_start,
-                t_end)`` solves adaptively (scipy), so it takes end times, not a grid
+                t_end)`` solves adaptively, so it takes end times, not a grid
+    solvers     ODE samplers default to Heun (``ode_sample``), except ``sample_flow`` (Euler: straight flows) and
+                ``pfgm_sample`` (DPM-Solver++(2M): exact in ln z); each docstring says why
     models      any ``model(x, t, cond=None)`` with a ``prediction``; an unconditional network refuses real labels
     sampling    trained eps-models sample deterministically through ``ToyModel.clipped`` / ``ImageModel.clipped``
     progress    on by default where a call takes minutes (training, recipes, image statistics), off for samplers

@@ -1119,7 +1119,8 @@ def reflow_pairs(
     num_steps : int
         Solver steps for $\Phi_{1\to0}$.
     method : {"euler", "heun", "dpm++2m"}
-        The solver.
+        The solver (Heun by default, as :func:`~diffmath.ode.ode_sample`: the coupling needs the flow's endpoints,
+        solved accurately, where :func:`sample_flow` defaults to the few-step Euler sampler).
     cond : Tensor, optional
         Condition for the model.
 
@@ -1356,7 +1357,8 @@ def reflow(
     num_steps : int
         Solver steps for the pairs.
     method : {"euler", "heun", "dpm++2m"}
-        Solver for the pairs.
+        Solver for the pairs (Heun by default, as :func:`~diffmath.ode.ode_sample`: the pairs are the flow's
+        endpoints, so they are solved accurately, not in the few steps the reflowed model is sampled in).
     return_all : bool
         Return every round's model, not only the last.
     **train_kwargs

@@ -191,3 +191,21 @@ def test_exact_model_convergence_on_images(name, sched, run):
     assert 0.75 < ratio < 1.05, ratio
     if name.startswith("ode"):
         assert abs(ratio - 1) < 0.05, ratio
+
+
+def test_default_solvers_are_heun_except_where_a_docstring_says_why():
+    """One default ODE solver: Heun for ode_sample, solve_ode and the flows' accurate solves (pairs, straightness,
+    reflow, distillation, the cost identity); Euler for sample_flow (straight flows) and DPM-Solver++(2M) for
+    pfgm_sample (exact in ln z), each with its reason in its docstring and in help(diffmath)."""
+    import inspect
+
+    from diffmath import flows, ode, pfgm, recipes
+
+    def default(fn):
+        return inspect.signature(fn).parameters["method"].default
+
+    heun = [ode.solve_ode, ode.ode_sample, flows.reflow_pairs, flows.straightness, flows.cost_identity]
+    assert {default(fn) for fn in [*heun, flows.reflow, flows.distill, recipes.reflow_toy]} == {"heun"}
+    for fn, method, reason in ((flows.sample_flow, "euler", "straight"), (pfgm.pfgm_sample, "dpm++2m", "ln z")):
+        assert default(fn) == method and reason in " ".join(fn.__doc__.split())
+    assert "ODE samplers default to Heun" in " ".join(dm.__doc__.split())
