@@ -17,7 +17,7 @@ def _pair(x: Tensor, y: Tensor, at_least: int = 1) -> tuple[Tensor, Tensor]:
     x, y = (check_nonempty(check_batch(v, name), name, at_least) for v, name in ((x, "x"), (y, "y")))
     if x.shape[1:] != y.shape[1:]:
         raise ValueError(f"x and y must have the same event shape, got {tuple(x.shape[1:])} and {tuple(y.shape[1:])}")
-    return x.flatten(1).double(), y.flatten(1).double()
+    return x.flatten(1).double(), y.flatten(1).double().to(x.device)  # computed where x is
 
 
 def sliced_w1(x: Tensor, y: Tensor, num_projections: int = 256, generator: torch.Generator | None = None) -> float:
@@ -50,12 +50,12 @@ def sliced_w1(x: Tensor, y: Tensor, num_projections: int = 256, generator: torch
     """
     x, y = _pair(x, y)
     check_int(num_projections, "num_projections")
-    theta = torch.randn(x.shape[1], num_projections, generator=generator, dtype=torch.float64)
-    theta = theta / theta.norm(dim=0, keepdim=True)
+    theta = torch.randn(x.shape[1], num_projections, generator=generator, dtype=torch.float64).to(x.device)
+    theta = theta / theta.norm(dim=0, keepdim=True)  # drawn on the CPU: the same directions on every device
     px, _ = torch.sort(x @ theta, dim=0)
     py, _ = torch.sort(y @ theta, dim=0)
     n = max(x.shape[0], y.shape[0])
-    q = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    q = (torch.arange(n, dtype=torch.float64, device=x.device) + 0.5) / n
     return (_quantile(px, q) - _quantile(py, q)).abs().mean().item()
 
 
@@ -273,7 +273,8 @@ class AttributeClassifier(nn.Module):
             raise ValueError(
                 f"{name} must have shape (B, {self.in_channels}, {self.size}, {self.size}), got {tuple(x.shape)}"
             )
-        return x.to(next(self.parameters()).dtype)
+        p = next(self.parameters())
+        return x.to(p.device, p.dtype)  # judged where the classifier is
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate features of images ``x`` (lesson 20, eq. 20.1).

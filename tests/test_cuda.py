@@ -20,7 +20,7 @@ from test_samplers_common import IDS, SAMPLERS
 import diffmath as dm
 import toydata as td
 from diffmath.core.device import Autocast
-from diffmath.metrics import frechet_distance
+from diffmath.metrics import frechet_distance, sliced_w1
 from diffmath.nets.mlp import MLP
 from diffmath.nets.unet import UNet
 from diffmath.ode import ode_log_likelihood
@@ -141,7 +141,8 @@ def test_committed_image_model_samples_on_cuda_in_float32_and_bf16():
 
 def test_likelihood_and_frechet_distance_take_cuda_tensors():
     """``ode_log_likelihood`` of an MLP on CUDA (solved to 1e-7) equals the CPU's to 1e-5 relative; the Frechet distance of CUDA
-    image sets (classifier on CUDA) equals the CPU's to 1e-6 relative."""
+    image sets (classifier on CUDA) equals the CPU's to 1e-6 relative, and the sliced W1 of CUDA samples (directions
+    drawn on the CPU) the CPU's to 1e-12."""
     sched = dm.VPCosine()
     torch.manual_seed(0)
     mlp = MLP(2, 32, 2, "eps", sched.t_max).eval()
@@ -155,6 +156,9 @@ def test_likelihood_and_frechet_distance_take_cuda_tensors():
     fd_cpu = frechet_distance(clf, a, b)
     fd_gpu = frechet_distance(clf.to(CUDA), a.to(CUDA), b.to(CUDA))
     assert abs(fd_gpu - fd_cpu) <= 1e-6 * fd_cpu + 1e-9
+    u, v = td.sample("moons", 500, torch.Generator().manual_seed(1)), td.sample("moons", 400, torch.Generator())
+    w_cpu = sliced_w1(u, v, generator=torch.Generator().manual_seed(0))
+    assert abs(sliced_w1(u.to(CUDA), v.to(CUDA), generator=torch.Generator().manual_seed(0)) - w_cpu) < 1e-12
 
 
 def test_image_recipe_trains_on_cuda_in_bf16():
