@@ -57,7 +57,9 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--precision {args.precision} is for image recipes; toy recipes train in float32")
     overrides = {} if args.steps is None else {"steps": args.steps}
     config = (toy_recipe if toy else image_recipe)(args.recipe, **overrides)
-    extra = {} if toy else {"precision": args.precision}
+    if toy and args.compile:
+        parser.error("--compile is for image recipes; toy MLPs gain nothing from it")
+    extra = {} if toy else {"precision": args.precision, "compile": args.compile}
     stored_as = config if args.precision == "float32" else {**config, "precision": args.precision}
     before = {
         "committed": "loaded the committed weights",
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--device", default="cpu", help="where to train: cpu, cuda or auto (cuda when present)")
     train.add_argument("--precision", default="float32", choices=["float32", "bf16"],
                        help="image recipes: bf16 runs the forward passes under bfloat16 autocast (for CUDA)")  # fmt: skip
+    train.add_argument("--compile", action="store_true", help="image recipes: train through torch.compile")
     train.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 for toys, torch's own "
                        "for images)")  # fmt: skip
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -777,6 +777,7 @@ def train_image(
     force: bool = False,
     device: str = "cpu",
     precision: str = "float32",
+    compile: bool = False,
 ) -> ImageModel:
     r"""Train (or load) a UNet by image recipe (lesson 20, sec. 20.3; the loop of lesson 3, eq. 3.14).
 
@@ -802,6 +803,8 @@ def train_image(
     precision : {"float32", "bf16"}
         The precision of the forward passes; bf16 weights are stored under another name (the recipe's hash with
         ``"precision": "bf16"`` added), so they never replace the float32 ones.
+    compile : bool
+        Train through ``torch.compile`` (the same weights up to float rounding, so the same file).
 
     Returns
     -------
@@ -825,7 +828,8 @@ def train_image(
     model, schedule, data, labels = image_setup(config)
 
     def run(checkpoint: Path) -> dict:
-        *_, state = image_training(config, model, schedule, data, labels, checkpoint, progress, device, precision)
+        run = image_training(config, model, schedule, data, labels, checkpoint, progress, device, precision, compile)
+        *_, state = run
         final = state.ema if state.ema is not None else state.model
         weights = {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in final.state_dict().items()}
         return {"model": weights, "losses": state.losses}
@@ -853,6 +857,7 @@ def image_training(
     progress: bool = True,
     device: str = "cpu",
     precision: str = "float32",
+    compile: bool = False,
 ) -> Iterator[TrainStep]:
     r"""The training run of an image recipe, step by step: :func:`~diffmath.train.training.train` with the recipe's
     objective and settings (lesson 20, sec. 20.3; lesson 3, eq. 3.14).
@@ -871,6 +876,8 @@ def image_training(
         Where to train.
     precision : {"float32", "bf16"}
         The precision of the forward passes (:func:`~diffmath.core.device.autocast`).
+    compile : bool
+        Run the passes through ``torch.compile``.
 
     Yields
     ------
@@ -897,6 +904,7 @@ def image_training(
         dropout_per_label=config.get("dropout_per_label", False),
         device=device,
         precision=precision,
+        compile=compile,
     )
 
 

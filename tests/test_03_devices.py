@@ -270,3 +270,20 @@ def test_autocast_wraps_a_model_for_any_sampler():
         Autocast(lambda x, t, c=None: x)
     with pytest.raises(ValueError, match="precision must be one of"):
         Autocast(net, "fp8")
+
+
+def test_training_and_sampling_through_torch_compile():
+    """``train(compile=...)`` runs the passes through ``torch.compile`` (here its ``"eager"`` backend: dynamo's
+    capture without code generation, so the test needs no compiler): the losses and EMA weights equal the plain
+    run's, the EMA is the bare MLP, and a compiled model samples like the bare one; a wrong ``compile`` is refused."""
+    bare = _run(_net())
+    compiled = _run(_net(), compile={"backend": "eager"})
+    assert torch.allclose(torch.tensor(compiled.losses), torch.tensor(bare.losses), rtol=1e-6, atol=0)
+    assert type(compiled.ema) is MLP
+    for k, v in bare.ema.state_dict().items():
+        assert torch.allclose(compiled.ema.state_dict()[k], v, rtol=1e-5, atol=1e-7), k
+    sched, x = dm.su_linear(), torch.randn(16, 2, generator=torch.Generator().manual_seed(3))
+    plain = dm.sample(bare.model, x, sched.grid(10), sched)
+    assert torch.allclose(dm.sample(torch.compile(bare.model, backend="eager"), x, sched.grid(10), sched), plain)
+    with pytest.raises(TypeError, match="compile must be a bool or a dict"):
+        _run(_net(), compile="yes")

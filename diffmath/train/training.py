@@ -375,6 +375,7 @@ def train(
     device: str | torch.device = "cpu",
     precision: str = "float32",
     dropout_per_label: bool = False,
+    compile: bool | dict = False,
 ) -> Iterator[TrainStep]:
     r"""Train ``model`` on ``data`` with :func:`diffusion_loss` (or any other objective), yielding every step
     (lesson 3, eq. 3.14).
@@ -407,6 +408,10 @@ def train(
     dropout_per_label : bool
         With labels of shape (N, L): drop each of the L labels independently with probability ``label_dropout``
         (so the network also learns every partial condition, e.g. shape alone), instead of all of a sample's.
+    compile : bool or dict
+        Run the training forward and backward passes through ``torch.compile`` (``True``, or a dict of its keyword
+        arguments, e.g. ``{"mode": "max-autotune"}``); the EMA copy, the checkpoints and ``raw_model`` stay the bare
+        network, so a compiled run resumes an uncompiled one and back.
     checkpoint : path, optional
         File for atomic checkpoints every ``checkpoint_every`` steps and at the end. If it exists, training
         resumes from it (it must come from the same model and settings, else ``ValueError``).
@@ -532,6 +537,12 @@ def train(
     if world > 1 and not isinstance(model, nn.parallel.DistributedDataParallel):
         ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if compile is not False:
+        if not isinstance(compile, (bool, dict)):
+            raise TypeError(
+                f"compile must be a bool or a dict of torch.compile's arguments, got {type(compile).__name__}"
+            )
+        net = torch.compile(net, **(compile if isinstance(compile, dict) else {}))
     opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
     ema = copy.deepcopy(bare).requires_grad_(False) if ema_decay is not None else None
