@@ -371,8 +371,8 @@ class _DenoisedAttributeLoss(_AttributeLoss):
         s = self.schedule
         t = 0.999 * s.t_max * torch.rand(x.shape[0], generator=generator, dtype=torch.float64)  # a > 0 for any model
         c = s.coefficients(t)
-        a, b = (v.to(x.dtype).view(-1, 1, 1, 1) for v in (c.a, c.b))
-        xt = a * x + b * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        a, b = (v.to(x.device, x.dtype).view(-1, 1, 1, 1) for v in (c.a, c.b))
+        xt = a * x + b * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)  # CPU draws
         with torch.no_grad():
             x0 = predict(self.denoiser, xt, t.to(x.dtype), s, "x0").clamp(-1, 1)
         return super().__call__(model, x0, generator, cond)

@@ -516,7 +516,7 @@ class OracleRestorer:
             raise ValueError(f"the oracle restores its own batch of shape {tuple(self.x0.shape)}, got {tuple(x.shape)}")
         if self.noise == 0:
             return self.x0.clone()
-        return self.x0 + self.noise * torch.randn(x.shape, generator=self.generator, dtype=x.dtype)
+        return self.x0 + self.noise * torch.randn(x.shape, generator=self.generator, dtype=x.dtype).to(x.device)
 
     def __repr__(self) -> str:
         return f"OracleRestorer(noise={self.noise:g})"

@@ -71,7 +71,7 @@ class Estimate(NamedTuple):
 
 def _noised(x0: Tensor, t: Tensor, schedule: Schedule, generator: torch.Generator | None):
     c = schedule.coefficients(t)
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)  # the CPU draws, moved
     return c, c.a * x0 + c.b * eps
 
 

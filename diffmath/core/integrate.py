@@ -35,14 +35,21 @@ _E = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 4
 
 
 class Solution(NamedTuple):
-    """The state at the end of the interval, and the work it took."""
+    """The result of :func:`dopri5` (lesson 6, sec. 6.6).
+
+    Attributes
+    ----------
+    y : Tensor
+        The state at ``t1``.
+    evaluations : int
+        Calls of the right-hand side.
+    steps : int
+        Accepted steps.
+    """
 
     y: Tensor
-    """The state at ``t1``."""
     evaluations: int
-    """Calls of the right-hand side."""
     steps: int
-    """Accepted steps."""
 
 
 def _rms(x: Tensor) -> float:

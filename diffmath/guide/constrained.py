@@ -581,7 +581,7 @@ def _likelihood_weighted(diff, schedule, x0, num_times, t_min, t_max, terminal, 
             c = schedule.coefficients(torch.tensor([t], dtype=torch.float64))
             a, b = float(c.a[0]), float(c.b[0])
             _, g2 = sde_coefficients(schedule, torch.tensor(t, dtype=torch.float64))
-            eps = torch.randn(x0.shape, generator=generator, dtype=torch.float64).to(x0.dtype)
+            eps = torch.randn(x0.shape, generator=generator, dtype=torch.float64).to(x0.device, x0.dtype)
             d = diff(a * x0 + b * eps, t, eps)
             values.append(float(g2) / (2 * b * b) * d.double().square().flatten(1).sum(1))
     f = torch.stack(values)  # (k, B): every sample's integrand

@@ -292,7 +292,7 @@ def dig_weights(
     check_positive(temperature, "temperature")
     check_positive(smooth, "smooth", allow_zero=True)
     num_steps = len(g) - 1
-    eps = torch.randn(c.shape[1:], generator=generator, dtype=torch.float64).to(c.dtype)
+    eps = torch.randn(c.shape[1:], generator=generator, dtype=torch.float64).to(c.device, c.dtype)
     errors: dict[int, Tensor] = {}
     calls = 0
 
@@ -639,7 +639,7 @@ def fuse(
     # starts from the same x and draws the same step noise
     gains_gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
     if x is None:
-        x = torch.randn(c.shape[1:], generator=generator, dtype=torch.float64).to(c.dtype)
+        x = torch.randn(c.shape[1:], generator=generator, dtype=torch.float64).to(c.device, c.dtype)
     elif not isinstance(x, Tensor) or x.shape != c.shape[1:]:
         raise ValueError(f"x must be a tensor of the sources' shape {tuple(c.shape[1:])}")
     if isinstance(weights, Tensor):
