@@ -34,7 +34,7 @@ from diffmath.core._validate import (
     check_schedule,
     per_sample,
 )
-from diffmath.core.device import unwrap
+from diffmath.core.device import model_device, resolve_device, unwrap
 from diffmath.core.models import check_model
 from diffmath.core.notation import Pair, check_prediction, from_pair, to_pair
 from diffmath.core.schedules import Schedule
@@ -1047,6 +1047,7 @@ def pfgm_sample(
     generator: torch.Generator | None = None,
     dtype: torch.dtype | None = None,
     max_radius: float | None = 100.0,
+    device: str | torch.device | None = None,
 ) -> Tensor:
     r"""Generate with Poisson flow: prior draws on the plane $z = z_{\max}$ (eq. 13.11), then the backward ODE
     $\mathrm dy/\mathrm dz = E_y/E_z$ (lesson 13, eq. 13.8) with :func:`~diffmath.ode.ode_sample` along ``grid``.
@@ -1084,6 +1085,9 @@ def pfgm_sample(
         Dtype (default: torch's default dtype).
     max_radius : float, optional
         Clip of the prior's dimensionless radius (use the training clip).
+    device : str or torch.device, optional
+        Where to sample (default: the model's device, :func:`~diffmath.core.device.model_device`); the prior is
+        drawn on the CPU from ``generator`` and moved, so every device starts from the same draws.
 
     Returns
     -------
@@ -1113,6 +1117,7 @@ def pfgm_sample(
             "the grid lower, e.g. pfgm_grid(schedule, 20, z_max=40.0)"
         )
     x = schedule.coefficients(g[0]).a.item() * sample_prior(n, shape, z_max, generator, torch.float64, max_radius)
-    x = x.to(dtype or torch.get_default_dtype())
+    where = model_device(model) if device is None else resolve_device(device)
+    x = x.to(where, dtype or torch.get_default_dtype())
     with torch.no_grad():
         return ode_sample(model, x, grid, schedule, method, variable="sigma")

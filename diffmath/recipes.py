@@ -23,7 +23,7 @@ import torch
 
 from diffmath.core._io import atomic_write, file_lock
 from diffmath.core._validate import check_int
-from diffmath.core.device import check_precision
+from diffmath.core.device import check_precision, model_device
 from diffmath.core.schedules import Schedule, get_schedule
 from diffmath.flows import FlowMatchingLoss, reflow_pairs
 from diffmath.guide.compose import Clipped
@@ -1155,10 +1155,7 @@ def image_fidelity(
     check_int(n, "n", 2)
     check_int(draws, "draws", 2)
     config = image_model.config
-    params = (
-        next(iter(image_model.model.parameters()), None) if isinstance(image_model.model, torch.nn.Module) else None
-    )
-    device = params.device if params is not None else torch.device("cpu")  # sample where the model is; judge on the CPU
+    device = model_device(image_model.model)  # sample where the model is; judge on the CPU
     out: dict[str, list[float]] = {"floor": [], "model": [], "kid_floor": [], "kid_model": []}
     schedule, size = image_model.schedule, config["size"]
     if config["dataset"] == "digits":

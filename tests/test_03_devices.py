@@ -287,3 +287,14 @@ def test_training_and_sampling_through_torch_compile():
     assert torch.allclose(dm.sample(torch.compile(bare.model, backend="eager"), x, sched.grid(10), sched), plain)
     with pytest.raises(TypeError, match="compile must be a bool or a dict"):
         _run(_net(), compile="yes")
+
+
+def test_model_device_reads_through_wrappers():
+    """``model_device``: a network's parameters' device through DataParallel and Autocast; the CPU for an exact
+    model or a plain function (what a sampler that draws its own start, e.g. ``pfgm_sample``, draws onto)."""
+    from diffmath.core.device import Autocast, model_device
+
+    net = _net()
+    assert model_device(net) == torch.device("cpu") == model_device(nn.DataParallel(Autocast(net)))
+    assert model_device(GaussianMixture(torch.ones(1), torch.zeros(1, 2), torch.eye(2)[None])) == torch.device("cpu")
+    assert model_device(lambda x, t, c=None: x) == torch.device("cpu")

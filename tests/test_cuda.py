@@ -215,3 +215,15 @@ def test_diffusers_adapter_on_cuda():
         direct = unet.to(CUDA)(x_T.to(CUDA), t - 1).sample
     assert torch.allclose(model(x_T.to(CUDA), t), direct, atol=1e-6)
     assert _rel(dm.sample(model, x_T.to(CUDA), sched.grid(10), sched), cpu) < 1e-4
+
+
+def test_pfgm_sample_draws_onto_the_models_device():
+    """``pfgm_sample`` of an eps-UNet on CUDA starts on CUDA from the CPU prior draws: the CPU samples to 1e-4."""
+    from diffmath.pfgm import pfgm_grid, pfgm_sample
+
+    sched = dm.VPCosine()
+    net = _unet("eps", sched.t_max, scale=0.02)
+    grid = pfgm_grid(sched, 10, z_max=40.0)
+    cpu = pfgm_sample(net, 8, (3, 8, 8), grid, sched, generator=torch.Generator().manual_seed(0))
+    gpu = pfgm_sample(net.to(CUDA), 8, (3, 8, 8), grid, sched, generator=torch.Generator().manual_seed(0))
+    assert gpu.is_cuda and _rel(gpu, cpu) < 1e-4

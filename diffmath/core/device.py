@@ -190,3 +190,24 @@ class Autocast(nn.Module):
         with autocast(x.device, self.precision):
             out = self.model(x, t, cond)
         return out.to(x.dtype)
+
+
+def model_device(model: object) -> torch.device:
+    """Where ``model`` computes (lesson 3, sec. 3.6): the device of its first parameter or buffer, through any
+    wrappers (:func:`unwrap`); the CPU for a model without tensors (an exact model) or a plain function.
+
+    Parameters
+    ----------
+    model : object
+        A model with the one interface, possibly wrapped.
+
+    Returns
+    -------
+    torch.device
+        The device a function that draws its own start (a prior sample) should draw onto.
+    """
+    bare = unwrap(model)
+    if isinstance(bare, nn.Module):
+        for t in (*bare.parameters(), *bare.buffers()):
+            return t.device
+    return torch.device("cpu")
