@@ -1304,9 +1304,9 @@ def cost_identity(
     path = as_path(schedule if schedule is not None else LinearPath())
     B = x0.shape[0]
     check_int(num_times, "num_times")
-    V = torch.zeros(B, dtype=torch.float64)
+    V = torch.zeros(B, dtype=torch.float64, device=x0.device)
     for _ in range(num_times):
-        t = 1.0 - torch.rand(B, generator=generator, dtype=x0.dtype)
+        t = 1.0 - torch.rand(B, generator=generator, dtype=x0.dtype).to(x0.device)  # CPU draws, on x0's device
         with torch.no_grad():
             v = predict(model, path.sample(x0, t, x1), t, path, "velocity")
         V = V + ((path.target(x0, x1, t) - v) ** 2).flatten(1).sum(1).double() / num_times
