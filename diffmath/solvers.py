@@ -1,12 +1,13 @@
-r"""Higher-order solvers of the probability-flow ODE as update rules of the one loop (lesson 6, secs. 6.9-6.12).
+r"""Higher-order solvers of the probability-flow ODE as update rules of the one loop (lesson 6, secs. 6.9-6.14).
 
 Every solver here is a rule ``rule(pair, x, step, state) -> (mean, 0.0, state)`` of :func:`diffmath.sampling.loop.run`:
 one model call per step (the loop's), pure tensor arithmetic, the history of a multistep method kept in ``state``
 under the rule's ``key``. They integrate the ODE in one of its two exact forms:
 
 - in the half log-SNR $\ell = \log(a/b)$ with the denoiser $\hat x_0$, the exponential integrator (lesson 6,
-  eq. 6.16): DPM-Solver++ multistep of order 1-3 (Lu et al. 2022; eqs. 6.22-6.24), its singlestep 2S (sec. 6.9)
-  and UniPC, the UniP predictor with the UniC corrector (Zhao et al. 2023; eqs. 6.25-6.27);
+  eq. 6.16): DPM-Solver++ multistep of order 1-3 (Lu et al. 2022; eqs. 6.22-6.24), its singlestep 2S and 3S
+  (secs. 6.9, 6.14; eqs. 6.31-6.32) and UniPC, the UniP predictor with the UniC corrector (Zhao et al. 2023;
+  eqs. 6.25-6.27);
 - in $\sigma = b/a$ with $\hat\varepsilon$ for $y = x/a$ (eq. 6.15): the variable-step Adams-Bashforth method of
   DEIS, $\rho$AB (Zhang & Chen 2023; eq. 6.28), which also gives the methods above a last step into $\sigma = 0$ of
   their own order (sec. 6.11).
@@ -271,17 +272,29 @@ def dpm_multistep_rule(
     return rule
 
 
-def singlestep_orders(num_steps: int, lower_order_final: bool = True) -> list[int]:
-    r"""The order of each step of DPM-Solver++(2S) on a grid of ``num_steps`` steps ending at $b = 0$ (lesson 6,
-    sec. 6.9): pairs ``[1, 2]`` from the start, each pair one singlestep step over two grid intervals; the step into
-    the data is first order, and with ``lower_order_final`` an even grid ends ``[1, 1]`` (diffusers' order list).
+def singlestep_orders(
+    num_steps: int, lower_order_final: bool = True, order: int = 2, into_data: bool = True
+) -> list[int]:
+    r"""The order of each step of DPM-Solver++(2S) or (3S) on a grid of ``num_steps`` steps (lesson 6, secs. 6.9 and
+    6.14): groups ``[1, 2]`` (2S) or ``[1, 2, 3]`` (3S) from the start, each group one singlestep step over its grid
+    intervals, the order-$p$ entry closing a group of $p$ intervals; diffusers' order list.
+
+    With ``lower_order_final`` the end is shortened as diffusers does (2S: an even grid ends ``[1, 1]``; 3S: a grid
+    of $3n$ steps ends ``[1, 2, 1]``, of $3n + 1$ steps ``[1]``, of $3n + 2$ steps ``[1, 2]``); without it an
+    incomplete last group keeps its first entries. With ``into_data`` the last step, into $b = 0$, is first order
+    (where $\ell = \infty$ only $a_s\hat x_0$ is defined); :func:`dpm_singlestep_rule` asks for the list without it
+    and takes that first-order step wherever $b_s = 0$, so a grid that stops short of the data keeps its last order.
 
     Parameters
     ----------
     num_steps : int
         Steps of the grid, >= 1.
     lower_order_final : bool
-        End with first-order steps as above.
+        Shorten the end as above.
+    order : {1, 2, 3}
+        1 (all DDIM), 2 (2S) or 3 (3S).
+    into_data : bool
+        The grid ends at $b = 0$: the last entry is 1.
 
     Returns
     -------
@@ -290,34 +303,89 @@ def singlestep_orders(num_steps: int, lower_order_final: bool = True) -> list[in
     Raises
     ------
     ValueError
-        If ``num_steps`` is not a positive integer.
+        If ``num_steps`` is not a positive integer or ``order`` is not 1, 2 or 3.
     """
     check_int(num_steps, "num_steps")
-    if lower_order_final:
-        orders = [1, 2] * (num_steps // 2 - 1) + [1, 1] if num_steps % 2 == 0 else [1, 2] * (num_steps // 2) + [1]
+    order = _check_order(order)
+    group, full, rest = list(range(1, order + 1)), num_steps // order, num_steps % order
+    if lower_order_final and order == 3 and rest == 0:
+        orders = group * (full - 1) + [1, 2, 1]
+    elif lower_order_final and order == 2 and rest == 0:
+        orders = group * (full - 1) + [1, 1]
     else:
-        orders = [1, 2] * (num_steps // 2) + [1] * (num_steps % 2)
-    orders[-1] = 1
+        orders = group * full + group[:rest]
+    if into_data:
+        orders[-1] = 1
     return orders
 
 
-def dpm_singlestep_rule(form: str = "lu", lower_order_final: bool = True) -> Rule:
-    r"""DPM-Solver++(2S) (Lu et al. 2022; lesson 6, sec. 6.9) as a rule of the one loop: singlestep, second order.
+def singlestep_weights(nodes: Sequence[float], h: float, form: str = "lu") -> list[float]:
+    r"""Weights $w_m$ of one singlestep step $x_s = \frac{b_s}{b_g}x_g + a_s\sum_m w_m\hat x_0^{(m)}$ from the denoised
+    values at the nodes $r_m = (\ell_m - \ell_g)/h$ inside the step (lesson 6, eqs. 6.31-6.32).
 
-    The grid's intervals are taken in pairs (:func:`singlestep_orders`): from $x_g$ at the pair's start, a DDIM step
-    to the middle point $s_1$ gives $\hat x_0$ there; the second step restarts from $x_g$ and integrates the line
-    through $\hat x_0(x_g)$ and $\hat x_0(x_{s_1})$ over the whole pair with (6.22): weights $w$ with
-    $w_0 + w_1 = h\varphi_1(-h)$, $w_1 r = h\varphi_2(-h)$ (``"taylor"``), or Lu's midpoint form $w_1 =
-    (1 - e^{-h})/(2r)$ (``"lu"``, diffusers' ``DPMSolverSinglestepScheduler``), $h = \ell_{\rm end} - \ell_g$,
-    $r = (\ell_{s_1} - \ell_g)/h$. Unlike the multistep methods the node $s_1$ lies inside the step, and the state
-    at $s_1$ is only an intermediate.
+    Parameters
+    ----------
+    nodes : sequence of float
+        $r_0 = 0 < r_1 < \dots < 1$: the step's start and the intermediate points, 1-3 of them.
+    h : float
+        The step $\ell_s - \ell_g > 0$.
+    form : {"lu", "taylor"}
+        ``"taylor"``: the polynomial through all values integrated exactly (eq. 6.31), diffusers' ``"heun"``
+        solver type; ``"lu"``: Lu et al.'s coefficients, diffusers' ``"midpoint"``: for two nodes
+        $w_1 = (1 - e^{-h})/(2r_1)$, for three the line through $r_0$ and $r_2$ alone, $w_2 = h\varphi_2(-h)/r_2$,
+        $w_1 = 0$ (eq. 6.32). Always $\sum_m w_m = h\varphi_1(-h) = 1 - e^{-h}$.
+
+    Returns
+    -------
+    list of float
+        $w_0, \dots, w_{n-1}$.
+
+    Raises
+    ------
+    ValueError
+        If ``nodes`` does not start at 0, is not strictly increasing below 1, holds more than 3 values, ``h`` is
+        not a finite number > 0, or ``form`` is unknown.
+    """
+    check_choice(form, "form", ("taylor", "lu"))
+    rs = [float(r) for r in nodes]
+    if not 1 <= len(rs) <= 3 or rs[0] != 0 or rs[-1] >= 1 or any(b <= a for a, b in itertools.pairwise(rs)):
+        raise ValueError(f"nodes must be 1-3 numbers from 0, strictly increasing below 1, got {list(nodes)!r}")
+    if not (isinstance(h, (int, float)) and 0 < h < math.inf):
+        raise ValueError(f"h must be a finite number > 0, got {h!r}")
+    if form == "taylor":
+        return _solve_transposed(rs, [h * math.factorial(j) * phi(j + 1, h) for j in range(len(rs))])
+    e1 = -math.expm1(-h)
+    if len(rs) == 1:
+        return [e1]
+    if len(rs) == 2:
+        w1 = e1 / (2 * rs[1])
+        return [e1 - w1, w1]
+    w2 = h * phi(2, h) / rs[2]
+    return [e1 - w2, 0.0, w2]
+
+
+def dpm_singlestep_rule(form: str = "lu", lower_order_final: bool = True, order: int = 2) -> Rule:
+    r"""DPM-Solver++(2S) and (3S) (Lu et al. 2022; lesson 6, secs. 6.9 and 6.14) as a rule of the one loop:
+    singlestep, of order 2 or 3.
+
+    The grid's intervals are taken in groups (:func:`singlestep_orders`). From $x_g$ at a group's start a DDIM step
+    reaches the next grid point $s_1$, whose only use is its denoised value; every later step of the group restarts
+    from $x_g$ and integrates the polynomial through the denoised values gathered so far over the intervals up to its
+    end with :func:`singlestep_weights` (eqs. 6.31-6.32), $h = \ell_{\rm end} - \ell_g$, nodes
+    $r_m = (\ell_{s_m} - \ell_g)/h$. The intermediate states are not the ODE's solution there, only a means to the
+    denoised values. 3S is of third order when $r_2 \to 2/3$ (sec. 6.14): exactly on the ``"log-snr"`` grid, which
+    puts the nodes at DPM-Solver's $r_1 = 1/3$, $r_2 = 2/3$, and in the limit on any smooth grid. A step into
+    $b_s = 0$ is first order, $a_s\hat x_0$.
 
     Parameters
     ----------
     form : {"lu", "taylor"}
-        The weights.
+        The weights (:func:`singlestep_weights`): ``"lu"`` is diffusers' ``DPMSolverSinglestepScheduler`` with
+        ``solver_type="midpoint"`` (its default), ``"taylor"`` with ``solver_type="heun"``.
     lower_order_final : bool
         As in :func:`singlestep_orders`.
+    order : {2, 3}
+        2S or 3S (1 gives DDIM).
 
     Returns
     -------
@@ -327,28 +395,34 @@ def dpm_singlestep_rule(form: str = "lu", lower_order_final: bool = True) -> Rul
     Raises
     ------
     ValueError
-        If ``form`` is unknown.
+        If ``form`` is unknown or ``order`` is not 1, 2 or 3.
     """
     check_choice(form, "form", ("taylor", "lu"))
-    key = "dpm++2s" + ("-taylor" if form == "taylor" else "") + ("" if lower_order_final else "-nolof")
+    order = _check_order(order)
+    key = f"dpm++{order}s" + ("-taylor" if form == "taylor" else "") + ("" if lower_order_final else "-nolof")
 
     def rule(pair: Pair, x: Tensor, step: Step, state: dict) -> tuple[Tensor, float, dict]:
         st = _history(state, key, step, {})
         if step.index == 0 or st.get("num_steps") != step.num_steps:
             st.clear()
-            st.update(num_steps=step.num_steps, orders=singlestep_orders(step.num_steps, lower_order_final))
+            orders = singlestep_orders(step.num_steps, lower_order_final, order, into_data=False)
+            st.update(num_steps=step.num_steps, orders=orders)
         ell_t = _half_log_snr(step.a_t, step.b_t)
-        if st["orders"][step.index] == 1 or not math.isfinite(st["start"][1]):
-            st["start"] = (x, ell_t, step.b_t, pair.x0)
-            if step.b_s == 0:
-                return step.a_s * pair.x0, 0.0, state
+        if st["orders"][step.index] == 1 or not math.isfinite(st["nodes"][0][0]):  # a group starts here
+            st["start"], st["nodes"] = (x, step.b_t), [(ell_t, pair.x0)]
+        else:
+            st["nodes"].append((ell_t, pair.x0))
+        if step.b_s == 0:
+            return step.a_s * pair.x0, 0.0, state
+        if len(st["nodes"]) == 1:  # DDIM (eq. 4.11)
             return (step.b_s / step.b_t) * x + (step.a_s - step.a_t * step.b_s / step.b_t) * pair.x0, 0.0, state
-        x_g, ell_g, b_g, m_g = st["start"]
+        (x_g, b_g), ell_g = st["start"], st["nodes"][0][0]
         h = _half_log_snr(step.a_s, step.b_s) - ell_g
-        r = (ell_t - ell_g) / h
-        e1 = -math.expm1(-h)
-        w1 = e1 / (2 * r) if form == "lu" else h * phi(2, h) / r
-        mean = (step.b_s / b_g) * x_g + (step.a_s * (e1 - w1)) * m_g + (step.a_s * w1) * pair.x0
+        w = singlestep_weights([(ell - ell_g) / h for ell, _ in st["nodes"]], h, form)
+        mean = (step.b_s / b_g) * x_g
+        for wm, (_, m) in zip(w, st["nodes"], strict=True):
+            if wm != 0:
+                mean = mean + (step.a_s * wm) * m
         return mean, 0.0, state
 
     rule.key = key

@@ -1,5 +1,6 @@
-"""Lesson 6, secs. 6.9-6.12: the few-step solvers (DPM-Solver++ multistep, UniPC, DEIS), their weights, observed
-orders against the exact PF-ODE, the power grid, tuned grids, and step-for-step parity with diffusers' schedulers."""
+"""Lesson 6, secs. 6.9-6.14: the few-step solvers (DPM-Solver++ multistep and singlestep, UniPC, DEIS, Heun on the
+Karras grid), their weights, observed orders against the exact PF-ODE, the power grid, tuned grids, and step-for-step
+parity with diffusers' schedulers."""
 
 import itertools
 import math
@@ -12,6 +13,7 @@ from scipy.integrate import quad
 import diffmath as dm
 import toydata as td
 from diffmath.exact.reference import exact_pf_ode
+from diffmath.ode import ode_sample
 from diffmath.sampling.loop import final, run
 from diffmath.sampling.samplers import ddim_rule
 from diffmath.solvers import (
@@ -23,6 +25,7 @@ from diffmath.solvers import (
     phi,
     sigma_weights,
     singlestep_orders,
+    singlestep_weights,
     tune_grid,
     tuned_grid,
     unipc_coefficients,
@@ -105,6 +108,8 @@ ORDERS = [
     ("dpm++3m taylor (6.23)", dpm_multistep_rule(3, False), [32, 64, 128], (-3.4, -2.7)),
     ("dpm++2s lu", dpm_singlestep_rule("lu", False), [64, 128, 256], (-2.3, -1.7)),
     ("dpm++2s taylor", dpm_singlestep_rule("taylor", False), [64, 128, 256], (-2.3, -1.7)),
+    ("dpm++3s lu (6.32)", dpm_singlestep_rule("lu", False, 3), [192, 384, 768], (-3.4, -2.7)),
+    ("dpm++3s taylor (6.31)", dpm_singlestep_rule("taylor", False, 3), [192, 384, 768], (-3.4, -2.7)),
     ("dpm++3m lu (6.24)", dpm_multistep_rule(3, False, "lu"), [64, 128, 256], (-2.5, -1.7)),
     ("unip-3 (6.26)", unipc_rule(3, lower_order_final=False, corrector=False), [32, 64, 128], (-3.4, -2.7)),
     ("unipc-1 (6.27)", unipc_rule(1, lower_order_final=False), [32, 64, 128], (-2.3, -1.7)),
@@ -125,7 +130,8 @@ def order_task():
 @pytest.mark.parametrize(("name", "rule", "Ks", "band"), ORDERS, ids=[o[0] for o in ORDERS])
 def test_observed_order(order_task, name, rule, Ks, band):
     """Log-log slope of the mean endpoint error against exact_pf_ode (scipy RK45, rtol 1e-12) vs steps: p for
-    DPM-Solver++ pM (eq. 6.23), 2 for diffusers' 3M (eq. 6.24), p for UniP, p + 1 for UniPC (eq. 6.27), p for DEIS."""
+    DPM-Solver++ pM (eq. 6.23), 2 for diffusers' 3M (eq. 6.24), p for pS (eqs. 6.31-6.32), p for UniP, p + 1 for UniPC
+    (eq. 6.27), p for DEIS."""
     x_T, ref = order_task
     model = RING.model(VP, "eps")
     errs = []
@@ -135,6 +141,53 @@ def test_observed_order(order_task, name, rule, Ks, band):
             errs.append((final(run(model, x_T, grid, VP, rule)) - ref).norm(dim=1).mean().item())
     slope = _slope(Ks, errs)
     assert band[0] <= slope <= band[1], (name, slope, errs)
+
+
+@pytest.mark.parametrize("variable", ["sigma", "t"])
+def test_heun_on_the_karras_grid_is_second_order(order_task, variable):
+    """Heun (eq. 6.14; in sigma, eq. 6.15, Karras et al.'s EDM sampler) on K steps of the Karras grid (eq. 6.29, rho = 7)
+    from t = 1 to T_MIN: slope of the mean endpoint error against exact_pf_ode in [-2.3, -1.7] (measured -2.11 in
+    sigma, -1.97 in t over K = 32-128)."""
+    x_T, ref = order_task
+    model = RING.model(VP, "eps")
+    Ks, errs = [32, 64, 128], []
+    for K in Ks:
+        grid = VP.grid(K + 1, "karras", t_min=T_MIN)[:-1]
+        with torch.no_grad():
+            errs.append((ode_sample(model, x_T, grid, VP, "heun", variable=variable) - ref).norm(dim=1).mean().item())
+    slope = _slope(Ks, errs)
+    assert -2.3 <= slope <= -1.7, (variable, slope, errs)
+
+
+def _triples_grid(n, fractions):
+    """n singlestep groups of equal length in l = log(a/b) from t = 1 to T_MIN, nodes at the given fractions."""
+    lo, hi = (0.5 * VP.log_snr(t).item() for t in (1.0, T_MIN))
+    H = (hi - lo) / n
+    ell = torch.tensor([lo + H * (i + f) for i in range(n) for f in fractions] + [hi], dtype=f64)
+    grid = VP.t_of_sigma(torch.exp(-ell))
+    grid[0], grid[-1] = 1.0, T_MIN
+    return grid
+
+
+@pytest.mark.parametrize("form", ["lu", "taylor"])
+@pytest.mark.parametrize(
+    ("fractions", "band"),
+    [((0, 1 / 4, 1 / 2), (-2.3, -1.7)), ((0, 1 / 2, 2 / 3), (-3.4, -2.7))],
+    ids=["r2=1/2", "r2=2/3"],
+)
+def test_3s_is_third_order_only_with_r2_two_thirds(order_task, form, fractions, band):
+    """3S needs its second node at r2 = 2/3 of the step (sec. 6.14), whatever r1 and whichever weights: with
+    (r1, r2) = (1/4, 1/2) both forms are of order 2 (measured -2.03 lu, -1.87 taylor), with (1/2, 2/3) of order 3
+    (-2.89, -2.91), over 64-256 groups."""
+    x_T, ref = order_task
+    model = RING.model(VP, "eps")
+    Ks, errs = [64, 128, 256], []
+    for n in Ks:
+        with torch.no_grad():
+            x = final(run(model, x_T, _triples_grid(n, fractions), VP, dpm_singlestep_rule(form, False, 3)))
+        errs.append((x - ref).norm(dim=1).mean().item())
+    slope = _slope(Ks, errs)
+    assert band[0] <= slope <= band[1], (fractions, form, slope, errs)
 
 
 def test_last_step_in_sigma(order_task):
@@ -193,13 +246,56 @@ def test_grid_bad_input():
 
 
 def test_singlestep_orders():
-    """DPM-Solver++(2S) pairs the grid's steps, [1, 2, 1, 2, ...], first order into the data (sec. 6.9)."""
+    """DPM-Solver++(2S) pairs the grid's steps, [1, 2, 1, 2, ...], (3S) takes them in threes, [1, 2, 3, ...], first
+    order into the data (secs. 6.9, 6.14): diffusers' order lists; a grid that stops short of the data keeps its last
+    order."""
     assert singlestep_orders(7) == [1, 2, 1, 2, 1, 2, 1]
     assert singlestep_orders(6) == [1, 2, 1, 2, 1, 1]
     assert singlestep_orders(6, lower_order_final=False) == [1, 2, 1, 2, 1, 1]
+    assert singlestep_orders(6, lower_order_final=False, into_data=False) == [1, 2, 1, 2, 1, 2]
     assert singlestep_orders(5, lower_order_final=False) == [1, 2, 1, 2, 1]
+    assert singlestep_orders(9, order=3) == [1, 2, 3, 1, 2, 3, 1, 2, 1]
+    assert singlestep_orders(10, order=3) == [1, 2, 3, 1, 2, 3, 1, 2, 3, 1]
+    assert singlestep_orders(11, order=3) == [1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 1]
+    assert singlestep_orders(11, order=3, into_data=False) == [1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2]
+    assert singlestep_orders(9, False, 3, into_data=False) == [1, 2, 3] * 3
+    assert singlestep_orders(4, order=1) == [1, 1, 1, 1]
     with pytest.raises(ValueError, match="num_steps must be a positive integer"):
         singlestep_orders(0)
+    with pytest.raises(ValueError, match="order must be 1, 2 or 3"):
+        singlestep_orders(6, order=4)
+
+
+def test_singlestep_weights():
+    """(6.31) integrates every polynomial of degree < n through the n nodes exactly against e^{-(h-u)}; Lu's 3S
+    weights (6.32) integrate lines exactly and miss a quadratic by exactly h^3 m'' (phi_3 - r2 phi_2 / 2), which is
+    O(h^4) only at r2 = 2/3; Lu's 2S midpoint (6.32) matches (6.31) for constants only."""
+    h, rs = 0.4, [0.0, 0.3, 0.7]
+    for j in range(3):
+        exact, _ = quad(lambda u, j=j: math.exp(-(h - u)) * u**j, 0, h, epsabs=0, epsrel=1e-13)
+        got = sum(w * (r * h) ** j for w, r in zip(singlestep_weights(rs, h, "taylor"), rs, strict=True))
+        assert abs(got - exact) < 1e-13, j
+    m0, m1, m2 = 1.0, 0.5, 4.0  # m(u) = m0 + m1 u + m2 u^2 / 2
+    for r2 in (0.5, 2 / 3):
+        nodes = [0.0, 0.25, r2]
+        vals = [m0 + m1 * r * h + 0.5 * m2 * (r * h) ** 2 for r in nodes]
+        w = singlestep_weights(nodes, h, "lu")
+        assert w[1] == 0.0 and sum(w) == pytest.approx(-math.expm1(-h), abs=1e-15)
+        exact, _ = quad(lambda u: math.exp(-(h - u)) * (m0 + m1 * u + 0.5 * m2 * u * u), 0, h, epsabs=0, epsrel=1e-13)
+        lu = sum(wm * v for wm, v in zip(w, vals, strict=True))
+        assert exact - lu == pytest.approx(h**3 * m2 * (phi(3, h) - r2 * phi(2, h) / 2), rel=1e-9, abs=1e-15)
+    lu2, taylor2 = singlestep_weights([0.0, 0.5], h, "lu"), singlestep_weights([0.0, 0.5], h, "taylor")
+    assert sum(lu2) == pytest.approx(sum(taylor2), abs=1e-15) and abs(lu2[1] - taylor2[1]) > 1e-3
+    with pytest.raises(ValueError, match="nodes must be 1-3 numbers from 0"):
+        singlestep_weights([0.0, 0.5, 0.4], h)
+    with pytest.raises(ValueError, match="nodes must be 1-3 numbers from 0"):
+        singlestep_weights([0.0, 1.0], h)
+    with pytest.raises(ValueError, match="h must be a finite number > 0"):
+        singlestep_weights([0.0], math.inf)
+    with pytest.raises(ValueError, match="order must be 1, 2 or 3"):
+        dpm_singlestep_rule(order=4)
+    with pytest.raises(ValueError, match="form must be one of"):
+        dpm_singlestep_rule("midpoint", order=3)
 
 
 def test_solvers_bad_input():
@@ -306,8 +402,8 @@ def test_parity_ddim(parity_start):
 
 # (diffusers scheduler, its options, diffmath's rule, tolerance). DPMSolverMultistepScheduler casts the state to
 # float32 inside step() ("upcast to avoid precision issues"), so its trajectory is only float32-accurate: there the
-# tolerance is float32's (1e-5 on states of size ~2, after 10 steps); DPMSolverSinglestepScheduler (2S) and UniPC stay
-# in float64. UniPC's bh1 with
+# tolerance is float32's (1e-5 on states of size ~2, after 10 steps); DPMSolverSinglestepScheduler (2S, 3S; its
+# "midpoint" solver type is form "lu", "heun" is "taylor") and UniPC stay in float64. UniPC's bh1 with
 # final_sigmas_type="zero" returns NaN at the last step in diffusers 0.42 (B(h) = h is infinite there and multiplies a
 # zero), so that case stops at sigma_min (diffmath's t = 1). diffusers' DEISMultistepScheduler is not in the list: it
 # interpolates eps in log sigma, not in sigma as eq. 6.28 does, a different method (lesson 6, sec. 6.13).
@@ -315,6 +411,14 @@ PARITY = [
     ("DPMSolverMultistepScheduler", {"solver_order": 2}, dpm_multistep_rule(2, form="lu"), 1e-5),
     ("DPMSolverMultistepScheduler", {"solver_order": 3}, dpm_multistep_rule(3, form="lu"), 1e-5),
     ("DPMSolverSinglestepScheduler", {"solver_order": 2}, dpm_singlestep_rule("lu"), 1e-12),
+    ("DPMSolverSinglestepScheduler", {"solver_order": 2, "solver_type": "heun"}, dpm_singlestep_rule("taylor"), 1e-12),
+    ("DPMSolverSinglestepScheduler", {"solver_order": 3}, dpm_singlestep_rule("lu", order=3), 1e-12),
+    (
+        "DPMSolverSinglestepScheduler",
+        {"solver_order": 3, "solver_type": "heun"},
+        dpm_singlestep_rule("taylor", order=3),
+        1e-12,
+    ),
     ("UniPCMultistepScheduler", {"solver_order": 2, "solver_type": "bh2"}, unipc_rule(2, "bh2"), 1e-12),
     (
         "UniPCMultistepScheduler",
@@ -328,7 +432,8 @@ PARITY = [
 @pytest.mark.parametrize(("name", "kw", "rule", "tol"), PARITY, ids=[f"{p[0]}-{p[2].key}" for p in PARITY])
 def test_parity_multistep(parity_start, name, kw, rule, tol):
     """diffusers' multistep scheduler and diffmath's rule on the same 10-step grid (diffusers' default linspace
-    spacing, lower_order_final) agree at every step: eqs. 6.24 (Lu's 2M is 6.17), 6.26-6.27 and 6.28."""
+    spacing, lower_order_final) agree at every step: eqs. 6.24 (Lu's 2M is 6.17), 6.26-6.27, 6.28 and the singlestep
+    6.31-6.32."""
     sched, grid = _multistep(name, **kw)
     model = RING.model(HO, "eps")
     theirs = _diffusers_trajectory(sched, parity_start, model)

@@ -43,6 +43,7 @@ SAMPLERS = [
     ("dpm++3m", SU, lambda m, x, g, gen: _last(run_rule(m, x, g, SU, dpm_multistep_rule(3)))),
     ("dpm++3m-sigma-vp", VP, lambda m, x, g, gen: _last(run_rule(m, x, g, VP, dpm_multistep_rule(3, final="sigma")))),
     ("dpm++2s", SU, lambda m, x, g, gen: _last(run_rule(m, x, g, SU, dpm_singlestep_rule()))),
+    ("dpm++3s", SU, lambda m, x, g, gen: _last(run_rule(m, x, g, SU, dpm_singlestep_rule(order=3)))),
     ("unipc-2", SU, lambda m, x, g, gen: _last(run_rule(m, x, g, SU, unipc_rule(2, "bh2", final="sigma")))),
     ("deis-3", VP, lambda m, x, g, gen: _last(run_rule(m, x, g, VP, deis_rule(3)))),
     (
