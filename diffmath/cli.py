@@ -53,13 +53,11 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--steps must be a positive integer, got {args.steps}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be a positive integer, got {args.threads}")
-    if toy and args.precision != "float32":
-        parser.error(f"--precision {args.precision} is for image recipes; toy recipes train in float32")
     overrides = {} if args.steps is None else {"steps": args.steps}
     config = (toy_recipe if toy else image_recipe)(args.recipe, **overrides)
     if toy and args.compile:
         parser.error("--compile is for image recipes; toy MLPs gain nothing from it")
-    extra = {} if toy else {"precision": args.precision, "compile": args.compile}
+    extra = {"precision": args.precision, **({} if toy else {"compile": args.compile})}
     stored_as = config if args.precision == "float32" else {**config, "precision": args.precision}
     before = {
         "committed": "loaded the committed weights",
@@ -130,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--force", action="store_true", help="ignore stored weights and train again")
     train.add_argument("--device", default="cpu", help="where to train: cpu, cuda or auto (cuda when present)")
     train.add_argument("--precision", default="float32", choices=["float32", "bf16"],
-                       help="image recipes: bf16 runs the forward passes under bfloat16 autocast (for CUDA)")  # fmt: skip
+                       help="bf16 runs the forward passes under bfloat16 autocast (for CUDA)")  # fmt: skip
     train.add_argument("--compile", action="store_true", help="image recipes: train through torch.compile")
     train.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 for toys, torch's own "
                        "for images)")  # fmt: skip

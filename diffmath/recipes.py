@@ -343,6 +343,7 @@ def train_toy(
     folder: str | Path | None = None,
     force: bool = False,
     device: str = "cpu",
+    precision: str = "float32",
 ) -> ToyModel:
     r"""Train (or load from the cache) a toy MLP by recipe (lesson 3, eq. 3.14).
 
@@ -361,6 +362,9 @@ def train_toy(
         Delete a stored file of this recipe (and a half-done run's checkpoint) and train again.
     device : str
         Where to train (``"cpu"``, ``"cuda"``, ``"auto"``); the stored weights are on the CPU.
+    precision : {"float32", "bf16"}
+        The precision of the forward passes; bf16 weights are stored under another name (the recipe's hash with
+        ``"precision": "bf16"`` added).
 
     Returns
     -------
@@ -379,6 +383,8 @@ def train_toy(
     config = toy_recipe(recipe) if isinstance(recipe, str) else dict(recipe)
     if "name" not in config or "toy" not in config:
         raise ValueError("a recipe must come from toy_recipe(...) (it needs 'name' and 'toy')")
+    if check_precision(precision) != "float32":  # other weights: another cache file (float32 keeps the old names)
+        config = {**config, "precision": precision}
     folder = Path(folder) if folder is not None else cache_dir()
     path = folder / weights_file(config)
     if force and distributed.is_main():  # the weights and any half-done run's checkpoint
@@ -409,6 +415,7 @@ def train_toy(
             labels=labels,
             label_dropout=config.get("label_dropout", 0.0),
             device=device,
+            precision=precision,
         )
         final = state.model  # the EMA weights where kept, as ToyModel.model
         return {"model": {k: v.cpu() for k, v in final.state_dict().items()}, "losses": state.losses}

@@ -298,3 +298,17 @@ def test_model_device_reads_through_wrappers():
     assert model_device(net) == torch.device("cpu") == model_device(nn.DataParallel(Autocast(net)))
     assert model_device(GaussianMixture(torch.ones(1), torch.zeros(1, 2), torch.eye(2)[None])) == torch.device("cpu")
     assert model_device(lambda x, t, c=None: x) == torch.device("cpu")
+
+
+def test_a_bf16_recipe_is_stored_apart_from_the_float32_one(tmp_path):
+    """``train_toy(..., precision="bf16")`` trains under autocast and stores its weights under another name, so the
+    float32 file (the one every lesson loads) is never replaced; the two loss curves start alike."""
+    from diffmath.recipes import toy_recipe, train_toy
+
+    config = toy_recipe("moons-ddpm", steps=20)
+    half = train_toy(config, progress=False, folder=tmp_path, precision="bf16")
+    full = train_toy(config, progress=False, folder=tmp_path)
+    assert half.path != full.path and half.path.exists() and full.path.exists()
+    assert half.losses != full.losses and abs(half.losses[0] - full.losses[0]) < 0.05 * full.losses[0]
+    with pytest.raises(ValueError, match="precision must be one of"):
+        train_toy(config, progress=False, folder=tmp_path, precision="fp16")

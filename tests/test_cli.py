@@ -110,14 +110,13 @@ def test_cli_train_says_what_it_did(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--precision", "bf16"], "--precision bf16 is for image recipes"),
         (["--compile"], "--compile is for image recipes"),
         (["--precision", "fp8"], "invalid choice: 'fp8'"),
     ],
 )
 def test_cli_precision_and_compile_flags_are_checked(flags, message, capsys):
-    """``--precision`` and ``--compile`` belong to image recipes: a toy recipe or an unknown precision stops with
-    argparse's usage error (exit status 2) naming the problem."""
+    """``--compile`` belongs to image recipes: a toy recipe with it, or an unknown precision, stops with argparse's
+    usage error (exit status 2) naming the problem."""
     from diffmath.cli import main
 
     with pytest.raises(SystemExit) as stop:
