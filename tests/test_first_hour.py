@@ -18,6 +18,9 @@ def test_a_missing_checkpoint_folder_fails_before_training(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist: create it first"):
         fit(MLP(2, t_max=1000), data, su_linear(), 3, checkpoint=missing, progress=False)
     assert not missing.parent.exists()
+    (tmp_path / "afile").write_text("a file\n")
+    with pytest.raises(FileNotFoundError, match="is a file, not a folder"):
+        fit(MLP(2, t_max=1000), data, su_linear(), 3, checkpoint=tmp_path / "afile" / "ck.pt", progress=False)
     ok = tmp_path / "ck.pt"
     fit(MLP(2, t_max=1000), data, su_linear(), 3, checkpoint=ok, checkpoint_every=2, progress=False)
     assert ok.exists()

@@ -497,6 +497,8 @@ def train(
         raise ValueError(f"batch_size {batch_size} (the global batch) must be a multiple of the world size {world}")
     if checkpoint is not None and rank == 0:  # fail now, not at the first checkpoint after checkpoint_every steps
         folder = Path(checkpoint).parent
+        if folder.exists() and not folder.is_dir():
+            raise FileNotFoundError(f"the checkpoint's folder {folder} is a file, not a folder: choose another path")
         if not folder.is_dir():
             raise FileNotFoundError(
                 f"the checkpoint's folder {folder} does not exist: create it first "
