@@ -14,15 +14,15 @@ over 5 seeds of x_T (2000 points each; mean +- standard error over the seeds):
 
 Best against best, chosen the same way for both libraries. Every configuration is first screened on a tuning seed
 (seed 100, 500 points, never evaluated): diffmath's rules (DDIM, Heun in sigma, DPM-Solver++ 2M/3M in both forms,
-each with the last step first order or in sigma, UniPC 1-3 with bh1/bh2 likewise, DEIS 2-3, DPM-Solver++(2S)) on the
-uniform, quadratic, Karras and log-SNR grids and on the power grids of ``diffmath.solvers.tune_grid`` (t_min x rho);
-diffusers' DDIM, Euler,
-Heun, DPM-Solver++ multistep 2M/3M, singlestep 2S/3S, UniPC 1-3 and DEIS 1-3 schedulers over their documented options
-(timestep_spacing linspace/leading/trailing; default, Karras, exponential, beta and (DPM) Lu-lambda sigmas;
-solver_type; lower_order_final; final_sigmas_type zero/sigma_min; 659 configurations). The best configuration of
-each family per NFE is then evaluated on the 5 seeds. The stored choices (``diffmath.solvers.TUNED_GRIDS`` and
-``DIFFUSERS_BEST`` below) are what ``--tune`` prints; ``--tune`` re-screens everything (366 s of screening on one core,
-then the evaluation); the default run evaluates the stored choices (about 3 minutes on a free core, 7 on a busy one).
+each with the last step first order or in sigma, UniPC 1-3 with bh1/bh2 likewise, DEIS 2-3, DPM-Solver++(2S) and
+(3S)) on the uniform, quadratic, Karras and log-SNR grids and on the power grids of ``diffmath.solvers.tune_grid``
+(t_min x rho); diffusers' DDIM, Euler, Heun, DPM-Solver++ multistep 2M/3M, singlestep 2S/3S, UniPC 1-3 and DEIS 1-3
+schedulers over their documented options (timestep_spacing linspace/leading/trailing; default, Karras, exponential,
+beta and (DPM) Lu-lambda sigmas; solver_type; lower_order_final; final_sigmas_type zero/sigma_min; 659
+configurations). The best configuration of each family per NFE is then evaluated on the 5 seeds. The stored choices
+(``diffmath.solvers.TUNED_GRIDS`` and ``DIFFUSERS_BEST`` below) are what ``--tune`` prints; ``--tune`` re-screens
+everything (366 s of screening on one core, then the evaluation); the default run evaluates the stored choices (about
+3 minutes on a free core, 7 on a busy one).
 
 diffusers' model is a perfect network: it gets only (x, timestep) and returns the exact noise prediction at the
 noise level of that timestep (log-sigma interpolation between integer timesteps, as diffusers' own ``_sigma_to_t``
@@ -88,8 +88,8 @@ def ours() -> dict[str, tuple[object, int]]:
     for order in (2, 3):
         r = deis_rule(order)
         rules[r.key] = (r, 1)
-    for form in ("lu", "taylor"):
-        r = dpm_singlestep_rule(form)
+    for order, form in itertools.product((2, 3), ("lu", "taylor")):
+        r = dpm_singlestep_rule(form, order=order)
         rules[r.key] = (r, 1)
     return rules
 
@@ -534,7 +534,7 @@ def diffusers_run(
 
     sched = getattr(diffusers, cls_name)(**common, **kw)
     steps = (nfe + 1) // 2 if cls_name == "HeunDiscreteScheduler" else nfe
-    if grid is not None and cls_name == "DPMSolverMultistepScheduler":
+    if grid is not None and cls_name in ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler"):
         sched.set_timesteps(timesteps=[int(t) - 1 for t in grid[:-1]])
     elif grid is not None:
         sched.set_timesteps(len(grid) - 1)
@@ -865,6 +865,7 @@ def _same_grid(refs, rules, our_best) -> None:
     )
     pairs = [
         ("dpm++3m-lu", "DPMSolverMultistepScheduler", {"solver_order": 3}),
+        ("dpm++3s", "DPMSolverSinglestepScheduler", {"solver_order": 3}),
         ("unipc2-bh2", "UniPCMultistepScheduler", {"solver_order": 2, "solver_type": "bh2"}),
         ("unipc3-bh1", "UniPCMultistepScheduler", {"solver_order": 3, "solver_type": "bh1"}),
     ]

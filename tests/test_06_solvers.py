@@ -145,9 +145,9 @@ def test_observed_order(order_task, name, rule, Ks, band):
 
 @pytest.mark.parametrize("variable", ["sigma", "t"])
 def test_heun_on_the_karras_grid_is_second_order(order_task, variable):
-    """Heun (eq. 6.14; in sigma, eq. 6.15, Karras et al.'s EDM sampler) on K steps of the Karras grid (eq. 6.29, rho = 7)
-    from t = 1 to T_MIN: slope of the mean endpoint error against exact_pf_ode in [-2.3, -1.7] (measured -2.11 in
-    sigma, -1.97 in t over K = 32-128)."""
+    """Heun (eq. 6.14; in sigma, eq. 6.15, Karras et al.'s EDM sampler) on K steps of the Karras grid (eq. 6.29,
+    rho = 7) from t = 1 to T_MIN: slope of the mean endpoint error against exact_pf_ode in [-2.3, -1.7] (measured
+    -2.11 in sigma, -1.97 in t over K = 32-128)."""
     x_T, ref = order_task
     model = RING.model(VP, "eps")
     Ks, errs = [32, 64, 128], []
