@@ -114,6 +114,36 @@ def _summary(trained: object) -> str:
     )
 
 
+def _recommended_sample(
+    trained: ToyModel | ImageModel,
+    n: int,
+    num_steps: int,
+    cond: torch.Tensor | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """The sampler a recipe's model is meant for (lesson 20, sec. 20.8; lesson 13): its clipped model through
+    DPM-Solver++(2M) on the schedule's grid, started below $a = 0$ for an eps-model, or Poisson flow's own sampler from
+    the prior plane $z = 40$ with the training clip."""
+    check_int(n, "n")
+    check_int(num_steps, "num_steps")
+    config, schedule = trained.config, trained.schedule
+    shape = tuple(trained.data.shape[1:])
+    device = model_device(trained.model)
+    with torch.no_grad():
+        if config.get("objective") == "pfgm":
+            from diffmath.pfgm import pfgm_grid, pfgm_sample
+
+            grid = pfgm_grid(schedule, num_steps, z_max=40.0)
+            clip = config["objective_kwargs"].get("max_radius")
+            return pfgm_sample(trained.model, n, shape, grid, schedule, generator=generator, max_radius=clip)
+        c = schedule.coefficients(torch.tensor(schedule.t_max, dtype=torch.float64))
+        starts_at_noise = config["prediction"] == "eps" and float(c.a) == 0.0  # no x0 from eps where a = 0
+        grid = schedule.grid(num_steps, t_start=0.98 * schedule.t_max if starts_at_noise else None)
+        x = torch.randn(n, *shape, generator=generator, dtype=trained.data.dtype).to(device)
+        cond = None if cond is None else cond.to(device)
+        return ode_sample(trained.clipped, x, grid, schedule, "dpm++2m", cond=cond)
+
+
 @dataclass
 class ToyModel:
     """A trained toy model: the (EMA) network, its schedule, its training data, the recipe that made it, the loss curve.
@@ -156,6 +186,41 @@ class ToyModel:
         $\hat x_0$ held in the ball of 1.05 times the data's largest radius (:class:`~diffmath.guide.compose.Clipped`,
         eq. 20.11). It keeps DDIM and DPM-Solver++ from sending about 0.2% of the samples to $|x| \approx 50$."""
         return Clipped(self.model, self.schedule, 1.05 * float(self.data.flatten(1).norm(dim=1).max()), "ball")
+
+    def sample(
+        self,
+        n: int,
+        num_steps: int = 20,
+        cond: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        r"""``n`` samples by the sampler this recipe's model is meant for (lesson 20, sec. 20.8): :attr:`clipped`
+        through DPM-Solver++(2M) on the schedule's grid of ``num_steps`` steps (from $t = 0.98$ for an eps-model on a
+        schedule whose $a$ is 0 at the end), or, for a Poisson-flow recipe, :func:`~diffmath.pfgm.pfgm_sample` from
+        the plane $z = 40$ with the training clip (lesson 13).
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+        num_steps : int
+            Network evaluations (one per step).
+        cond : Tensor, optional
+            Labels of a conditional recipe, one per sample.
+        generator : torch.Generator, optional
+            Source of the starting noise (drawn on the CPU, moved to the model's device).
+
+        Returns
+        -------
+        Tensor, shape (n, ...)
+            Samples, on the model's device.
+
+        Raises
+        ------
+        ValueError
+            If ``n`` or ``num_steps`` is not a positive integer, or as the sampler.
+        """
+        return _recommended_sample(self, n, num_steps, cond, generator)
 
 
 def _optimiser(config: dict, seed_offset: int = 0) -> dict:
@@ -696,6 +761,41 @@ class ImageModel:
         r"""The model to sample from with deterministic steps (lesson 20, sec. 20.8): ``model`` with every pixel of
         $\hat x_0$ clipped to the data's range $[-1, 1]$ (:class:`~diffmath.guide.compose.Clipped`, eq. 20.11)."""
         return Clipped(self.model, self.schedule, float(self.data.abs().max()), "box")
+
+    def sample(
+        self,
+        n: int,
+        num_steps: int = 20,
+        cond: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        r"""``n`` samples by the sampler this recipe's model is meant for (lesson 20, sec. 20.8): :attr:`clipped`
+        through DPM-Solver++(2M) on the schedule's grid of ``num_steps`` steps (from $t = 0.98$ for an eps-model on a
+        schedule whose $a$ is 0 at the end), or, for a Poisson-flow recipe, :func:`~diffmath.pfgm.pfgm_sample` from
+        the plane $z = 40$ with the training clip (lesson 13).
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+        num_steps : int
+            Network evaluations (one per step).
+        cond : Tensor, optional
+            Labels of a conditional recipe, one per sample.
+        generator : torch.Generator, optional
+            Source of the starting noise (drawn on the CPU, moved to the model's device).
+
+        Returns
+        -------
+        Tensor, shape (n, ...)
+            Samples, on the model's device.
+
+        Raises
+        ------
+        ValueError
+            If ``n`` or ``num_steps`` is not a positive integer, or as the sampler.
+        """
+        return _recommended_sample(self, n, num_steps, cond, generator)
 
     @property
     def cond(self) -> torch.Tensor | None:

@@ -122,3 +122,30 @@ def test_digits_ddpm_under_ddim_needs_the_clip():
     assert abs(clipped.std().item() - sd) < abs(raw.std().item() - sd)
     with pytest.raises(ValueError, match=r"start the grid below that time, e.g. schedule.grid\(K, t_start=0.98\)"):
         sample(im.model, x_T[:4], s.grid(20), s)
+
+
+@pytest.mark.parametrize("recipe", ["eight-gaussians-ddpm", "moons-ddpm", "eight-gaussians-rf", "eight-gaussians-pfgm"])
+def test_a_toy_recipe_samples_with_its_recommended_sampler(recipe):
+    """``ToyModel.sample(n)``: the recipe's own sampler (clipped DPM-Solver++(2M), or Poisson flow's) puts no sample
+    beyond 1.1 times the data's radius (4000 samples, seed 0) and lands near fresh data (sliced W1 < 0.15, about
+    three times the data's own floor; the raw eps-models' DDIM leaves 0.15-0.5% far out)."""
+    toy = train_toy(recipe, progress=False)
+    x = toy.sample(4000, generator=torch.Generator().manual_seed(0))
+    fresh = td.sample(toy.config["toy"], 4000, torch.Generator().manual_seed(7)).float()
+    assert x.shape == (4000, 2) and outliers(x, toy.data).fraction == 0
+    assert sliced_w1(x, fresh) < 0.15
+
+
+def test_an_image_recipe_samples_with_its_recommended_sampler():
+    """``ImageModel.sample``: ``digits-ddpm`` (eps on VP-cosine, which cannot start at t = 1) starts at t = 0.98 and
+    keeps every pixel in [-1, 1] (clipped); a conditional recipe takes labels; Poisson flow runs its own sampler;
+    a bad count is refused."""
+    digits = train_image("digits-ddpm", progress=False)
+    x = digits.sample(16, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (16, 1, 8, 8) and x.abs().max() <= 1.0 + 1e-6
+    joint = train_image("attr-joint", progress=False)
+    assert joint.sample(4, 5, cond=joint.cond[:4]).shape == (4, 3, 24, 24)
+    pf = train_image("digits-pfgm", progress=False)
+    assert torch.isfinite(pf.sample(4, 10, generator=torch.Generator().manual_seed(0))).all()
+    with pytest.raises(ValueError, match="n must be"):
+        digits.sample(0)
