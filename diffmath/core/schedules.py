@@ -216,8 +216,8 @@ class Schedule:
             ``"uniform"`` in $t$; ``"quadratic"``: uniform in $\sqrt{t}$ (the DDIM paper's grid, denser near the
             data); ``"karras"``: the noise-to-signal ratio $\sigma = b/a$ uniform in $\sigma^{1/\rho}$ from
             $\sigma(t_{\rm start})$ to $\sigma(t_1)$, then ``t_end`` (Karras et al.; lesson 0, sec. 0.4;
-            lesson 6, eq. 6.29); ``"log-snr"``: uniform in $\lambda = \log(a/b)$ over the same range (DPM-Solver's
-            grid). For these two, $t_1$ is ``t_min`` if given, else the schedule's first step above ``t_end`` on a
+            lesson 6, eq. 6.29); ``"log-snr"``: uniform in the log-SNR $\lambda = \log(a^2/b^2)$ of eq. 0.8 over the
+            same range (DPM-Solver's grid, which counts half of it, $\log(a/b)$: the same points). For these two, $t_1$ is ``t_min`` if given, else the schedule's first step above ``t_end`` on a
             discrete schedule, or ``t_end + 1e-3 (t_start - t_end)`` on a continuous one. ``"power"``: uniform in
             $(t - t_1)^{1/\rho}$ from ``t_start`` to $t_1$ = ``t_min``, then ``t_end`` (lesson 6, eq. 6.30); without
             ``t_min``, uniform in $(t - t_{\rm end})^{1/\rho}$ down to ``t_end`` ($\rho = 2$ is ``"quadratic"``).
