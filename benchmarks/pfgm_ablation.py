@@ -5,9 +5,10 @@ Each row is a variant of the toy recipe ``eight-gaussians-pfgm`` (on the swiss r
 512 on the recipe's 20000 training points, lr 3e-3, EMA 0.995) and only its ``objective_kwargs`` changed (the
 ``PoissonLoss`` target, ``z_range`` and ``max_radius``: eqs. 13.15, 13.18, 13.19). Each is sampled by
 :func:`~diffmath.pfgm.pfgm_sample` from the far-field prior at z_max = 40 (clipped at the row's training radius) with
-DPM-Solver++(2M) on the log-z grid at 10, 20 and 50 NFE. Two reference rows: the exact field
-(:class:`~diffmath.pfgm.PoissonField`) of 2000 training points, sampled the same way with the recipe's clip, and the
-DDPM recipe (``eight-gaussians-ddpm`` / ``swiss-roll-ddpm``) with DPM-Solver++ on its uniform grid from Gaussian noise.
+DPM-Solver++(2M) on the log-z grid of :func:`~diffmath.pfgm.pfgm_grid` at 10, 20 and 50 NFE. Two reference rows:
+the exact field (:class:`~diffmath.pfgm.PoissonField`) of 2000 training points, sampled the same way with the
+recipe's clip, and the DDPM recipe (``eight-gaussians-ddpm`` / ``swiss-roll-ddpm``) with DPM-Solver++ on its
+uniform grid from Gaussian noise.
 
 Seed k (k = 0 .. seeds - 1) trains every network with recipe seed k (its initialisation and every training draw;
 the training data are the recipe's, data seed 0; seed 0 is the recipe itself), draws the prior or noise with seed
@@ -17,8 +18,8 @@ data; on the ring also the worst |mode weight - 1/8| at 20 NFE. Prints mean +- S
 seed's score, not the SE of the mean) and the data floor (4000 fresh points against 4000 others, same seeds).
 Trained networks are cached by recipe (``$DIFFMATH_CACHE``), so a second run only samples.
 
-Run: ``python benchmarks/pfgm_ablation.py [--seeds 5] [--toys eight-gaussians swiss-roll]`` (about 30 min of CPU
-on one thread for both toys and 5 seeds, most of it training). Not a test: it prints a table.
+Run: ``python benchmarks/pfgm_ablation.py [--seeds 5] [--toys eight-gaussians swiss-roll]`` (both toys, 5 seeds:
+44 min wall on one thread of a loaded 2-core machine, most of it training). Not a test: it prints a table.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 import toydata as td
 from diffmath.metrics import mode_weights, sliced_w1
 from diffmath.ode import ode_sample
-from diffmath.pfgm import PoissonField, pfgm_sample
+from diffmath.pfgm import PoissonField, pfgm_grid, pfgm_sample
 from diffmath.recipes import toy_recipe, train_toy
 
 NFES = (10, 20, 50)  # DPM-Solver++(2M): n steps = n NFE
@@ -70,7 +71,8 @@ def scores(x_of_nfe, toy: str, k: int) -> dict:
 def pfgm_draws(model, schedule, clip: float, k: int):
     def draw(n: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(1000 + k)
-        return pfgm_sample(model, N_SAMPLES, 2, schedule, n, "dpm++2m", Z_MAX, generator=g, max_radius=clip)
+        grid = pfgm_grid(schedule, n, z_max=Z_MAX)
+        return pfgm_sample(model, N_SAMPLES, 2, grid, schedule, "dpm++2m", generator=g, max_radius=clip)
 
     return draw
 
