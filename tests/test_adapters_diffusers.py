@@ -267,6 +267,26 @@ def test_product_of_two_unets_runs(unet, x_T):
     assert out.shape == x_T.shape
 
 
+def test_dual_only_and_runs_on_adapted_unets(x_T):
+    """Lesson 24's training-free AND (dual-only, eq. 24.8 with the discrete KL of eq. 24.11) on three adapted
+    random UNets, unchanged: the multipliers stay on the simplex and the KL estimates are finite and non-negative."""
+    from diffmath.guide.constrained import dual_only_and
+
+    models = [DiffusersModel(_unet(seed=s), diffusers.DDPMScheduler()) for s in (0, 5, 7)]
+    sched = models[0].schedule
+    out = dual_only_and(
+        models,
+        sched,
+        lambda i: torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(i)),
+        sched.grid(4),
+        iters=2,
+        num_times=4,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert torch.allclose(out.history.sum(1), torch.ones(3, dtype=out.history.dtype))
+    assert (out.history >= 0).all() and torch.isfinite(out.gradients).all() and (out.gradients >= 0).all()
+
+
 def test_latents_sampled_then_decoded_once():
     """A latent model samples in the autoencoder's latent space; the decoder runs once, on z / scaling_factor."""
     torch.manual_seed(0)

@@ -531,20 +531,23 @@ def pointwise_kl(
     \hat\varepsilon_q\rVert^2$ is $g_t^2/(2b_t^2)$ ($g_t^2$ of lesson 5, eq. 5.6). The expectation is over forward-noised
     samples $x_t = a_t x_0 + b_t\varepsilon$, $x_0 \sim p_0$ (one draw of $\varepsilon$ per sample and time), the
     integral a trapezoid on ``num_times`` log-spaced times. Exact only when both models are the true scores of their
-    noised marginals.
+    noised marginals. On a discrete schedule (a diffusers model's, say) it is the sum over the reverse steps of the
+    KL between the two chains' Gaussian kernels with the shared variance $\beta_t^2$ (eq. 24.11), evaluated at
+    log-spaced integer times and summed by the same trapezoid over unit steps.
 
     Parameters
     ----------
     p, q : Model
         The two models.
     schedule : Schedule
-        A continuous schedule both were trained on.
+        The schedule both were trained on, continuous (eq. 24.7) or discrete (eq. 24.11).
     x0 : Tensor, shape (B, ...)
         Samples of $p_0$.
     num_times : int
         Quadrature points.
     t_min, t_max : float
-        The range (default ``t_max``: the schedule's end, less 1e-3 of it, where $g_t$ may be infinite).
+        The range (default ``t_max``: the schedule's end, less 1e-3 of it, where $g_t$ may be infinite; on a
+        discrete schedule the integers from ``max(1, ceil(t_min))`` to ``t_max`` or $T$).
     terminal : float
         $\mathrm{KL}(p_T\|q_T)$, added (0 when both end at the same prior).
     generator : torch.Generator, optional
@@ -571,19 +574,31 @@ def _likelihood_weighted(diff, schedule, x0, num_times, t_min, t_max, terminal, 
     times over forward-noised ``x0``: the integral of eqs. 24.7 and 24.10, with its Monte Carlo s.e."""
     x0 = check_batch(x0, "x0")
     k = check_int(num_times, "num_times", 2)
-    t_hi = schedule.t_max * (1 - 1e-3) if t_max is None else float(t_max)
-    if not 0 < t_min < t_hi:
+    if schedule.discrete:  # integer times 1..T, log-spaced; the trapezoid over unit steps is the sum (24.11)
+        t_lo, t_hi = max(1.0, math.ceil(t_min)), float(schedule.t_max if t_max is None else round(t_max))
+    else:
+        t_lo, t_hi = float(t_min), schedule.t_max * (1 - 1e-3) if t_max is None else float(t_max)
+    if not 0 < t_lo < t_hi:
         raise ValueError(f"need 0 < t_min < t_max, got t_min={t_min}, t_max={t_hi}")
-    times = torch.logspace(math.log10(t_min), math.log10(t_hi), k, dtype=torch.float64)
+    times = torch.logspace(math.log10(t_lo), math.log10(t_hi), k, dtype=torch.float64)
+    if schedule.discrete:
+        times = torch.unique(torch.round(times))
     values = []
     with torch.no_grad():
         for t in times.tolist():
-            c = schedule.coefficients(torch.tensor([t], dtype=torch.float64))
-            a, b = float(c.a[0]), float(c.b[0])
-            _, g2 = sde_coefficients(schedule, torch.tensor(t, dtype=torch.float64))
+            if schedule.discrete:  # one reverse step t -> t-1 with the shared variance beta_t^2 (eq. 24.11)
+                c = schedule.coefficients(torch.tensor([t - 1, t], dtype=torch.float64))
+                (a0, a), (b0, b) = c.a.tolist(), c.b.tolist()
+                alpha = a / a0
+                weight = (b * b - alpha * alpha * b0 * b0) / (2 * alpha * alpha * b * b)
+            else:
+                c = schedule.coefficients(torch.tensor([t], dtype=torch.float64))
+                a, b = float(c.a[0]), float(c.b[0])
+                _, g2 = sde_coefficients(schedule, torch.tensor(t, dtype=torch.float64))
+                weight = float(g2) / (2 * b * b)
             eps = torch.randn(x0.shape, generator=generator, dtype=torch.float64).to(x0.device, x0.dtype)
             d = diff(a * x0 + b * eps, t, eps)
-            values.append(float(g2) / (2 * b * b) * d.double().square().flatten(1).sum(1))
+            values.append(weight * d.double().square().flatten(1).sum(1))
     f = torch.stack(values)  # (k, B): every sample's integrand
     per_sample = torch.trapezoid(f, times, dim=0)
     se = float(per_sample.std() / math.sqrt(per_sample.numel())) if per_sample.numel() > 1 else math.nan
