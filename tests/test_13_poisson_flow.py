@@ -189,11 +189,10 @@ def test_trained_pfgm_reaches_its_quality_bounds_and_matches_ddpm(recipe, sw_bou
     """A PFGM MLP (recipe; Cauchy path on the cosine schedule clipped at radius 5, v-prediction, the minibatch's
     field as target, z log-uniform on [0.002, 40]: eqs. 13.15, 13.18-13.19) sampled from the prior at z_max = 40
     with DPM-Solver++ on a log-z grid, 20 steps = 20 NFE: sliced W1 to fresh data (N = 4000) below the bound
-    (measured 0.046 ring, 0.052 swiss roll, one draw each; two independent 4000-point data sets give 0.033 +- 0.011
-    ring and 0.036 +- 0.011 swiss roll, mean +- SD over 10 draws, benchmarks/toy_floors.py; the old recipe 0.106 /
-    0.087); on the ring
-    every mode weight within 0.03 of 1/8 (measured 0.012) and PFGM below 1.2x the DDPM recipe at the same NFE
-    (DDPM 0.070, measured ratio 0.66)."""
+    (over 5 training and sampling seeds, benchmarks/pfgm_ablation.py: 0.035 +- 0.006 ring, 0.039 +- 0.005 swiss
+    roll, mean +- SD, so the bounds sit 4 SD above; two independent 4000-point data sets give 0.033 +- 0.011 ring and
+    0.036 +- 0.011 swiss roll, benchmarks/toy_floors.py); on the ring every mode weight within 0.03 of 1/8 (measured
+    0.011 +- 0.004) and PFGM below 1.2x the DDPM recipe at the same NFE (DDPM 0.074 +- 0.007: ratio of means 0.47)."""
     tm = train_toy(recipe, progress=False)
     toy, clip = tm.config["toy"], tm.config["objective_kwargs"]["max_radius"]
     grid = pfgm_grid(tm.schedule, 20, z_max=40.0)
