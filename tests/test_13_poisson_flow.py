@@ -122,7 +122,9 @@ def test_prior_radius_law_and_clipping():
 def test_printed_single_charge_target_is_biased_and_the_unbiased_one_is_not():
     """Regressing onto the field of the single charge x0 that (x, z) was perturbed from (the printed eq. 13.8) has
     the minimiser sum_i q_i G_i / sum_i q_i, q_i = w_i P_z(x - x_i): its direction differs from the field's by O(1).
-    The unbiased target x0 (eq. 13.14) has the minimiser E[x0 | x, z], whose velocity is E_x/E_z exactly."""
+    The unbiased target x0 (eq. 13.14) has the minimiser E[x0 | x, z], whose velocity is E_x/E_z exactly. The printed
+    one's direction is exactly the field of a Student-t path with nu = d + 2 (PFGM++ with D = d + 2), which the
+    sampler then follows from the Cauchy (D = 1) prior."""
     x, z = _points(200, 7)
     ex, ez = FIELD.field(x, z)
     resp = FIELD.component_posterior(x, 1.0, z)  # q_i / sum q
@@ -136,6 +138,12 @@ def test_printed_single_charge_target_is_biased_and_the_unbiased_one_is_not():
     unbiased = torch.cat([(x - FIELD.posterior_mean(x, 1.0, z)) / z[:, None], torch.ones(200, 1, dtype=f64)], 1)
     assert ang(printed, field_dir).max().item() > 0.1
     assert ang(unbiased, field_dir).max().item() < 1e-7
+    # what the printed minimiser is instead: q_i G_i carries (r_i^2 + z^2)^-(d+1), the field of D = d + 2 augmented
+    # dimensions (PFGM++), whose perturbation kernel is a Student-t with nu = d + 2: its direction, to rounding
+    d, D = 2, 4
+    student = ((diff**2).sum(-1) + z[:, None] ** 2) ** (-(d + D) / 2) * W[None]
+    student_dir = torch.cat([(student[:, :, None] * diff).sum(1), (student * z[:, None]).sum(1)[:, None]], 1)
+    assert ang(printed, student_dir).max().item() < 1e-7
 
 
 def test_exact_field_runs_on_image_shapes():
