@@ -103,13 +103,14 @@ def run_torchcfm(data, steps, lr, seed, exact_ot, noise):
     return train_s, out
 
 
-def run_smalldiffusion(data, steps, lr, seed, noise):
+def train_smalldiffusion(data, steps, lr, seed, width):
+    """smalldiffusion's example loop, wrapped with diffmath's cosine decay and EMA: (EMA model, schedule, CPU s)."""
     sd = import_smalldiffusion()
     from torch.utils.data import DataLoader
 
     torch.manual_seed(seed)
     loader = DataLoader(data, batch_size=2048)  # the example's loader: the whole 100-point set per step
-    model = sd.TimeInputMLP(hidden_dims=(16, 64, 64, 64, 64, 16))
+    model = sd.TimeInputMLP(hidden_dims=(16, width, width, width, width, 16))
     schedule = sd.ScheduleLogLinear(N=200, sigma_min=0.005, sigma_max=10)
     ema = copy.deepcopy(model).requires_grad_(False)
     t0 = time.process_time()
@@ -121,8 +122,12 @@ def run_smalldiffusion(data, steps, lr, seed, noise):
             if k > 0:
                 ema_update(ema, model)
     ema_update(ema, model)  # the last step's weights
-    train_s = time.process_time() - t0
-    model = ema
+    return ema, schedule, time.process_time() - t0
+
+
+def run_smalldiffusion(data, steps, lr, seed, noise):
+    sd = import_smalldiffusion()
+    model, schedule, train_s = train_smalldiffusion(data, steps, lr, seed, 64)
     out = {}
     for n in NFES:
         sigmas = schedule.sample_sigmas(n)

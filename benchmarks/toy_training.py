@@ -34,15 +34,11 @@ defaults; 40 min wall on a loaded 2-core machine). Not a test: it prints a table
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
-import io
-import math
 import time
 
 import numpy as np
 import torch
-from flow_matching import EMA_DECAY, ema_update
+from flow_matching import EMA_DECAY, train_smalldiffusion
 from swissroll_task import import_smalldiffusion, swissroll_curve
 
 import diffmath as dm
@@ -60,23 +56,7 @@ LR = 3e-3  # diffmath's learning rate (its toy recipes')
 def run_smalldiffusion(data, steps, lr, seed, noise):
     """smalldiffusion's example, its loop wrapped with diffmath's cosine decay and EMA."""
     sd = import_smalldiffusion()
-    from torch.utils.data import DataLoader
-
-    torch.manual_seed(seed)
-    loader = DataLoader(data, batch_size=2048)  # the example's loader: the whole 100-point set per step
-    model = sd.TimeInputMLP(hidden_dims=(16, 128, 128, 128, 128, 16))
-    schedule = sd.ScheduleLogLinear(N=200, sigma_min=0.005, sigma_max=10)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    t0 = time.process_time()
-    with contextlib.redirect_stderr(io.StringIO()):  # its training loop draws a progress bar
-        for k, ns in enumerate(sd.training_loop(loader, model, schedule, epochs=steps, lr=lr)):
-            # it yields before its optimiser step: set this step's cosine rate, average the previous step's weights
-            for group in ns.optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * k / steps))
-            if k > 0:
-                ema_update(ema, model)
-    ema_update(ema, model)  # the last step's weights
-    train_s = time.process_time() - t0
+    ema, schedule, train_s = train_smalldiffusion(data, steps, lr, seed, 128)
 
     def draw(n: int) -> torch.Tensor:  # sample_sigmas(n) has n + 1 levels: n model calls
         sigmas = schedule.sample_sigmas(n)

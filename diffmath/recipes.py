@@ -144,8 +144,47 @@ def _recommended_sample(
         return ode_sample(trained.clipped, x, grid, schedule, "dpm++2m", cond=cond)
 
 
+class _Samples:
+    """The recommended sampler of a trained result (shared by :class:`ToyModel` and :class:`ImageModel`)."""
+
+    def sample(
+        self,
+        n: int,
+        num_steps: int = 20,
+        cond: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        r"""``n`` samples by the sampler this recipe's model is meant for (lesson 20, sec. 20.8): :attr:`clipped`
+        through DPM-Solver++(2M) on the schedule's grid of ``num_steps`` steps (from $t = 0.98$ for an eps-model on a
+        schedule whose $a$ is 0 at the end), or, for a Poisson-flow recipe, :func:`~diffmath.pfgm.pfgm_sample` from
+        the plane $z = 40$ with the training clip (lesson 13).
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+        num_steps : int
+            Network evaluations (one per step).
+        cond : Tensor, optional
+            Labels of a conditional recipe, one per sample.
+        generator : torch.Generator, optional
+            Source of the starting noise (drawn on the CPU, moved to the model's device).
+
+        Returns
+        -------
+        Tensor, shape (n, ...)
+            Samples, on the model's device.
+
+        Raises
+        ------
+        ValueError
+            If ``n`` or ``num_steps`` is not a positive integer, or as the sampler.
+        """
+        return _recommended_sample(self, n, num_steps, cond, generator)
+
+
 @dataclass
-class ToyModel:
+class ToyModel(_Samples):
     """A trained toy model: the (EMA) network, its schedule, its training data, the recipe that made it, the loss curve.
 
     Returned by :func:`train_toy` (lesson 3, eq. 3.14).
@@ -186,41 +225,6 @@ class ToyModel:
         $\hat x_0$ held in the ball of 1.05 times the data's largest radius (:class:`~diffmath.guide.compose.Clipped`,
         eq. 20.11). It keeps DDIM and DPM-Solver++ from sending about 0.2% of the samples to $|x| \approx 50$."""
         return Clipped(self.model, self.schedule, 1.05 * float(self.data.flatten(1).norm(dim=1).max()), "ball")
-
-    def sample(
-        self,
-        n: int,
-        num_steps: int = 20,
-        cond: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        r"""``n`` samples by the sampler this recipe's model is meant for (lesson 20, sec. 20.8): :attr:`clipped`
-        through DPM-Solver++(2M) on the schedule's grid of ``num_steps`` steps (from $t = 0.98$ for an eps-model on a
-        schedule whose $a$ is 0 at the end), or, for a Poisson-flow recipe, :func:`~diffmath.pfgm.pfgm_sample` from
-        the plane $z = 40$ with the training clip (lesson 13).
-
-        Parameters
-        ----------
-        n : int
-            Number of samples.
-        num_steps : int
-            Network evaluations (one per step).
-        cond : Tensor, optional
-            Labels of a conditional recipe, one per sample.
-        generator : torch.Generator, optional
-            Source of the starting noise (drawn on the CPU, moved to the model's device).
-
-        Returns
-        -------
-        Tensor, shape (n, ...)
-            Samples, on the model's device.
-
-        Raises
-        ------
-        ValueError
-            If ``n`` or ``num_steps`` is not a positive integer, or as the sampler.
-        """
-        return _recommended_sample(self, n, num_steps, cond, generator)
 
 
 def _optimiser(config: dict, seed_offset: int = 0) -> dict:
@@ -721,7 +725,7 @@ COMMITTED = Path(__file__).parent / "checkpoints"
 
 
 @dataclass
-class ImageModel:
+class ImageModel(_Samples):
     """A trained image model: the EMA UNet, its schedule, its training images and labels, the recipe, the loss curve.
 
     Returned by :func:`train_image` (lesson 20, sec. 20.3).
@@ -761,41 +765,6 @@ class ImageModel:
         r"""The model to sample from with deterministic steps (lesson 20, sec. 20.8): ``model`` with every pixel of
         $\hat x_0$ clipped to the data's range $[-1, 1]$ (:class:`~diffmath.guide.compose.Clipped`, eq. 20.11)."""
         return Clipped(self.model, self.schedule, float(self.data.abs().max()), "box")
-
-    def sample(
-        self,
-        n: int,
-        num_steps: int = 20,
-        cond: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        r"""``n`` samples by the sampler this recipe's model is meant for (lesson 20, sec. 20.8): :attr:`clipped`
-        through DPM-Solver++(2M) on the schedule's grid of ``num_steps`` steps (from $t = 0.98$ for an eps-model on a
-        schedule whose $a$ is 0 at the end), or, for a Poisson-flow recipe, :func:`~diffmath.pfgm.pfgm_sample` from
-        the plane $z = 40$ with the training clip (lesson 13).
-
-        Parameters
-        ----------
-        n : int
-            Number of samples.
-        num_steps : int
-            Network evaluations (one per step).
-        cond : Tensor, optional
-            Labels of a conditional recipe, one per sample.
-        generator : torch.Generator, optional
-            Source of the starting noise (drawn on the CPU, moved to the model's device).
-
-        Returns
-        -------
-        Tensor, shape (n, ...)
-            Samples, on the model's device.
-
-        Raises
-        ------
-        ValueError
-            If ``n`` or ``num_steps`` is not a positive integer, or as the sampler.
-        """
-        return _recommended_sample(self, n, num_steps, cond, generator)
 
     @property
     def cond(self) -> torch.Tensor | None:
