@@ -37,7 +37,7 @@ from diffmath.metrics import (
 from diffmath.nets.mlp import MLP
 from diffmath.nets.unet import UNet
 from diffmath.ode import ode_sample
-from diffmath.pfgm import PoissonLoss
+from diffmath.pfgm import PoissonLoss, pfgm_grid, pfgm_sample
 from diffmath.train import distributed
 from diffmath.train.training import DiffusionLoss, TrainStep, fit, read_checkpoint, save_atomic, train
 from diffmath.udm import CORRUPTIONS, RestorationLoss, get_corruption
@@ -131,8 +131,6 @@ def _recommended_sample(
     device = model_device(trained.model)
     with torch.no_grad():
         if config.get("objective") == "pfgm":
-            from diffmath.pfgm import pfgm_grid, pfgm_sample
-
             grid = pfgm_grid(schedule, num_steps, z_max=40.0)
             clip = config["objective_kwargs"].get("max_radius")
             return pfgm_sample(trained.model, n, shape, grid, schedule, generator=generator, max_radius=clip)
