@@ -253,6 +253,9 @@ def dpm_multistep_rule(
     def rule(pair: Pair, x: Tensor, step: Step, state: dict) -> tuple[Tensor, float, dict]:
         hist = _history(state, key, step, [])
         ell_t = _half_log_snr(step.a_t, step.b_t)
+        if not math.isfinite(ell_t) and step.b_s > 0:  # from a = 0 (lambda = -inf): only DDIM's step is defined,
+            # its weight 1 - e^{-h} being 1; the point has no lambda to extrapolate from, so it stays out of the history
+            return (step.b_s / step.b_t) * x + step.a_s * pair.x0, 0.0, state
         hist.insert(0, (ell_t, step.b_t / step.a_t if step.a_t > 0 else math.inf, pair.x0, pair.eps))
         del hist[order:]
         last_sigma = final == "sigma" and step.b_s == 0
@@ -260,8 +263,6 @@ def dpm_multistep_rule(
         if step.b_s == 0:
             return _into_data(x, pair, step, hist, p, final), 0.0, state
         h = _half_log_snr(step.a_s, step.b_s) - ell_t
-        if not math.isfinite(ell_t):  # from a = 0: only DDIM's step is defined
-            p = 1
         w = exponential_weights([hist[m][0] - ell_t for m in range(p)], h, form)
         mean = (step.b_s / step.b_t) * x
         for wm, entry in zip(w, hist, strict=False):
