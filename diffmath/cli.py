@@ -33,6 +33,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         cache_dir,
         image_recipe,
         loss_curve_figure,
+        stored_config,
         toy_recipe,
         train_image,
         train_toy,
@@ -58,7 +59,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if toy and args.compile:
         parser.error("--compile is for image recipes; toy MLPs gain nothing from it")
     extra = {"precision": args.precision, **({} if toy else {"compile": args.compile})}
-    stored_as = config if args.precision == "float32" else {**config, "precision": args.precision}
+    stored_as = stored_config(config, args.precision)
     before = {
         "committed": "loaded the committed weights",
         "cached": "loaded from the cache",

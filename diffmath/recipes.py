@@ -303,6 +303,30 @@ def recipe_hash(config: dict) -> str:
     return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def stored_config(config: dict, precision: str = "float32") -> dict:
+    """The configuration a recipe's weights are stored under (lesson 3, sec. 3.6): ``config`` itself for float32,
+    with ``"precision"`` added otherwise, so bf16 weights get their own file and the float32 names never change.
+
+    Parameters
+    ----------
+    config : dict
+        A recipe's configuration.
+    precision : {"float32", "bf16"}
+        The training precision.
+
+    Returns
+    -------
+    dict
+        ``config``, or a copy with the precision.
+
+    Raises
+    ------
+    ValueError
+        If ``precision`` is unknown.
+    """
+    return config if check_precision(precision) == "float32" else {**config, "precision": precision}
+
+
 def weights_file(config: dict) -> str:
     """The file name ``<name>-<hash>.pt`` under which a recipe's weights are committed or cached (lesson 3, sec. 3.6).
 
@@ -450,8 +474,7 @@ def train_toy(
     config = toy_recipe(recipe) if isinstance(recipe, str) else dict(recipe)
     if "name" not in config or "toy" not in config:
         raise ValueError("a recipe must come from toy_recipe(...) (it needs 'name' and 'toy')")
-    if check_precision(precision) != "float32":  # other weights: another cache file (float32 keeps the old names)
-        config = {**config, "precision": precision}
+    config = stored_config(config, precision)
     folder = Path(folder) if folder is not None else cache_dir()
     path = folder / weights_file(config)
     if force and distributed.is_main():  # the weights and any half-done run's checkpoint
@@ -895,8 +918,7 @@ def train_image(
     config = image_recipe(recipe) if isinstance(recipe, str) else dict(recipe)
     if "name" not in config or "dataset" not in config:
         raise ValueError("an image recipe must come from image_recipe(...) (it needs 'name' and 'dataset')")
-    if check_precision(precision) != "float32":  # other weights: another cache file (float32 keeps the old names)
-        config = {**config, "precision": precision}
+    config = stored_config(config, precision)
     folder = Path(folder) if folder is not None else cache_dir()
     filename = weights_file(config)
     model, schedule, data, labels = image_setup(config)
