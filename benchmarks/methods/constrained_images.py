@@ -86,23 +86,54 @@ def alignment(args: argparse.Namespace) -> None:
             "kid": kernel_distance(judge, x, real),
         }
 
-    out: dict[str, list[dict[str, float]]] = {"attr-uncond (not aligned)": [], "aligned (Algorithm 24.3)": []}
-    lam, slack = [], []
+    primals = ["reweight", "finetune"] if args.primal == "both" else [args.primal]
+    names = {"reweight": "aligned, reweighted (Algorithm 24.3)", "finetune": "aligned, fine-tuned (Algorithm 24.4)"}
+    out: dict[str, list[dict[str, float]]] = {"attr-uncond (not aligned)": []}
+    if "finetune" in primals:
+        out["attr-uncond (not aligned), DDPM"] = []
+    out.update({names[p]: [] for p in primals})
+
+    def ddpm_noise(seed: int) -> torch.Generator:
+        return torch.Generator().manual_seed(20_000 + seed)
+
+    lam: dict[str, list[list[float]]] = {p: [] for p in primals}
+    slack: dict[str, list[list[float]]] = {p: [] for p in primals}
+    kl: list[float] = []
+    reference = U.model.requires_grad_(False)  # frozen: the fine-tuning primal's KL is to its chain
     t0 = time.time()
     for seed in range(args.seeds):
         x_T = torch.randn(args.n, 3, 24, 24, generator=torch.Generator().manual_seed(seed))
         with torch.no_grad():
             out["attr-uncond (not aligned)"].append(report(sample(U.model, x_T, grid, sched)))
-        net = copy.deepcopy(U.model).train()
-        res = C.align_primal_dual(
-            data, rewards, b, sched, net, rounds=args.rounds, steps=args.steps, num=2048, step=40.0,
-            num_samples=args.n, sample_steps=20, batch_size=32, lr=5e-4, seed=seed,
-        )  # fmt: skip
-        with torch.no_grad():
-            out["aligned (Algorithm 24.3)"].append(report(sample(res.model.eval(), x_T, grid, sched)))
-        lam.append(res.ascent.lam.tolist())
-        slack.append(res.ascent.gradients[-1].tolist())
-        print(f"alignment seed {seed} done ({time.time() - t0:.0f} s); lambda {lam[-1]}, last slack {slack[-1]}")
+            if "finetune" in primals:
+                x = sample(U.model, x_T, grid, sched, eta=1.0, noise=ddpm_noise(seed))
+                out["attr-uncond (not aligned), DDPM"].append(report(x))
+        for primal in primals:
+            net = copy.deepcopy(U.model).requires_grad_(True).train()
+            if primal == "reweight":
+                res = C.align_primal_dual(
+                    data, rewards, b, sched, net, rounds=args.rounds, steps=args.steps, num=2048, step=40.0,
+                    num_samples=args.n, sample_steps=20, batch_size=32, lr=5e-4, seed=seed,
+                )  # fmt: skip
+            else:
+                prior = torch.randn(4 * args.n, 3, 24, 24, generator=torch.Generator().manual_seed(10_000 + seed))
+                res = C.align_finetune(
+                    reference, net, rewards, b, sched, prior, grid, rounds=args.rounds, steps=args.ft_steps,
+                    step=args.ft_step, last=args.last, num_samples=args.n, batch_size=16, lr=args.ft_lr, seed=seed,
+                )  # fmt: skip
+                kl.append(float(res.kl[-1]))
+            with torch.no_grad():  # the fine-tuned network is tuned for its own ancestral sampler: scored by it
+                x = (
+                    sample(res.model.eval(), x_T, grid, sched)
+                    if primal == "reweight"
+                    else C.sampler_path_kl(res.model.eval(), reference, x_T, grid, sched, noise=ddpm_noise(seed)).x
+                )
+                out[names[primal]].append(report(x))
+            lam[primal].append(res.ascent.lam.tolist())
+            slack[primal].append(res.ascent.gradients[-1].tolist())
+            print(f"{primal} seed {seed} done ({time.time() - t0:.0f} s); lambda {lam[primal][-1]}, "
+                  f"last slack {slack[primal][-1]}" + (f", path KL {kl[-1]:.2f}" if primal == "finetune" else ""),
+                  flush=True)  # fmt: skip
 
     def ms(values: list[float]) -> str:
         se = st.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
@@ -111,14 +142,19 @@ def alignment(args: argparse.Namespace) -> None:
     cols = ["redness", "-contrast", "red share", "kid"]
     print(
         f"\nAlignment of attr-uncond: thresholds redness >= {b[0]:.3f} (data {r_data[:, 0].mean():.3f} + 0.05), "
-        f"-contrast >= {b[1]:.3f} (the data's); {args.rounds} rounds of {args.steps} DSM steps; n = {args.n}, "
+        f"-contrast >= {b[1]:.3f} (the data's); {args.rounds} rounds of {args.steps} DSM steps or "
+        f"{args.ft_steps} fine-tuning steps through the last {args.last} of 20 DDPM steps; n = {args.n}, "
         f"{args.seeds} seeds"
     )
     print("| row | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
     for name, rows in out.items():
         print(f"| {name} | " + " | ".join(ms([r[c] for r in rows]) for c in cols) + " |")
-    print(f"lambda (last): {ms([v[0] for v in lam])}, {ms([v[1] for v in lam])}")
-    print(f"slack b - E r at the last round: {ms([v[0] for v in slack])}, {ms([v[1] for v in slack])}")
+    for primal in primals:
+        print(f"{names[primal]}: lambda (last) {ms([v[0] for v in lam[primal]])}, {ms([v[1] for v in lam[primal]])};"
+              f" slack b - E r at the last round {ms([v[0] for v in slack[primal]])}, "
+              f"{ms([v[1] for v in slack[primal]])}")  # fmt: skip
+    if kl:
+        print(f"fine-tuned: path KL to attr-uncond's chain (eq. 24.12, 20 steps) {ms(kl)} nats")
     print(f"({time.time() - t0:.0f} s)")
 
 
@@ -132,6 +168,11 @@ def main() -> None:
     parser.add_argument("--part", choices=["and", "align", "all"], default="all")
     parser.add_argument("--rounds", type=int, default=4, help="dual rounds of the alignment")
     parser.add_argument("--steps", type=int, default=80, help="DSM steps per alignment round")
+    parser.add_argument("--primal", choices=["reweight", "finetune", "both"], default="both")
+    parser.add_argument("--ft-steps", type=int, default=30, help="fine-tuning steps per alignment round")
+    parser.add_argument("--ft-step", type=float, default=200.0, help="dual step of the fine-tuning primal")
+    parser.add_argument("--ft-lr", type=float, default=1e-4)
+    parser.add_argument("--last", type=int, default=2, help="sampler steps differentiated by the fine-tuning")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.part in ("align", "all"):

@@ -30,9 +30,10 @@ from diffmath.core._validate import check_batch, check_int, check_positive
 from diffmath.core.models import Model, check_model, predict
 from diffmath.core.schedules import Schedule
 from diffmath.guide.compose import Combine
-from diffmath.sampling.samplers import sample
+from diffmath.sampling.loop import Noise, check_grid, denoise, final, noise_source, run
+from diffmath.sampling.samplers import ddim_rule, sample
 from diffmath.sde import sde_coefficients
-from diffmath.train.training import fit
+from diffmath.train.training import as_draws, fit
 
 
 # ------------------------------------------------------------------------------------------------ projections
@@ -820,21 +821,9 @@ def align_primal_dual(
     ValueError
         If ``data`` is not a batch, ``thresholds`` is not 1-D, or ``rewards`` returns something other than (B, m).
     """
-    if not callable(rewards):
-        raise TypeError(f"rewards must be callable as rewards(x) -> (B, m), got {type(rewards).__name__}")
+    b = _thresholds(thresholds)
+    reward = _reward_fn(rewards, b.numel())
     data = check_batch(data, "data")
-    b = torch.as_tensor(thresholds, dtype=torch.float64)
-    if b.dim() != 1 or b.numel() < 1:
-        raise ValueError(f"thresholds must be a 1-D tensor of m >= 1 reward levels, got shape {tuple(b.shape)}")
-
-    def reward(x: Tensor) -> Tensor:
-        r = rewards(x)
-        if not isinstance(r, Tensor) or r.shape != (x.shape[0], b.numel()):
-            raise ValueError(
-                f"rewards(x) must return a ({x.shape[0]}, {b.numel()}) tensor, got {getattr(r, 'shape', r)}"
-            )
-        return r.double()
-
     r_data = reward(data)
     g = torch.Generator().manual_seed(seed)
     rnd = itertools.count()  # the round, for the training seed (dual_ascent checks rounds)
@@ -979,3 +968,304 @@ def or_primal_dual(
     m = len(sets)
     ascent = dual_ascent(direction, torch.full((m,), 1.0 / m, dtype=torch.float64), project_simplex, step, rounds)
     return PrimalDual(ascent, net)
+
+
+# ------------------------------------------------------------------------------------ fine-tuning through the sampler
+class PathKL(NamedTuple):
+    r"""What :func:`sampler_path_kl` returns (lesson 24, eq. 24.12).
+
+    Attributes
+    ----------
+    x : Tensor, shape (B, ...)
+        The ancestral sampler's output at the grid's last time.
+    kl : Tensor, shape (B,)
+        Each sample's path KL to the reference chain over the counted steps, in nats (differentiable with ``grad``).
+    """
+
+    x: Tensor
+    kl: Tensor
+
+
+_ANCESTRAL = ddim_rule(1.0)  # the DDPM step (eta = 1, posterior variance): the chain whose path KL is eq. 24.12
+
+
+def sampler_path_kl(
+    model: Model,
+    reference: Model,
+    x: Tensor,
+    grid: Tensor,
+    schedule: Schedule,
+    *,
+    last: int | None = None,
+    noise: Noise = None,
+    grad: bool = False,
+    cond: Tensor | None = None,
+) -> PathKL:
+    r"""Sample ``model`` by the ancestral (DDPM) sampler and add up, along its own path, the KL of each of its steps to
+    the step the ``reference`` would take from the same state (lesson 24, eq. 24.12):
+    $\sum_i \lVert\mu_\theta(x_{t_i}) - \mu_{\rm ref}(x_{t_i})\rVert^2 / 2\sigma_i^2$.
+
+    Both chains share the step's standard deviation $\sigma_i$ (:func:`~diffmath.sampling.samplers.ddim_rule` at
+    $\eta = 1$), so by the chain rule of KL the sum's mean is the KL of the two samplers' paths, which bounds the KL
+    of their states at the grid's last noisy time. The step into the data ($b_s = 0$) adds no noise and counts
+    nothing. With ``last = K`` only the last $K$ steps are counted and, with ``grad``, differentiated (the others run
+    without autograd): the truncated gradient of fine-tuning through the last sampler steps.
+
+    Parameters
+    ----------
+    model : Model
+        The model sampled (e.g. a network being fine-tuned).
+    reference : Model
+        The model whose chain the KL is taken to (the pretrained $q$), evaluated at ``model``'s states.
+    x : Tensor, shape (B, ...)
+        The state at ``grid[0]``.
+    grid : Tensor
+        The sampler's decreasing times (:func:`~diffmath.sampling.loop.check_grid`).
+    schedule : Schedule
+        The forward process both models were trained on.
+    last : int, optional
+        Count (and differentiate) only the last ``last`` steps, ``1 <= last <= K``; ``None``: all.
+    noise : Noise, optional
+        The steps' fresh noise (:func:`~diffmath.sampling.loop.noise_source`).
+    grad : bool
+        Keep autograd on through the counted steps.
+    cond : Tensor, optional
+        Passed to both models.
+
+    Returns
+    -------
+    PathKL
+
+    Raises
+    ------
+    TypeError
+        If either model does not follow the one interface, or ``last`` is not an integer.
+    ValueError
+        If ``last`` is outside ``1..K`` or counts no step that adds noise (``last = 1`` on a grid that ends at the
+        data), and as :func:`~diffmath.sampling.loop.run`.
+    """
+    check_model(reference)
+    g = check_grid(grid, schedule)
+    k = len(g) - 1
+    counted = k if last is None else check_int(last, "last", 1)
+    if counted > k:
+        raise ValueError(f"last must be at most the grid's {k} steps, got {last}")
+    draw = noise_source(noise, k)
+    x = check_batch(x, "x")
+    if counted < k:  # the uncounted steps, without autograd
+        x = final(run(model, x, g[: k - counted + 1], schedule, _ANCESTRAL, cond=cond, noise=lambda i, y: draw(i, y)))
+        x = x.detach()
+    offset = k - counted
+    noisy = 0  # counted steps that add noise
+    kl = torch.zeros(x.shape[0], dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device)
+
+    def on_mean(mean: Tensor, y: Tensor, step, state: dict):
+        nonlocal kl, noisy
+        time = torch.full((y.shape[0],), step.t, device=y.device,
+                          dtype=y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32)  # fmt: skip
+        ref = denoise(reference, y, time, (step.a_t, step.b_t, step.da_t, step.db_t), cond)
+        ref_mean, std, _ = _ANCESTRAL(ref, y, step, {})
+        if std > 0:  # the deterministic step into the data counts nothing
+            kl = kl + (mean - ref_mean).flatten(1).pow(2).sum(1).to(kl.dtype) / (2 * std**2)
+            noisy += 1
+        return mean, state
+
+    steps = run(model, x, g[offset:], schedule, _ANCESTRAL, cond=cond, noise=lambda i, y: draw(i + offset, y),
+                on_mean=on_mean, grad=grad)  # fmt: skip
+    x = final(steps)
+    if noisy == 0:
+        raise ValueError(
+            f"last = {counted} counts only steps that add no noise (the step into the data): their KL is not "
+            "defined and nothing would hold the model to the reference; count at least one noisy step (last >= 2)"
+        )
+    return PathKL(x, kl)
+
+
+def _reward_fn(rewards: object, m: int) -> Callable[[Tensor], Tensor]:
+    """``rewards`` checked to return (B, m), the values in float64 (shared by the two alignment primals)."""
+    if not callable(rewards):
+        raise TypeError(f"rewards must be callable as rewards(x) -> (B, m), got {type(rewards).__name__}")
+
+    def reward(x: Tensor) -> Tensor:
+        r = rewards(x)
+        if not isinstance(r, Tensor) or r.shape != (x.shape[0], m):
+            raise ValueError(f"rewards(x) must return a ({x.shape[0]}, {m}) tensor, got {getattr(r, 'shape', r)}")
+        return r.double()
+
+    return reward
+
+
+def _thresholds(thresholds: object) -> Tensor:
+    b = torch.as_tensor(thresholds, dtype=torch.float64)
+    if b.dim() != 1 or b.numel() < 1:
+        raise ValueError(f"thresholds must be a 1-D tensor of m >= 1 reward levels, got shape {tuple(b.shape)}")
+    return b
+
+
+class RewardLoss:
+    r"""The fine-tuning primal of reward alignment at a fixed multiplier (lesson 24, eq. 24.13): on a batch of prior
+    draws, $\mathbb E[\mathrm{KL}_{\rm path} - \lambda\cdot r(x_0)]$ of the model's ancestral samples, with the path KL
+    to the frozen reference by :func:`sampler_path_kl`, differentiated through the last ``last`` steps.
+
+    An objective for :func:`~diffmath.train.training.train` (``loss=``), whose "data" is a bank of prior draws.
+
+    Parameters
+    ----------
+    reference : Model
+        The pretrained model $q$ (frozen: its parameters are not trained).
+    schedule : Schedule
+        The forward process.
+    rewards : callable
+        ``rewards(x) -> Tensor (B, m)``, differentiable in ``x``.
+    lam : Tensor, shape (m,)
+        The multipliers $\lambda \ge 0$.
+    grid : Tensor
+        The ancestral sampler's times.
+    last : int, optional
+        Differentiate through the last ``last`` steps only (``None``: all).
+
+    Raises
+    ------
+    TypeError
+        If ``reference`` does not follow the one interface or ``rewards`` is not callable.
+    ValueError
+        If ``lam`` is not a 1-D tensor of finite values >= 0.
+    """
+
+    def __init__(self, reference: Model, schedule: Schedule, rewards: Callable, lam: Tensor, grid: Tensor,
+                 last: int | None = None) -> None:  # fmt: skip
+        self.reference, self.schedule, self.grid, self.last = check_model(reference), schedule, grid, last
+        lam = torch.as_tensor(lam, dtype=torch.float64)
+        if lam.dim() != 1 or not torch.isfinite(lam).all() or (lam < 0).any():
+            raise ValueError(f"lam must be a 1-D tensor of finite multipliers >= 0, got {lam.tolist()}")
+        self.lam, self.reward = lam, _reward_fn(rewards, lam.numel())
+
+    def __call__(self, model: torch.nn.Module, x: Tensor, generator, cond: Tensor | None = None) -> Tensor:
+        draws = as_draws(generator)
+        out = sampler_path_kl(model, self.reference, x, self.grid, self.schedule, last=self.last, grad=True,
+                              cond=cond, noise=lambda i, y: draws.randn(y.shape, y.dtype, y.device))  # fmt: skip
+        r = self.reward(out.x) @ self.lam.to(out.x.device)
+        return (out.kl.double() - r).mean().to(out.x.dtype)
+
+    def __repr__(self) -> str:
+        lam = ", ".join(f"{v:.6g}" for v in self.lam.tolist())
+        return f"RewardLoss(lam=[{lam}], steps={len(self.grid) - 1}, last={self.last})"
+
+
+class Alignment(NamedTuple):
+    r"""What :func:`align_finetune` returns (lesson 24, Algorithm 24.4).
+
+    Attributes
+    ----------
+    ascent : Ascent
+        The multipliers at every round; ``ascent.gradients`` are the slacks $b - \widehat{\mathbb E}\,r$.
+    model : nn.Module
+        The fine-tuned model after the last round.
+    rewards : Tensor, shape (rounds, m)
+        The model's mean rewards after each round's primal.
+    kl : Tensor, shape (rounds,)
+        Its mean path KL to the reference after each round, in nats (eq. 24.12, all steps).
+    """
+
+    ascent: Ascent
+    model: torch.nn.Module
+    rewards: Tensor
+    kl: Tensor
+
+
+def align_finetune(
+    reference: Model,
+    net: torch.nn.Module,
+    rewards: Callable[[Tensor], Tensor],
+    thresholds: Tensor,
+    schedule: Schedule,
+    prior: Tensor,
+    grid: Tensor,
+    rounds: int = 8,
+    steps: int = 100,
+    step: float = 0.5,
+    last: int | None = None,
+    num_samples: int = 1024,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> Alignment:
+    r"""Reward alignment with the fine-tuning primal (lesson 24, Algorithm 24.4): gradient steps on
+    $\mathrm{KL}_{\rm path} - \lambda\cdot r$ through the ancestral sampler (:class:`RewardLoss`), and the dual step on
+    the fine-tuned model's expected rewards.
+
+    Each round trains ``net`` (warm-started; start it as a copy of ``reference``) for ``steps`` Adam steps of
+    :class:`RewardLoss` on batches of ``prior`` draws, samples ``num_samples`` of them by the same sampler, reads
+    their mean rewards and path KL, and takes $\lambda \leftarrow [\lambda + \eta\,(b - \widehat{\mathbb E}\,r)]_+$
+    (eq. 24.2). Unlike the importance-weighted primal (:func:`align_primal_dual`) it needs no draws of $q$ and can
+    reach rewards the pretrained samples rarely show; with ``last`` < ``num_steps`` it is the truncated
+    backpropagation of the paper's image primal.
+
+    Parameters
+    ----------
+    reference : Model
+        The pretrained model $q$.
+    net : nn.Module
+        The model to fine-tune, a trainable copy of ``reference``.
+    rewards : callable
+        ``rewards(x) -> Tensor (B, m)``, differentiable in ``x``.
+    thresholds : Tensor, shape (m,)
+        $b$.
+    schedule : Schedule
+        The forward process.
+    prior : Tensor, shape (N, ...)
+        Draws of the sampler's start at ``grid[0]``, at least ``num_samples`` (the first ``num_samples`` score each
+        round; every row trains).
+    grid : Tensor
+        The ancestral sampler's decreasing times (e.g. ``schedule.grid(20, t_start=0.98)`` for an eps-model on
+        VP-cosine, whose $a$ is 0 at $t = 1$).
+    rounds, steps : int
+        Dual rounds and Adam steps per round.
+    step : float
+        $\eta$, in units of the rewards.
+    last : int, optional
+        How many of the sampler's last steps are differentiated (``None``: all).
+    num_samples, batch_size, lr : int, int, float
+        Samples per round for the dual step; the primal's batch and learning rate (cosine decay in each round).
+    seed : int
+        Seeds the primal's draws and the scoring noise.
+
+    Returns
+    -------
+    Alignment
+
+    Raises
+    ------
+    TypeError
+        If ``rewards`` is not callable or a model does not follow the one interface.
+    ValueError
+        If ``thresholds`` is not 1-D, ``prior`` holds fewer than ``num_samples`` draws, ``rewards`` returns
+        something other than (B, m), and as :func:`~diffmath.train.training.train`.
+    """
+    b = _thresholds(thresholds)
+    reward = _reward_fn(rewards, b.numel())
+    check_model(reference)
+    if net is reference:
+        raise ValueError("net must be a trainable copy of reference, not the reference itself (its chain is the KL's)")
+    prior = check_batch(prior, "prior")
+    num_samples = check_int(num_samples, "num_samples", 1)
+    if prior.shape[0] < num_samples:
+        raise ValueError(f"prior must hold at least num_samples = {num_samples} draws, got {prior.shape[0]}")
+    grid = check_grid(grid, schedule)
+    rnd = itertools.count()
+    means, kls = [], []
+
+    def direction(lam: Tensor) -> Tensor:
+        r = next(rnd)
+        loss = RewardLoss(reference, schedule, rewards, lam, grid, last)
+        fit(net, prior, None, steps, batch_size=batch_size, lr=lr, ema_decay=None, seed=seed + r, loss=loss,
+            progress=False)  # fmt: skip
+        g = torch.Generator().manual_seed(seed + 7919 * (r + 1))
+        with torch.no_grad():
+            out = sampler_path_kl(net, reference, prior[:num_samples], grid, schedule, noise=g)
+        means.append(reward(out.x).mean(0))
+        kls.append(out.kl.double().mean())
+        return b - means[-1]
+
+    ascent = dual_ascent(direction, torch.zeros_like(b), project_orthant, step, rounds)
+    return Alignment(ascent, net, torch.stack(means), torch.stack(kls))
