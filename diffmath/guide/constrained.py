@@ -29,10 +29,10 @@ from torch import Tensor
 from diffmath.core._validate import check_batch, check_int, check_positive
 from diffmath.core.models import Model, check_model, predict
 from diffmath.core.schedules import Schedule
-from diffmath.guide.compose import Combine
+from diffmath.guide.compose import Combine, Conditioned
 from diffmath.sampling.loop import Noise, check_grid, denoise, final, noise_source, run
 from diffmath.sampling.samplers import ddim_rule, sample
-from diffmath.sde import sde_coefficients
+from diffmath.sde import predictor_corrector, sde_coefficients
 from diffmath.train.training import as_draws, fit
 
 
@@ -686,11 +686,72 @@ class PrimalDual(NamedTuple):
     model: torch.nn.Module
 
 
+def product_sampler(
+    parts: Sequence[Model],
+    schedule: Schedule,
+    shape: Sequence[int],
+    grid: Tensor,
+    snr: float = 0.16,
+    corrector_steps: int = 1,
+    clip: float | None = None,
+) -> Callable[[Tensor, int, torch.Generator], Tensor]:
+    r"""Draws of the weighted product $q_\lambda \propto \prod_i q_i^{\lambda_i}$ of score models by annealed Langevin
+    (lesson 24, sec. 24.10): predictor-corrector sampling (lesson 6, sec. 6.5) of the score sum
+    $\sum_i \lambda_i \nabla\log q_{i,t}$ (:class:`~diffmath.guide.compose.Combine` in noise units).
+
+    The sum is the score of $\prod_i q_{i,t}^{\lambda_i}$, which is the noised product only at $t = 0$ (or when the
+    parts differ by a shift alone, e.g. Gaussians of one covariance); the Langevin corrector pulls each state towards
+    the sum's own law at its time, so at the last, small, time the draws approach $q_\lambda$ itself.
+
+    Parameters
+    ----------
+    parts : sequence of Model
+        The $m$ models, in one prediction-convertible family (their conditions bound by
+        :class:`~diffmath.guide.compose.Conditioned`, for a batch of the ``num`` that will be asked).
+    schedule : Schedule
+        A continuous schedule shared by the parts.
+    shape : sequence of int
+        The shape of one sample, e.g. ``(2,)`` or ``(3, 24, 24)``.
+    grid : Tensor, shape (K + 1,)
+        Strictly decreasing times of the predictor (start where the sum is finite, e.g. ``t_start = 0.98``).
+    snr, corrector_steps : float, int
+        Of the Langevin corrector (:func:`~diffmath.sde.langevin_correct`, eq. 6.12).
+    clip : float, optional
+        Clamp the draws to ``[-clip, clip]`` (images live in $[-1, 1]$).
+
+    Returns
+    -------
+    callable
+        ``draw(lam, num, generator)``: a tensor of shape ``(num, *shape)`` in the schedule's dtype of ``grid``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :class:`~diffmath.guide.compose.Combine` and :func:`~diffmath.sde.predictor_corrector` (checked at once
+        for ``snr``, ``corrector_steps``, ``grid`` and ``clip``).
+    """
+    check_positive(snr, "snr")
+    check_int(corrector_steps, "corrector_steps")
+    grid = check_grid(grid, schedule)
+    if clip is not None:
+        check_positive(clip, "clip")
+    shape = tuple(int(v) for v in shape)
+
+    def draw(lam: Tensor, num: int, generator: torch.Generator) -> Tensor:
+        model = Combine(list(parts), [float(v) for v in lam], "eps", schedule)
+        x = torch.randn(num, *shape, generator=generator, dtype=grid.dtype)
+        steps = predictor_corrector(model, x, grid, schedule, snr, corrector_steps, generator=generator)
+        x = final(steps)
+        return x if clip is None else x.clamp(-clip, clip)
+
+    return draw
+
+
 def and_primal_dual(
-    mixtures: Sequence,
+    parts: Sequence,
     schedule: Schedule,
     net: torch.nn.Module,
-    grid: Grid2D,
+    product: Grid2D | Callable[[Tensor, int, torch.Generator], Tensor],
     rounds: int = 8,
     steps: int = 400,
     num: int = 4096,
@@ -699,26 +760,30 @@ def and_primal_dual(
     batch_size: int = 256,
     lr: float = 2e-3,
     seed: int = 0,
+    labels: Tensor | None = None,
 ) -> PrimalDual:
-    r"""AND with its primal (lesson 24, Algorithm 24.1): alternate training a score model on exact draws of the
-    product $q_\lambda$ and a dual step on its KLs to the models.
+    r"""AND with its primal (lesson 24, Algorithm 24.1): alternate training a score model on draws of the product
+    $q_\lambda$ and a dual step on its KLs to the models.
 
-    Each round draws ``num`` samples of $q_\lambda \propto \prod_i q_i^{\lambda_i}$ from the grid (exactly, no MCMC),
-    trains ``net`` on them for ``steps`` DSM steps (warm-started from the previous round), estimates
-    $\mathrm{KL}(p_\theta\|q_i)$ by :func:`pointwise_kl` between the trained model and each exact model on fresh draws,
-    and ascends on the simplex (eq. 24.3). The primal is DSM on samples of $q_\lambda$ because on the simplex
-    $\sum_i\lambda_i\mathrm{KL}(p\|q_i) = \mathrm{KL}(p\|q_\lambda) - \log Z$.
+    Each round draws ``num`` samples of $q_\lambda \propto \prod_i q_i^{\lambda_i}$, trains ``net`` on them for
+    ``steps`` DSM steps (warm-started from the previous round), estimates $\mathrm{KL}(p_\theta\|q_i)$ by
+    :func:`pointwise_kl` between the trained model and each part on fresh draws, and ascends on the simplex (eq. 24.3).
+    The primal is DSM on samples of $q_\lambda$ because on the simplex
+    $\sum_i\lambda_i\mathrm{KL}(p\|q_i) = \mathrm{KL}(p\|q_\lambda) - \log Z$. In 2-D the draws are exact, from a grid;
+    for any other models they come from a sampler of the product such as :func:`product_sampler`.
 
     Parameters
     ----------
-    mixtures : sequence of GaussianMixture
-        The $m \ge 2$ models, exact 2-D mixtures (their densities on the grid, their scores for the KLs).
+    parts : sequence of GaussianMixture or Model
+        The $m \ge 2$ models: exact 2-D mixtures when ``product`` is a grid (their densities on the grid, their
+        scores for the KLs), else any models with the one interface (conditions bound for ``num`` samples).
     schedule : Schedule
         A continuous schedule for training and the KLs.
     net : nn.Module
-        The score model to train (e.g. a :class:`~diffmath.nets.mlp.MLP` of 2-D data).
-    grid : Grid2D
-        Where the product is evaluated and sampled.
+        The score model to train (e.g. a :class:`~diffmath.nets.mlp.MLP` of 2-D data, or a copy of a part's UNet).
+    product : Grid2D or callable
+        Where the product is evaluated and sampled exactly, or ``draw(lam, num, generator)`` returning ``num``
+        draws of $q_\lambda$ (sample ``k`` asked with row ``k`` of the parts' conditions and of ``labels``).
     rounds, steps, num : int
         Dual rounds, DSM steps per round, draws per round.
     step : float
@@ -729,6 +794,9 @@ def and_primal_dual(
         Of the DSM training.
     seed : int
         Seeds the draws, the training and the KLs.
+    labels : Tensor of int, shape (num,) or (num, L), optional
+        The condition of ``net`` for each draw: it is trained with them (no dropout) and its KLs are taken as
+        ``Conditioned(net, labels)``.
 
     Returns
     -------
@@ -736,27 +804,46 @@ def and_primal_dual(
 
     Raises
     ------
+    TypeError
+        If ``product`` is neither a :class:`Grid2D` nor callable.
     ValueError
-        If fewer than two mixtures are given (and as :func:`dual_ascent`, :func:`~diffmath.train.training.train`).
+        If fewer than two parts are given, ``labels`` do not have ``num`` rows (and as :func:`dual_ascent`,
+        :func:`~diffmath.train.training.train`).
     """
-    if len(mixtures) < 2:
-        raise ValueError(f"and_primal_dual needs at least 2 models, got {len(mixtures)}")
-    log_q = _log_densities(torch.stack([mix.log_prob(grid.points) for mix in mixtures]), grid)
-    exact = [mix.model(schedule, "eps") for mix in mixtures]
+    if len(parts) < 2:
+        raise ValueError(f"and_primal_dual needs at least 2 models, got {len(parts)}")
+    check_int(num, "num")
+    if labels is not None and (not isinstance(labels, Tensor) or labels.shape[:1] != (num,)):
+        raise ValueError(f"labels must be a tensor with num = {num} rows, one per draw")
     g = torch.Generator().manual_seed(seed)
+    if isinstance(product, Grid2D):
+        log_q = _log_densities(torch.stack([mix.log_prob(product.points) for mix in parts]), product)
+        models = [mix.model(schedule, "eps") for mix in parts]
+
+        def draw(lam: Tensor, n: int, gen: torch.Generator) -> Tensor:
+            return product.sample(_and_product(log_q, product, lam)[0], n, gen)
+
+    elif callable(product):
+        models, draw = [check_model(p) for p in parts], product
+    else:
+        raise TypeError(
+            f"product must be a Grid2D or a callable draw(lam, num, generator), got {type(product).__name__}"
+        )
+    trained = net if labels is None else Conditioned(net, labels)
     rnd = itertools.count()  # the round, for the training seed (dual_ascent checks rounds)
 
     def direction(lam: Tensor) -> Tensor:
         r = next(rnd)
-        log_p, _, _ = _and_product(log_q, grid, lam)
-        fit(net, grid.sample(log_p, num, g), schedule, steps, batch_size=batch_size, lr=lr, ema_decay=None,
-            seed=seed + r, progress=False)  # fmt: skip
-        x0 = grid.sample(log_p, num, g)
-        return torch.tensor(
-            [pointwise_kl(net, e, schedule, x0, num_times, generator=g).value for e in exact], dtype=torch.float64
-        )
+        data = draw(lam, num, g).detach()
+        fit(net, data, schedule, steps, batch_size=batch_size, lr=lr, ema_decay=None, seed=seed + r, labels=labels,
+            progress=False)  # fmt: skip
+        net.eval()
+        x0 = draw(lam, num, g).detach()
+        with torch.no_grad():
+            kls = [pointwise_kl(trained, e, schedule, x0, num_times, generator=g).value for e in models]
+        return torch.tensor(kls, dtype=torch.float64)
 
-    m = len(mixtures)
+    m = len(parts)
     ascent = dual_ascent(direction, torch.full((m,), 1.0 / m, dtype=torch.float64), project_simplex, step, rounds, True)
     return PrimalDual(ascent, net)
 
