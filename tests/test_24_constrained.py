@@ -276,7 +276,7 @@ def test_product_sampler_draws_the_product_of_shifted_gaussians():
     s = 0.1
     means = ([1.0, 0.5], [-1.0, 0.0])
     parts = [gaussian_model(m, s, sch)[1] for m in means]
-    draw = C.product_sampler(parts, sch, (2,), sch.grid(200).to(D), corrector_steps=1)
+    draw = C.product_sampler(parts, sch, (2,), sch.grid(200), corrector_steps=1, dtype=D)
     lam = torch.tensor([0.3, 0.7], dtype=D)
     x = draw(lam, 4000, gen(0))
     want = 0.3 * torch.tensor(means[0], dtype=D) + 0.7 * torch.tensor(means[1], dtype=D)

@@ -30,6 +30,7 @@ Run: ``python benchmarks/methods/constrained_images.py [--part and|align|all] [-
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics as st
 import time
 
@@ -64,8 +65,6 @@ def rewards(x: torch.Tensor) -> torch.Tensor:
 def alignment(args: argparse.Namespace) -> None:
     """Table 2: ``attr-uncond`` aligned by Algorithm 24.3 (importance-weighted DSM towards the tilt, dual steps on
     the trained model's expected rewards) to redness >= the data's mean + 0.05 and contrast <= the data's."""
-    import copy
-
     U = recipes.train_image("attr-uncond", progress=False)
     judge = recipes.train_attribute_classifier("attribute-shapes", 24, progress=False)
     sched, data = U.schedule, U.data
@@ -163,8 +162,6 @@ def union(args: argparse.Namespace) -> None:
     warm-started from ``attr-uncond``; lambda from the likelihood-weighted denoising bounds (eq. 24.10). With equal
     class entropies the optimum is lambda = (1/3, 2/3) (eq. 24.6: lambda_i ~ e^{H_i}, and the second set holds two
     classes), i.e. one third of each shape; equal weights (1/2, 1/2) would make half of the samples circles."""
-    import copy
-
     U = recipes.train_image("attr-uncond", progress=False)
     judge = recipes.train_attribute_classifier("attribute-shapes", 24, progress=False)
     sched, grid = U.schedule, U.schedule.grid(20)
@@ -218,7 +215,14 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=6, help="dual steps of the dual-only AND")
     parser.add_argument("--times", type=int, default=10, help="quadrature points of each point-wise KL")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--part", choices=["and", "align", "or", "all"], default="all")
+    parser.add_argument("--part", choices=["and", "and-primal", "align", "or", "all"], default="all")
+    parser.add_argument("--and-rounds", type=int, default=3, help="dual rounds of the AND primal-dual")
+    parser.add_argument("--and-steps", type=int, default=150, help="DSM steps per AND primal round")
+    parser.add_argument("--and-num", type=int, default=128, help="draws of the product per AND primal round")
+    parser.add_argument("--and-step", type=float, default=0.2, help="dual step of the AND on the normalised KLs")
+    parser.add_argument("--and-lr", type=float, default=2e-4)
+    parser.add_argument("--snr", type=float, default=0.16, help="of the annealed Langevin corrector")
+    parser.add_argument("--corrector", type=int, default=1, help="Langevin steps per predictor step")
     parser.add_argument(
         "--or-size", type=int, default=512, help="circles in the OR's first data set (twice as many others)"
     )
@@ -252,11 +256,19 @@ def main() -> None:
     grid = sched.grid(20, t_start=0.98)
     q = torch.arange(n) % 4
     full = lambda v: torch.full((n,), v)  # noqa: E731
-    parts = [
-        Conditioned(A.model, torch.stack([full(ask["shape"]), q], 1)),
-        Conditioned(B.model, full(ask["colour"])[:, None]),
-        Conditioned(Cm.model, torch.stack([full(ask["size"]), full(ask["texture"])], 1)),
-    ]
+
+    def asked_of(num: int) -> tuple[list[Conditioned], torch.Tensor]:
+        """The three parts asked for the request on a batch of ``num`` (quadrant cycling), and attr-shape-quadrant's
+        labels for it."""
+        f, qq = (lambda v: torch.full((num,), v)), torch.arange(num) % 4
+        shape_q = torch.stack([f(ask["shape"]), qq], 1)
+        return [
+            Conditioned(A.model, shape_q),
+            Conditioned(B.model, f(ask["colour"])[:, None]),
+            Conditioned(Cm.model, torch.stack([f(ask["size"]), f(ask["texture"])], 1)),
+        ], shape_q
+
+    parts, shape_q = asked_of(n)
     joint = torch.full((n, 6), -1, dtype=torch.long)  # shape, colour, size, quadrant, texture, background
     joint[:, 0], joint[:, 1], joint[:, 2], joint[:, 3], joint[:, 4] = (
         ask["shape"],
@@ -282,34 +294,70 @@ def main() -> None:
 
     rows: dict[str, list[dict[str, float]]] = {}
     lams: dict[str, list[list[float]]] = {}
+    kls: list[list[float]] = []
     t0 = time.time()
     for seed in range(args.seeds):
         x_T = start(seed)
-        with torch.no_grad():
-            singles = {
-                "attr-shape-quadrant alone": parts[0],
-                "attr-colour alone": parts[1],
-                "attr-size-texture alone": parts[2],
-                "attr-joint (whole request)": Conditioned(J.model, joint),
-            }
-            for name, m in singles.items():
-                rows.setdefault(name, []).append(score(sample(m, x_T, grid, sched)))
-            rows.setdefault("AND, equal weights", []).append(score(sample(and_model([1 / 3] * 3), x_T, grid, sched)))
+        if args.part in ("and", "all"):
+            with torch.no_grad():
+                singles = {
+                    "attr-shape-quadrant alone": parts[0],
+                    "attr-colour alone": parts[1],
+                    "attr-size-texture alone": parts[2],
+                    "attr-joint (whole request)": Conditioned(J.model, joint),
+                }
+                for name, m in singles.items():
+                    rows.setdefault(name, []).append(score(sample(m, x_T, grid, sched)))
+                rows.setdefault("AND, equal weights", []).append(
+                    score(sample(and_model([1 / 3] * 3), x_T, grid, sched))
+                )
+                lams.setdefault("AND, equal weights", []).append([1 / 3] * 3)
+            ascent = C.dual_only_and(
+                parts,
+                sched,
+                lambda i, seed=seed: start(1000 * (seed + 1) + i),
+                grid,
+                iters=args.iters,
+                num_times=args.times,
+                generator=torch.Generator().manual_seed(seed),
+            )
+            lam = ascent.averaged.tolist()
+            with torch.no_grad():
+                rows.setdefault("AND, dual-only (paper)", []).append(score(sample(and_model(lam), x_T, grid, sched)))
+            lams.setdefault("AND, dual-only (paper)", []).append(lam)
+        else:
+            with torch.no_grad():
+                rows.setdefault("AND, equal weights", []).append(
+                    score(sample(and_model([1 / 3] * 3), x_T, grid, sched))
+                )
             lams.setdefault("AND, equal weights", []).append([1 / 3] * 3)
-        ascent = C.dual_only_and(
-            parts,
-            sched,
-            lambda i, seed=seed: start(1000 * (seed + 1) + i),
-            grid,
-            iters=args.iters,
-            num_times=args.times,
-            generator=torch.Generator().manual_seed(seed),
-        )
-        lam = ascent.averaged.tolist()
-        with torch.no_grad():
-            rows.setdefault("AND, dual-only (paper)", []).append(score(sample(and_model(lam), x_T, grid, sched)))
-        lams.setdefault("AND, dual-only (paper)", []).append(lam)
-        print(f"seed {seed} done ({time.time() - t0:.0f} s); dual-only lambda {[round(v, 3) for v in lam]}", flush=True)
+            lam = [1 / 3] * 3
+        if args.part in ("and-primal", "all"):
+            g = torch.Generator().manual_seed(seed)
+            pc = C.product_sampler(parts, sched, (3, 24, 24), grid, args.snr, args.corrector, clip=1.0)
+            third = torch.full((3,), 1 / 3, dtype=torch.float64)
+            rows.setdefault("AND, equal weights, annealed Langevin", []).append(score(pc(third, n, g)))
+            lams.setdefault("AND, equal weights, annealed Langevin", []).append(third.tolist())
+            big, labels = asked_of(args.and_num)
+            res = C.and_primal_dual(
+                big, sched, copy.deepcopy(A.model).requires_grad_(True),
+                C.product_sampler(big, sched, (3, 24, 24), grid, args.snr, args.corrector, clip=1.0),
+                rounds=args.and_rounds, steps=args.and_steps, num=args.and_num, step=args.and_step,
+                num_times=args.times, batch_size=32, lr=args.and_lr, seed=seed, labels=labels,
+            )  # fmt: skip
+            lam = res.ascent.averaged.tolist()
+            with torch.no_grad():
+                trained = sample(Conditioned(res.model.eval(), shape_q), x_T, grid, sched)
+            rows.setdefault("AND primal-dual (Algorithm 24.1): its network", []).append(score(trained))
+            rows.setdefault("AND, primal-dual lambda, annealed Langevin", []).append(
+                score(pc(res.ascent.averaged, n, g))
+            )
+            for name in ("AND primal-dual (Algorithm 24.1): its network", "AND, primal-dual lambda, annealed Langevin"):
+                lams.setdefault(name, []).append(lam)
+            kls.append(res.ascent.gradients[-1].tolist())
+            print(f"seed {seed}: primal-dual lambda history {res.ascent.history.tolist()}, KLs "
+                  f"{res.ascent.gradients.tolist()}", flush=True)  # fmt: skip
+        print(f"seed {seed} done ({time.time() - t0:.0f} s); lambda {[round(v, 3) for v in lam]}", flush=True)
 
     def ms(values: list[float]) -> str:
         se = st.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
@@ -326,6 +374,11 @@ def main() -> None:
         lam = lams.get(name)
         lam_s = "" if lam is None else ", ".join(ms([v[i] for v in lam]) for i in range(3))
         print(f"| {name} | {lam_s} | " + " | ".join(ms([r[c] for r in results]) for c in cols) + " |")
+    if kls:
+        print(
+            "last KLs of the primal-dual network to the parts (nats): "
+            + ", ".join(ms([v[i] for v in kls]) for i in range(3))
+        )
     print(f"({time.time() - t0:.0f} s)")
 
 

@@ -694,6 +694,7 @@ def product_sampler(
     snr: float = 0.16,
     corrector_steps: int = 1,
     clip: float | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Callable[[Tensor, int, torch.Generator], Tensor]:
     r"""Draws of the weighted product $q_\lambda \propto \prod_i q_i^{\lambda_i}$ of score models by annealed Langevin
     (lesson 24, sec. 24.10): predictor-corrector sampling (lesson 6, sec. 6.5) of the score sum
@@ -718,11 +719,13 @@ def product_sampler(
         Of the Langevin corrector (:func:`~diffmath.sde.langevin_correct`, eq. 6.12).
     clip : float, optional
         Clamp the draws to ``[-clip, clip]`` (images live in $[-1, 1]$).
+    dtype : torch.dtype, optional
+        Of the draws (default: torch's default dtype).
 
     Returns
     -------
     callable
-        ``draw(lam, num, generator)``: a tensor of shape ``(num, *shape)`` in the schedule's dtype of ``grid``.
+        ``draw(lam, num, generator)``: a tensor of shape ``(num, *shape)``.
 
     Raises
     ------
@@ -739,7 +742,7 @@ def product_sampler(
 
     def draw(lam: Tensor, num: int, generator: torch.Generator) -> Tensor:
         model = Combine(list(parts), [float(v) for v in lam], "eps", schedule)
-        x = torch.randn(num, *shape, generator=generator, dtype=grid.dtype)
+        x = torch.randn(num, *shape, generator=generator, dtype=dtype or torch.get_default_dtype())
         steps = predictor_corrector(model, x, grid, schedule, snr, corrector_steps, generator=generator)
         x = final(steps)
         return x if clip is None else x.clamp(-clip, clip)
