@@ -1090,6 +1090,7 @@ def sampler_path_kl(
     noise: Noise = None,
     grad: bool = False,
     cond: Tensor | None = None,
+    early: Model | None = None,
 ) -> PathKL:
     r"""Sample ``model`` by the ancestral (DDPM) sampler and add up, along its own path, the KL of each of its steps to
     the step the ``reference`` would take from the same state (lesson 24, eq. 24.12):
@@ -1099,7 +1100,9 @@ def sampler_path_kl(
     $\eta = 1$), so by the chain rule of KL the sum's mean is the KL of the two samplers' paths, which bounds the KL
     of their states at the grid's last noisy time. The step into the data ($b_s = 0$) adds no noise and counts
     nothing. With ``last = K`` only the last $K$ steps are counted and, with ``grad``, differentiated (the others run
-    without autograd): the truncated gradient of fine-tuning through the last sampler steps.
+    without autograd): the truncated gradient of fine-tuning through the last sampler steps. With ``early =
+    reference`` the uncounted steps are the reference's: the sampler hands over to ``model`` for its last $K$ steps,
+    its path KL is the counted sum, and the truncated gradient is its exact gradient.
 
     Parameters
     ----------
@@ -1121,6 +1124,8 @@ def sampler_path_kl(
         Keep autograd on through the counted steps.
     cond : Tensor, optional
         Passed to both models.
+    early : Model, optional
+        The model of the uncounted steps (default ``model``; ``reference`` for the hand-over sampler).
 
     Returns
     -------
@@ -1135,6 +1140,7 @@ def sampler_path_kl(
         data), and as :func:`~diffmath.sampling.loop.run`.
     """
     check_model(reference)
+    early = model if early is None else check_model(early)
     g = check_grid(grid, schedule)
     k = len(g) - 1
     counted = k if last is None else check_int(last, "last", 1)
@@ -1143,7 +1149,7 @@ def sampler_path_kl(
     draw = noise_source(noise, k)
     x = check_batch(x, "x")
     if counted < k:  # the uncounted steps, without autograd
-        x = final(run(model, x, g[: k - counted + 1], schedule, _ANCESTRAL, cond=cond, noise=lambda i, y: draw(i, y)))
+        x = final(run(early, x, g[: k - counted + 1], schedule, _ANCESTRAL, cond=cond, noise=lambda i, y: draw(i, y)))
         x = x.detach()
     offset = k - counted
     noisy = 0  # counted steps that add noise
@@ -1213,6 +1219,9 @@ class RewardLoss:
         The ancestral sampler's times.
     last : int, optional
         Differentiate through the last ``last`` steps only (``None``: all).
+    handover : bool
+        The uncounted steps are the reference's (``early = reference`` of :func:`sampler_path_kl`): the model
+        fine-tuned is the one of the last ``last`` steps alone, and the truncated gradient is exact.
 
     Raises
     ------
@@ -1223,8 +1232,9 @@ class RewardLoss:
     """
 
     def __init__(self, reference: Model, schedule: Schedule, rewards: Callable, lam: Tensor, grid: Tensor,
-                 last: int | None = None) -> None:  # fmt: skip
+                 last: int | None = None, handover: bool = False) -> None:  # fmt: skip
         self.reference, self.schedule, self.grid, self.last = check_model(reference), schedule, grid, last
+        self.early = reference if handover else None
         lam = torch.as_tensor(lam, dtype=torch.float64)
         if lam.dim() != 1 or not torch.isfinite(lam).all() or (lam < 0).any():
             raise ValueError(f"lam must be a 1-D tensor of finite multipliers >= 0, got {lam.tolist()}")
@@ -1233,13 +1243,15 @@ class RewardLoss:
     def __call__(self, model: torch.nn.Module, x: Tensor, generator, cond: Tensor | None = None) -> Tensor:
         draws = as_draws(generator)
         out = sampler_path_kl(model, self.reference, x, self.grid, self.schedule, last=self.last, grad=True,
-                              cond=cond, noise=lambda i, y: draws.randn(y.shape, y.dtype, y.device))  # fmt: skip
+                              cond=cond, noise=lambda i, y: draws.randn(y.shape, y.dtype, y.device),
+                              early=self.early)  # fmt: skip
         r = self.reward(out.x) @ self.lam.to(out.x.device)
         return (out.kl.double() - r).mean().to(out.x.dtype)
 
     def __repr__(self) -> str:
         lam = ", ".join(f"{v:.6g}" for v in self.lam.tolist())
-        return f"RewardLoss(lam=[{lam}], steps={len(self.grid) - 1}, last={self.last})"
+        hand = ", handover" if self.early is not None else ""
+        return f"RewardLoss(lam=[{lam}], steps={len(self.grid) - 1}, last={self.last}{hand})"
 
 
 class Alignment(NamedTuple):
@@ -1254,7 +1266,9 @@ class Alignment(NamedTuple):
     rewards : Tensor, shape (rounds, m)
         The model's mean rewards after each round's primal.
     kl : Tensor, shape (rounds,)
-        Its mean path KL to the reference after each round, in nats (eq. 24.12, all steps).
+        Its mean path KL to the reference after each round, in nats (eq. 24.12, all steps of the sampler; with
+        ``handover`` the sampler is the reference's until the last ``last`` steps, as :func:`sampler_path_kl` with
+        ``early = reference`` draws it).
     """
 
     ascent: Ascent
@@ -1279,6 +1293,7 @@ def align_finetune(
     batch_size: int = 64,
     lr: float = 1e-3,
     seed: int = 0,
+    handover: bool = False,
 ) -> Alignment:
     r"""Reward alignment with the fine-tuning primal (lesson 24, Algorithm 24.4): gradient steps on
     $\mathrm{KL}_{\rm path} - \lambda\cdot r$ through the ancestral sampler (:class:`RewardLoss`), and the dual step on
@@ -1319,6 +1334,9 @@ def align_finetune(
         Samples per round for the dual step; the primal's batch and learning rate (cosine decay in each round).
     seed : int
         Seeds the primal's draws and the scoring noise.
+    handover : bool
+        Sample by the reference until the last ``last`` steps and by ``net`` in them (:func:`sampler_path_kl` with
+        ``early = reference``): the truncated gradient is then the exact one, and the earlier steps cannot drift.
 
     Returns
     -------
@@ -1330,7 +1348,8 @@ def align_finetune(
         If ``rewards`` is not callable or a model does not follow the one interface.
     ValueError
         If ``thresholds`` is not 1-D, ``prior`` holds fewer than ``num_samples`` draws, ``rewards`` returns
-        something other than (B, m), and as :func:`~diffmath.train.training.train`.
+        something other than (B, m), ``handover`` is asked without ``last``, and as
+        :func:`~diffmath.train.training.train`.
     """
     b = _thresholds(thresholds)
     reward = _reward_fn(rewards, b.numel())
@@ -1342,17 +1361,20 @@ def align_finetune(
     if prior.shape[0] < num_samples:
         raise ValueError(f"prior must hold at least num_samples = {num_samples} draws, got {prior.shape[0]}")
     grid = check_grid(grid, schedule)
+    if handover and last is None:
+        raise ValueError("handover needs last: the number of final steps taken by net")
+    scored = {"last": last, "early": reference} if handover else {}
     rnd = itertools.count()
     means, kls = [], []
 
     def direction(lam: Tensor) -> Tensor:
         r = next(rnd)
-        loss = RewardLoss(reference, schedule, rewards, lam, grid, last)
+        loss = RewardLoss(reference, schedule, rewards, lam, grid, last, handover)
         fit(net, prior, None, steps, batch_size=batch_size, lr=lr, ema_decay=None, seed=seed + r, loss=loss,
             progress=False)  # fmt: skip
         g = torch.Generator().manual_seed(seed + 7919 * (r + 1))
         with torch.no_grad():
-            out = sampler_path_kl(net, reference, prior[:num_samples], grid, schedule, noise=g)
+            out = sampler_path_kl(net, reference, prior[:num_samples], grid, schedule, noise=g, **scored)
         means.append(reward(out.x).mean(0))
         kls.append(out.kl.double().mean())
         return b - means[-1]
