@@ -367,6 +367,14 @@ def test_sampler_path_kl_is_first_order_in_the_step_and_extrapolates_to_the_kl()
     assert torch.allclose(net.mu.grad, c * net.mu.detach(), rtol=1e-9)
 
 
+def chain_constants(sch, ref, prior, grid, **kw):
+    """c and m of the exact check: KL_path = c |mu|^2 / 2 and E r = m mu_1 on the chain, read at mu = (1, 0)."""
+    with torch.no_grad():
+        unit = C.sampler_path_kl(ShiftedNormal(sch, [1.0, 0.0]), ref, prior, grid, sch, noise=gen(1), **kw)
+        base = C.sampler_path_kl(ref, ref, prior, grid, sch, noise=gen(1))
+    return 2 * unit.kl.mean().item(), (unit.x[:, 0] - base.x[:, 0]).mean().item()
+
+
 def test_align_finetune_reaches_the_chains_multiplier():
     """Algorithm 24.4 with reward r(x) = x_1 and b = 1, fine-tuning the mean of N(mu, I) from the reference N(0, I)
     through all 50 steps of the ancestral chain. On that chain KL = c |mu|^2 / 2 and E r = m mu_1 (c, m measured at
@@ -376,10 +384,7 @@ def test_align_finetune_reaches_the_chains_multiplier():
     ref = ShiftedNormal(sch, [0.0, 0.0]).requires_grad_(False)
     grid = sch.grid(50, "quadratic")
     prior = torch.randn(4096, 2, generator=gen(0), dtype=D)
-    with torch.no_grad():
-        unit = C.sampler_path_kl(ShiftedNormal(sch, [1.0, 0.0]), ref, prior, grid, sch, noise=gen(1))
-        base = C.sampler_path_kl(ref, ref, prior, grid, sch, noise=gen(1))
-    c, m = 2 * unit.kl.mean().item(), (unit.x[:, 0] - base.x[:, 0]).mean().item()
+    c, m = chain_constants(sch, ref, prior, grid)
     lam_star = c / m**2
     assert abs(lam_star - 1.136) < 0.005
     net = ShiftedNormal(sch, [0.0, 0.0])
@@ -438,10 +443,7 @@ def test_handover_truncation_is_exact_and_reaches_its_chains_multiplier():
     assert (shared.x - whole.x).abs().max() > 0.1
 
     prior = torch.randn(4096, 2, generator=gen(0), dtype=D)
-    with torch.no_grad():
-        unit = C.sampler_path_kl(ShiftedNormal(sch, [1.0, 0.0]), ref, prior, grid, sch, noise=gen(1), last=L, early=ref)
-        base = C.sampler_path_kl(ref, ref, prior, grid, sch, noise=gen(1))
-    c, m = 2 * unit.kl.mean().item(), (unit.x[:, 0] - base.x[:, 0]).mean().item()
+    c, m = chain_constants(sch, ref, prior, grid, last=L, early=ref)
     lam_star = c / m**2
     assert abs(lam_star - 2.552) < 0.01
     tuned = ShiftedNormal(sch, [0.0, 0.0])
