@@ -770,7 +770,9 @@ def and_primal_dual(
 
     Each round draws ``num`` samples of $q_\lambda \propto \prod_i q_i^{\lambda_i}$, trains ``net`` on them for
     ``steps`` DSM steps (warm-started from the previous round), estimates $\mathrm{KL}(p_\theta\|q_i)$ by
-    :func:`pointwise_kl` between the trained model and each part on fresh draws, and ascends on the simplex (eq. 24.3).
+    :func:`pointwise_kl` between the trained model and each part on fresh draws of $q_\lambda$ (standing in for draws
+    of $p_\theta$: close in 2-D, where the network fits the exact draws, an approximation on images), and ascends on
+    the simplex (eq. 24.3).
     The primal is DSM on samples of $q_\lambda$ because on the simplex
     $\sum_i\lambda_i\mathrm{KL}(p\|q_i) = \mathrm{KL}(p\|q_\lambda) - \log Z$. In 2-D the draws are exact, from a grid;
     for any other models they come from a sampler of the product such as :func:`product_sampler`.
