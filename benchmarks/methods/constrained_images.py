@@ -313,8 +313,8 @@ def main() -> None:
     t0 = time.time()
     for seed in range(args.seeds):
         x_T = start(seed)
-        if args.part in ("and", "all"):
-            with torch.no_grad():
+        with torch.no_grad():
+            if args.part in ("and", "all"):
                 singles = {
                     "attr-shape-quadrant alone": parts[0],
                     "attr-colour alone": parts[1],
@@ -323,10 +323,10 @@ def main() -> None:
                 }
                 for name, m in singles.items():
                     rows.setdefault(name, []).append(score(sample(m, x_T, grid, sched)))
-                rows.setdefault("AND, equal weights", []).append(
-                    score(sample(and_model([1 / 3] * 3), x_T, grid, sched))
-                )
-                lams.setdefault("AND, equal weights", []).append([1 / 3] * 3)
+            rows.setdefault("AND, equal weights", []).append(score(sample(and_model([1 / 3] * 3), x_T, grid, sched)))
+        lam = [1 / 3] * 3
+        lams.setdefault("AND, equal weights", []).append(lam)
+        if args.part in ("and", "all"):
             ascent = C.dual_only_and(
                 parts,
                 sched,
@@ -340,13 +340,6 @@ def main() -> None:
             with torch.no_grad():
                 rows.setdefault("AND, dual-only (paper)", []).append(score(sample(and_model(lam), x_T, grid, sched)))
             lams.setdefault("AND, dual-only (paper)", []).append(lam)
-        else:
-            with torch.no_grad():
-                rows.setdefault("AND, equal weights", []).append(
-                    score(sample(and_model([1 / 3] * 3), x_T, grid, sched))
-                )
-            lams.setdefault("AND, equal weights", []).append([1 / 3] * 3)
-            lam = [1 / 3] * 3
         if args.part in ("and-primal", "all"):
             g = torch.Generator().manual_seed(seed)
             pc = C.product_sampler(parts, sched, (3, 24, 24), grid, args.snr, args.corrector, clip=1.0)

@@ -772,8 +772,7 @@ def and_primal_dual(
     ``steps`` DSM steps (warm-started from the previous round), estimates $\mathrm{KL}(p_\theta\|q_i)$ by
     :func:`pointwise_kl` between the trained model and each part on fresh draws of $q_\lambda$ (standing in for draws
     of $p_\theta$: close in 2-D, where the network fits the exact draws, an approximation on images), and ascends on
-    the simplex (eq. 24.3).
-    The primal is DSM on samples of $q_\lambda$ because on the simplex
+    the simplex (eq. 24.3). The primal is DSM on samples of $q_\lambda$ because on the simplex
     $\sum_i\lambda_i\mathrm{KL}(p\|q_i) = \mathrm{KL}(p\|q_\lambda) - \log Z$. In 2-D the draws are exact, from a grid;
     for any other models they come from a sampler of the product such as :func:`product_sampler`.
 
@@ -842,7 +841,6 @@ def and_primal_dual(
         data = draw(lam, num, g).detach()
         fit(net, data, schedule, steps, batch_size=batch_size, lr=lr, ema_decay=None, seed=seed + r, labels=labels,
             progress=False)  # fmt: skip
-        net.eval()
         x0 = draw(lam, num, g).detach()
         with torch.no_grad():
             kls = [pointwise_kl(trained, e, schedule, x0, num_times, generator=g).value for e in models]
